@@ -1,0 +1,71 @@
+"""Prior and posterior draws from a variant, through Pyro's effect handlers.
+
+- Prior (Algorithm 2): the model run with its observation uncondition-ed, so every site is drawn
+  from the generative program: z_e^T -> ... -> z_e^0 -> z_q^0 -> x.
+- Posterior: the guide's draw of z_e^0 and z_q^0 for given data, and the decoder's mean on that
+  z_q^0 (a reconstruction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from pyro import poutine
+from torch import nn
+
+from pbridge.codebook import code_logits
+
+__all__ = ["Draws", "sample_prior", "sample_posterior"]
+
+
+@dataclass(frozen=True)
+class Draws:
+    """One draw per item.
+
+    Attributes:
+        z_e: ``(N, d, *cells)`` continuous latent z_e^0.
+        codes: ``(N, *cells)`` code indices of z_q^0 as drawn by the program.
+        mode_codes: ``(N, *cells)`` the most probable code of every cell given z_e^0 under the
+            model's kernel (the tau -> 0 read-out).
+        x_mean: decoder mean on z_q^0 ``(N, ...)``.
+        x: the program's draw of x (prior) or the data (posterior).
+    """
+
+    z_e: torch.Tensor
+    codes: torch.Tensor
+    mode_codes: torch.Tensor
+    x_mean: torch.Tensor
+    x: torch.Tensor
+
+
+def _draws(variant: nn.Module, trace: poutine.Trace, x: torch.Tensor) -> Draws:
+    z_e = trace.nodes["z_e_0"]["value"]
+    z_q_site = trace.nodes["z_q_0"]
+    codes = z_q_site["fn"].indices(z_q_site["value"])
+    return Draws(
+        z_e=z_e,
+        codes=codes,
+        mode_codes=code_logits(z_e, variant.codebook(), variant.settings.tau_p).argmax(-1),
+        x_mean=variant.decoder(z_q_site["value"]).mean,
+        x=x,
+    )
+
+
+@torch.no_grad()
+def sample_prior(variant: nn.Module, num: int) -> Draws:
+    """``num`` draws from the generative model (every site sampled, x included)."""
+    if num <= 0:
+        raise ValueError(f"num must be a positive integer, got {num}")
+    param = next(variant.parameters())
+    shape_x = variant.data_shape
+    placeholder = torch.zeros((num, *shape_x), dtype=param.dtype, device=param.device)
+    trace = poutine.trace(poutine.uncondition(variant.model)).get_trace(placeholder)
+    return _draws(variant, trace, trace.nodes["x"]["value"])
+
+
+@torch.no_grad()
+def sample_posterior(variant: nn.Module, x: torch.Tensor) -> Draws:
+    """The guide's draw of z_e^0, z_q^0 for data ``x`` and the decoder mean (reconstruction)."""
+    trace = poutine.trace(variant.guide).get_trace(x)
+    return _draws(variant, trace, x)

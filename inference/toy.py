@@ -1,0 +1,150 @@
+"""The toy experiment end to end: data, training, scoring, run directory.
+
+A run directory holds ``config.json``, ``checkpoint.pt``, ``metrics.json`` and
+``trajectories.png``; ``pbridge sample RUN_DIR`` adds ``samples.pt`` and ``samples.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+from pbridge.bridge_prior import ancestral_sample
+from pbridge.checkpoint import load_checkpoint, save_checkpoint
+from pbridge.codebook import code_usage
+from pbridge.presets import ToyConfig, build_toy_model
+from pbridge.toy import nearest_centroid, sample_walks, transition_accuracy
+
+from .plots import plot_toy_samples, plot_toy_trajectories
+from .sampling import sample_posterior, sample_prior
+from .svi import estimate_elbo, resolve_device, train
+
+__all__ = ["run_toy", "load_toy_run", "score_toy_samples", "sample_toy_run"]
+
+NUM_EVAL = 2000
+
+
+def code_centroids(variant) -> torch.Tensor:
+    """The circle centroid that each code decodes to, ``(K,)``."""
+    one_cell_items = variant.codebook().unsqueeze(-1)  # (K, d, 1)
+    return nearest_centroid(variant.decoder(one_cell_items).mean).squeeze(-1)
+
+
+def score_toy_samples(variant, num: int) -> dict[str, float]:
+    """Transition accuracy of ``num`` prior draws, codes mapped to the centroids they decode to.
+
+    ``transition_accuracy`` reads z_q^0 as the most probable code given z_e^0 (the tau -> 0
+    read-out); ``transition_accuracy_sampled_zq`` uses z_q^0 as drawn from p(z_q^0 | z_e^0).
+    """
+    draws = sample_prior(variant, num)
+    centroid_of = code_centroids(variant)
+    return {
+        "transition_accuracy": transition_accuracy(centroid_of[draws.mode_codes]),
+        "transition_accuracy_sampled_zq": transition_accuracy(centroid_of[draws.codes]),
+        "prior_codes_used": code_usage(draws.mode_codes, variant.codebook.num_codes).codes_used,
+    }
+
+
+def run_toy(
+    config: ToyConfig, out_dir: str | Path, device: str = "auto", progress: bool = True
+) -> dict[str, float]:
+    """Train the toy bridge VQ-VAE end to end, score it and write the run directory."""
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    seed = config.train.seed
+    torch.manual_seed(seed)
+    pyro.set_rng_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    x_train, _ = sample_walks(config.num_train, config.length, config.noise, generator)
+    x_test, _ = sample_walks(NUM_EVAL, config.length, config.noise, generator)
+    x_train, x_test = x_train.to(dev), x_test.to(dev)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+
+    variant = build_toy_model(config).to(dev)
+    variant.initialise_codebook(x_train[:4096], torch.Generator(device=dev).manual_seed(seed))
+    with pyro.validation_enabled(False):
+        result = train(variant, x_train, config.train, progress=progress)
+    save_checkpoint(
+        {"config": config.to_dict(), "model": variant.state_dict(), "losses": result.losses},
+        out / "checkpoint.pt",
+    )
+
+    variant.eval()
+    with pyro.validation_enabled(False):
+        elbo, elbo_se = estimate_elbo(variant, x_test, repeats=20)
+        posterior = sample_posterior(variant, x_test)
+        scores = score_toy_samples(variant, config.num_samples)
+    usage = code_usage(posterior.codes, variant.codebook.num_codes)
+    metrics = {
+        **scores,
+        "codes_used": usage.codes_used,
+        "perplexity": usage.perplexity,
+        "elbo": elbo,
+        "elbo_stderr": elbo_se,
+        "reconstruction_mse": float((posterior.x_mean - x_test).pow(2).mean()),
+        "final_train_loss": sum(result.losses[-100:]) / len(result.losses[-100:]),
+        "steps": config.train.steps,
+        "train_seconds": result.seconds,
+    }
+    with torch.no_grad():
+        forward, reverse = forward_and_reverse_paths(variant, x_test[:32])
+    plot_toy_trajectories(
+        x_test[:256].cpu(),
+        forward.cpu(),
+        reverse.cpu(),
+        variant.codebook().detach().cpu(),
+        out / "trajectories.png",
+    )
+    metrics["seconds"] = time.perf_counter() - start
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def load_toy_run(run_dir: str | Path, device: str = "auto"):
+    """The config and trained variant of a toy run directory."""
+    run = Path(run_dir)
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(f"{run} is not a run directory: no config.json")
+    config = ToyConfig.from_dict(json.loads((run / "config.json").read_text()))
+    variant = build_toy_model(config)
+    variant.load_state_dict(load_checkpoint(run / "checkpoint.pt")["model"])
+    return config, variant.to(resolve_device(device)).eval()
+
+
+def sample_toy_run(run_dir: str | Path, num: int, device: str = "auto", seed: int = 0) -> dict:
+    """Draw ``num`` prior samples of a toy run; write ``samples.pt`` and ``samples.png``."""
+    _, variant = load_toy_run(run_dir, device)
+    torch.manual_seed(seed)
+    with pyro.validation_enabled(False):
+        draws = sample_prior(variant, num)
+    run = Path(run_dir)
+    torch.save(
+        {"z_e": draws.z_e.cpu(), "codes": draws.mode_codes.cpu(), "x": draws.x_mean.cpu()},
+        run / "samples.pt",
+    )
+    plot_toy_samples(draws.x_mean[:16].cpu(), run / "samples.png")
+    centroid_of = code_centroids(variant)
+    return {"num": num, "transition_accuracy": transition_accuracy(centroid_of[draws.mode_codes])}
+
+
+def forward_and_reverse_paths(variant, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent paths for plots, ``(T+1, N, d, L)`` each: the forward OU process simulated with
+    torchsde from the guide's z_e^0 of ``x``, and the model's backward chain from z_e^T."""
+    schedule = variant.schedule
+    z0 = sample_posterior(variant, x).z_e
+    sde = schedule.sde()
+    forward = sde.simulate(z0.flatten(1), schedule.times, dt=float(schedule.deltas.min()) / 4)
+    forward = forward.view(-1, *z0.shape)
+    z_T = schedule.z_star + schedule.sigma2**0.5 * torch.randn_like(z0)
+    steps = tuple(range(schedule.num_steps + 1))
+    _, kept = ancestral_sample(
+        schedule, variant.denoiser, z_T, variant.settings.model_variance, keep=steps
+    )
+    reverse = torch.stack([kept[t] for t in steps])
+    return forward, reverse

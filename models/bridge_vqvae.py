@@ -1,0 +1,256 @@
+"""The Diffusion-bridge VQ-VAE, end to end, as a Pyro model/guide pair (docs/maths.md, s. 4-5).
+
+Model::
+
+    z_e^0 ~ p_theta(z_e^0)                     (the bridge: full chain or random-step site)
+    z_q^0 | z_e^0 ~ Cat(softmax(-||z_e^0 - e_k||^2 / tau_p))   per cell
+    x | z_q^0 ~ decoder(z_q^0)
+
+Guide, ``chain_on="encoding"`` (the paper's)::
+
+    z_e^0 | x ~ N(f_phi(x), s^2 I),  z_q^0 | z_e^0 ~ Cat(softmax(-||z_e^0 - e_k||^2 / tau_q))
+
+Guide, ``chain_on="code"`` ("diffuse the code")::
+
+    z_q^0 = e_k with k the nearest code to f_phi(x),  z_e^0 | k ~ N(e_k, s^2 I)
+
+plus, in the full-chain estimator, the forward OU kernels z_e^t | z_e^{t-1} as sites.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pbridge.bridge_prior import (
+    DiffusionPrior,
+    chain_guide_sites,
+    chain_model_sites,
+    importance_proposal,
+)
+from pbridge.code_distribution import CodeVector
+from pbridge.codebook import Codebook, code_logits, spherical
+from pbridge.ou_bridge import OUSchedule
+
+__all__ = ["BridgeSettings", "DiffusionBridgeVQVAE"]
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    """The choices of the bridge VQ-VAE that are not network sizes.
+
+    Attributes:
+        tau_p: model temperature of p(z_q^0 | z_e^0); sqrt(tau_p) ~ the code spacing.
+        tau_q: guide temperature of q(z_q^0 | z_e^0); 0 = nearest code (point mass).
+        encoder_scale: s of q(z_e^0 | x) (its initial value when learned).
+        learn_encoder_scale: learn s (one value per latent dimension, bounded below by
+            ``encoder_scale_min``) or keep it fixed.
+        chain_on: ``"encoding"`` (chain on f_phi(x) + noise) or ``"code"`` (on e_k + noise).
+        estimator: ``"random_step"`` (one t per item, O(1) in T) or ``"full_chain"`` (T sites).
+        t_sampling: ``"uniform"`` or ``"importance"`` (q(t) = 0.5 w_t / sum w + 0.5 / T).
+        denoiser_loss: ``"elbo"`` or ``"simple"`` (see :class:`DiffusionPrior`).
+        model_variance: ``"beta_tilde"`` or ``"beta"``.
+        gradient: ``"straight_through"`` or ``"gumbel"`` path through z_q^0.
+        gumbel_temperature: relaxation temperature of the ``"gumbel"`` path.
+        spherical_radius: radius of the sphere holding codes and encodings; ``None`` = free.
+        commitment: weight of the VQ commitment + codebook surrogate ||f - e_k||^2 used by
+            ``chain_on="code"`` (not part of the bound).
+    """
+
+    tau_p: float = 0.4
+    tau_q: float = 0.0
+    encoder_scale: float = 0.012
+    learn_encoder_scale: bool = False
+    encoder_scale_min: float = 1e-3
+    chain_on: str = "encoding"
+    estimator: str = "random_step"
+    t_sampling: str = "uniform"
+    denoiser_loss: str = "simple"
+    model_variance: str = "beta_tilde"
+    gradient: str = "straight_through"
+    gumbel_temperature: float = 0.5
+    spherical_radius: float | None = 1.0
+    commitment: float = 0.25
+
+    def __post_init__(self) -> None:
+        choices = {
+            "chain_on": ("encoding", "code"),
+            "estimator": ("random_step", "full_chain"),
+            "t_sampling": ("uniform", "importance"),
+            "denoiser_loss": ("elbo", "simple"),
+            "model_variance": ("beta_tilde", "beta"),
+            "gradient": ("straight_through", "gumbel"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.tau_p <= 0:
+            raise ValueError(f"tau_p must be > 0, got {self.tau_p}")
+        if self.tau_q < 0:
+            raise ValueError(f"tau_q must be >= 0, got {self.tau_q}")
+        if self.gradient == "gumbel" and self.tau_q == 0:
+            raise ValueError("the gumbel gradient needs tau_q > 0 (a point mass has no relaxation)")
+        if not 0 < self.encoder_scale_min < self.encoder_scale:
+            raise ValueError(
+                f"need 0 < encoder_scale_min < encoder_scale, got {self.encoder_scale_min} "
+                f"and {self.encoder_scale}"
+            )
+
+
+class DiffusionBridgeVQVAE(nn.Module):
+    """Encoder, decoder, codebook and bridge prior trained together on one ELBO.
+
+    ``surrogate_sites`` names the guide's ``pyro.factor`` sites that are training surrogates, not
+    terms of the bound (left out when the ELBO is reported).
+
+    Args:
+        encoder: ``x -> (B, d, *cells)``.
+        decoder: ``z_q: (B, d, *cells) ->`` a distribution over x with batch shape ``(B,)``.
+        denoiser: eps_theta ``((B, d, *cells), (B,)) -> (B, d, *cells)``.
+        codebook: the K codes.
+        schedule: the OU bridge.
+        data_shape: the shape of one item x (without the batch dimension).
+        latent_shape: ``(d, *cells)``.
+        settings: :class:`BridgeSettings`.
+    """
+
+    surrogate_sites = ("commitment",)
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        denoiser: nn.Module,
+        codebook: Codebook,
+        schedule: OUSchedule,
+        data_shape: tuple[int, ...],
+        latent_shape: tuple[int, ...],
+        settings: BridgeSettings,
+    ) -> None:
+        super().__init__()
+        if latent_shape[0] != codebook.weight.shape[1]:
+            raise ValueError(
+                f"latent dim d = {latent_shape[0]} does not match the codebook's "
+                f"{codebook.weight.shape[1]}"
+            )
+        self.encoder, self.decoder, self.denoiser, self.codebook = (
+            encoder,
+            decoder,
+            denoiser,
+            codebook,
+        )
+        self.schedule, self.settings = schedule, settings
+        self.data_shape, self.latent_shape = tuple(data_shape), tuple(latent_shape)
+        s = settings
+        # s = s_min + softplus(raw), one value per latent dimension (shared over cells).
+        raw = torch.tensor(s.encoder_scale - s.encoder_scale_min).expm1().log()
+        raw = raw.expand(latent_shape[0]).clone()
+        if s.learn_encoder_scale:
+            self.encoder_scale_raw = nn.Parameter(raw)
+        else:
+            self.register_buffer("encoder_scale_raw", raw)
+        proposal = (
+            importance_proposal(schedule, s.model_variance)
+            if s.t_sampling == "importance"
+            else None
+        )
+        self.register_buffer("t_proposal", proposal, persistent=False)
+
+    # ------------------------------------------------------------------ building blocks
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """f_phi(x), on the sphere when configured: ``(B, d, *cells)``."""
+        f = self.encoder(x)
+        if f.shape[1:] != self.latent_shape:
+            raise ValueError(
+                f"the encoder returned shape {tuple(f.shape)}, expected (B, {self.latent_shape})"
+            )
+        r = self.settings.spherical_radius
+        return f if r is None else spherical(f, r)
+
+    def encoder_scale(self) -> torch.Tensor:
+        """s, shaped ``(d, 1, ..., 1)`` to broadcast over cells."""
+        s = self.settings.encoder_scale_min + F.softplus(self.encoder_scale_raw)
+        return s.view(-1, *([1] * (len(self.latent_shape) - 1)))
+
+    def prior(self, batch_size: int) -> DiffusionPrior:
+        """p_theta(z_e^0) with the random-step ``log_prob``."""
+        s = self.settings
+        return DiffusionPrior(
+            self.schedule,
+            self.denoiser,
+            self.latent_shape,
+            batch_size,
+            model_variance=s.model_variance,
+            proposal=self.t_proposal,
+            denoiser_loss=s.denoiser_loss,
+        )
+
+    @torch.no_grad()
+    def initialise_codebook(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> None:
+        """k-means initialisation of the codebook on the encodings f_phi(x) of a data batch."""
+        self.codebook.initialise(self.encode(x), generator)
+
+    # ------------------------------------------------------------------ Pyro programs
+    def check_data(self, x: torch.Tensor) -> None:
+        """Raise a ``ValueError`` naming the problem when ``x`` is not a batch of items."""
+        if not torch.is_floating_point(x):
+            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+        if tuple(x.shape[1:]) != self.data_shape:
+            raise ValueError(
+                f"x must have shape (B, {', '.join(map(str, self.data_shape))}), "
+                f"got {tuple(x.shape)}"
+            )
+
+    def model(self, x: torch.Tensor) -> None:
+        pyro.module("bridge_vqvae", self)
+        s, codes = self.settings, self.codebook()
+        with pyro.plate("data", x.shape[0]):
+            if s.estimator == "full_chain":
+                z_e0 = chain_model_sites(
+                    self.schedule,
+                    self.denoiser,
+                    torch.Size(self.latent_shape),
+                    x.shape[0],
+                    s.model_variance,
+                    like=codes,
+                )
+            else:
+                z_e0 = pyro.sample("z_e_0", self.prior(x.shape[0]))
+            z_q0 = pyro.sample("z_q_0", CodeVector(code_logits(z_e0, codes, s.tau_p), codes))
+            pyro.sample("x", self.decoder(z_q0), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        self.check_data(x)
+        pyro.module("bridge_vqvae", self)
+        s, codes = self.settings, self.codebook()
+        f = self.encode(x)
+        n = len(self.latent_shape)
+        with pyro.plate("data", x.shape[0]):
+            if s.chain_on == "encoding":
+                z_e0 = pyro.sample("z_e_0", dist.Normal(f, self.encoder_scale()).to_event(n))
+                pyro.sample(
+                    "z_q_0",
+                    CodeVector(
+                        code_logits(z_e0, codes, s.tau_q),
+                        codes,
+                        straight_through=z_e0,
+                        gradient=s.gradient,
+                        temperature=s.gumbel_temperature,
+                    ),
+                )
+            else:
+                logits = code_logits(f, codes, s.tau_q)
+                z_q0 = pyro.sample("z_q_0", CodeVector(logits, codes, straight_through=f))
+                e_k = z_q0 - (f - f.detach())  # the value e_k, with a gradient to the codebook only
+                commit = s.commitment * (f - e_k.detach()).pow(2) + (f.detach() - e_k).pow(2)
+                pyro.factor("commitment", commit.flatten(1).sum(-1), has_rsample=True)
+                z_e0 = pyro.sample("z_e_0", dist.Normal(e_k, self.encoder_scale()).to_event(n))
+            if s.estimator == "full_chain":
+                chain_guide_sites(self.schedule, z_e0)
