@@ -191,6 +191,10 @@ class DiffusionPrior(TorchDistribution):
         self.schedule, self.denoiser = schedule, denoiser
         steps = torch.arange(1, schedule.num_steps + 1)
         self._mean_weight = float(schedule.epsilon_weight(steps, model_variance).mean())
+        v = schedule.model_variance_table(model_variance)[1:]
+        ratio = schedule.beta_tilde[1:] / v
+        self._constants = 0.5 * (ratio - 1.0 - ratio.log())
+        self._constants[0] = 0.5 * math.log(2 * math.pi * schedule.sigma2 * float(v[0]))
         self.model_variance, self.proposal, self.denoiser_loss = (
             model_variance,
             proposal,
@@ -213,13 +217,16 @@ class DiffusionPrior(TorchDistribution):
         t = torch.multinomial(q, z0.shape[0], replacement=True) + 1
         return t, (1.0 / q[t - 1]).to(z0.dtype)
 
-    def step_terms(self, z0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The chain term of step t per item, ``(B,)``.
+    def step_terms(
+        self, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The chain term of step t per item, ``(B,)``, at z^t = z* + sqrt(abar_t)(z^0 - z*)
+        + sqrt(sigma2 (1 - abar_t)) eps (``eps`` drawn when not given).
 
         L_{t-1} for t >= 2 and -log p_theta(z^0 | z^1) for t = 1.
         """
         s = self.schedule
-        eps = torch.randn_like(z0)
+        eps = torch.randn_like(z0) if eps is None else eps
         mean, var = s.marginal(z0, t)
         z_t = mean + var.sqrt() * eps
         w = s.epsilon_weight(t, self.model_variance).to(z0)
@@ -236,15 +243,10 @@ class DiffusionPrior(TorchDistribution):
     def _step_constant(self, t: torch.Tensor, z0: torch.Tensor) -> torch.Tensor:
         """c_t: the part of the step term that does not depend on eps_theta, ``(B,)``.
 
-        t >= 2: n/2 (r - 1 - log r) with r = beta~_t / v_t; t = 1: n/2 log(2 pi sigma2 v_1).
+        t >= 2: n/2 (r - 1 - log r) with r = beta~_t / v_t; t = 1: n/2 log(2 pi sigma2 v_1),
+        with n the number of latent coordinates per item.
         """
-        s = self.schedule
-        n = z0[0].numel()
-        v = s.model_variance_table(self.model_variance)
-        ratio = s.beta_tilde / v.clamp_min(torch.finfo(v.dtype).tiny)
-        table = 0.5 * n * (ratio - 1.0 - ratio.clamp_min(torch.finfo(v.dtype).tiny).log())
-        table[1] = 0.5 * n * math.log(2 * math.pi * s.sigma2 * float(v[1]))
-        return table.to(z0)[t]
+        return z0[0].numel() * self._constants.to(z0)[t - 1]
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:

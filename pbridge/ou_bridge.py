@@ -237,14 +237,27 @@ class OUSDE(torch.nn.Module):
     def g(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.full_like(y, self.eta)
 
-    def simulate(self, y0: torch.Tensor, times: torch.Tensor, dt: float) -> torch.Tensor:
-        """Euler-Maruyama paths from ``y0: (B, n)`` at ``times: (S,)``; returns ``(S, B, n)``."""
-        return torchsde.sdeint(self, y0, times.to(y0), method="euler", dt=dt)
+    def simulate(
+        self, y0: torch.Tensor, times: torch.Tensor, dt: float, method: str = "euler"
+    ) -> torch.Tensor:
+        """Paths from ``y0: (B, n)`` observed at ``times: (S,)``, shape ``(S, B, n)``.
+
+        ``method`` is a torchsde solver for Ito SDEs with diagonal noise (``"euler"``, ``"srk"``,
+        ``"milstein"``); ``dt`` its fixed step.
+        """
+        if y0.dim() != 2:
+            raise ValueError(f"y0 must have shape (B, n), got {tuple(y0.shape)}")
+        return torchsde.sdeint(self, y0, times.to(y0), method=method, dt=dt)
 
 
 def toy_schedule(num_steps: int = 100, delta: float = 0.015) -> OUSchedule:
     """The paper's toy preset: theta = 2, eta^2 = 0.01, z* = 0, T = 100, delta_t = 0.015."""
-    return OUSchedule(theta=2.0, eta2=0.01, z_star=0.0, deltas=torch.full((num_steps,), delta))
+    return OUSchedule(
+        theta=2.0,
+        eta2=0.01,
+        z_star=0.0,
+        deltas=torch.full((num_steps,), delta, dtype=torch.float64),
+    )
 
 
 def image_schedule(

@@ -1,0 +1,165 @@
+"""The ELBO of the bridge VQ-VAE: closed-form step terms, the two estimators, gradient paths."""
+
+import math
+from dataclasses import replace
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+from torch.distributions import Normal, kl_divergence
+
+from pbridge.bridge_prior import DiffusionPrior, reverse_step
+from pbridge.codebook import Codebook
+from pbridge.models.bridge_vqvae import BridgeSettings, DiffusionBridgeVQVAE
+from pbridge.networks import NormalDecoder, PointwiseMLP, ResidualMLPDenoiser
+from pbridge.ou_bridge import OUSchedule
+
+SCHEDULE = OUSchedule(
+    theta=1.0, eta2=2.0, z_star=0.3, deltas=torch.tensor([0.1, 0.2, 0.15, 0.3], dtype=torch.float64)
+)
+
+
+def small_denoiser(event=(2, 3)):
+    torch.manual_seed(3)
+    net = ResidualMLPDenoiser(event, width=16, blocks=1)
+    torch.nn.init.normal_(net.out[-1].weight, std=0.3)  # a non-trivial eps_theta
+    return net.double()
+
+
+def small_variant(**settings) -> DiffusionBridgeVQVAE:
+    torch.manual_seed(4)
+    base = dict(tau_p=0.5, tau_q=0.0, encoder_scale=0.4, denoiser_loss="elbo")
+    return DiffusionBridgeVQVAE(
+        encoder=PointwiseMLP(2, 2, 8),
+        decoder=NormalDecoder(PointwiseMLP(2, 2, 8), 0.5, event_dims=2),
+        denoiser=small_denoiser((2, 2)),
+        codebook=Codebook(4, 2, radius=1.0),
+        schedule=SCHEDULE,
+        data_shape=(2, 2),
+        latent_shape=(2, 2),
+        settings=BridgeSettings(**{**base, **settings}),
+    ).double()
+
+
+@pytest.mark.parametrize("variance", ["beta_tilde", "beta"])
+@pytest.mark.parametrize("t", [1, 2, 4])
+def test_step_term_is_the_gaussian_kl(variance, t, float64):
+    """w_t ||eps - eps_theta||^2 + c_t equals KL(q(z^{t-1}|z^t,z^0) || p_theta(z^{t-1}|z^t))
+    from torch.distributions (t >= 2), and -log p_theta(z^0 | z^1) at t = 1."""
+    denoiser = small_denoiser()
+    prior = DiffusionPrior(SCHEDULE, denoiser, (2, 3), 5, model_variance=variance)
+    z0, eps = torch.randn(5, 2, 3), torch.randn(5, 2, 3)
+    tt = torch.full((5,), t)
+    mean, var = SCHEDULE.marginal(z0, tt)
+    z_t = mean + var.sqrt() * eps
+    p_mean, p_var = reverse_step(SCHEDULE, denoiser, z_t, tt, variance)
+    if t == 1:
+        ref = -Normal(p_mean, p_var.sqrt()).log_prob(z0)
+    else:
+        q_mean, q_var = SCHEDULE.posterior(z_t, z0, tt)
+        ref = kl_divergence(Normal(q_mean, q_var.sqrt()), Normal(p_mean, p_var.sqrt()))
+    assert torch.allclose(prior.step_terms(z0, tt, eps), ref.flatten(1).sum(-1))
+
+
+def test_epsilon_weight_closed_forms():
+    """The two weights of docs/maths.md eq. 7."""
+    s, t = SCHEDULE, torch.arange(2, 5)
+    a, b, abar = s.alpha[t], s.beta[t], s.abar
+    assert torch.allclose(s.epsilon_weight(t, "beta"), b / (2 * a * (1 - abar[t])))
+    assert torch.allclose(s.epsilon_weight(t, "beta_tilde"), b / (2 * a * (1 - abar[t - 1])))
+    one = torch.tensor([1])
+    for variance in ("beta", "beta_tilde"):
+        assert torch.allclose(s.epsilon_weight(one, variance), 1 / (2 * s.alpha[one]))
+
+
+def _elbo_batches(variant, x, batches):
+    """ELBO per item of ``batches`` independent batches (Pyro's Trace_ELBO)."""
+    return torch.tensor(
+        [-Trace_ELBO().loss(variant.model, variant.guide, x) / len(x) for _ in range(batches)]
+    )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(), dict(t_sampling="importance", model_variance="beta"), dict(tau_q=0.3)],
+    ids=["uniform", "importance-beta", "soft-guide"],
+)
+def test_random_step_mean_equals_full_chain_elbo(settings, float64):
+    """E[random-step ELBO] = E[full-chain ELBO] (every step a site), 5 combined standard errors."""
+    pyro.enable_validation(False)  # 10^5 items; the shapes are validated in other tests
+    x = torch.tensor([[[0.8, -0.2], [0.1, 0.9]]]).expand(40000, 2, 2)
+    full = small_variant(estimator="full_chain", **settings)
+    rand = small_variant(estimator="random_step", **settings)
+    torch.manual_seed(0)
+    a, b = _elbo_batches(full, x, 10), _elbo_batches(rand, x, 10)
+    se = math.sqrt(a.var() / len(a) + b.var() / len(b))
+    assert abs(float(a.mean() - b.mean())) < 5 * se, (a.mean(), b.mean(), se)
+    assert se < 0.04  # sharp enough to catch any missing or doubled term above 0.2 nat
+
+
+def test_simple_denoiser_loss_keeps_the_value_and_the_latent_gradient(float64):
+    """``denoiser_loss="simple"``: same value and d/dz^0 as the ELBO; the denoiser's gradient is
+    that of mean(w) ||eps - eps_theta||^2 scaled by 1/q(t)."""
+    z0 = torch.randn(6, 2, 3, requires_grad=True)
+    t, eps = torch.tensor([1, 2, 3, 4, 2, 3]), torch.randn(6, 2, 3)
+    grads = {}
+    for loss in ("elbo", "simple"):
+        den = small_denoiser()
+        value = DiffusionPrior(SCHEDULE, den, (2, 3), 6, denoiser_loss=loss).step_terms(z0, t, eps)
+        grads[loss] = (value, *torch.autograd.grad(value.sum(), [z0, *den.parameters()]))
+    assert torch.allclose(grads["elbo"][0], grads["simple"][0])
+    assert torch.allclose(grads["elbo"][1], grads["simple"][1])
+    den = small_denoiser()
+    w_mean = float(SCHEDULE.epsilon_weight(torch.arange(1, 5), "beta_tilde").mean())
+    mean, var = SCHEDULE.marginal(z0.detach(), t)
+    sq = (eps - den(mean + var.sqrt() * eps, t)).pow(2).sum((1, 2))
+    ref = torch.autograd.grad(w_mean * sq.sum(), list(den.parameters()))
+    for got, want in zip(grads["simple"][2:], ref, strict=True):
+        assert torch.allclose(got, want)
+
+
+def _diffusion_term_grads(variant, x):
+    guide_trace = poutine.trace(variant.guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(variant.model, guide_trace)).get_trace(x)
+    site = model_trace.nodes["z_e_0"]
+    term = site["fn"].log_prob(site["value"]).sum()
+    enc = torch.autograd.grad(term, list(variant.encoder.parameters()), retain_graph=True)
+    (code,) = torch.autograd.grad(term, [variant.codebook.weight], allow_unused=True)
+    enc_norm = sum(float(g.abs().sum()) for g in enc)
+    return enc_norm, 0.0 if code is None else float(code.abs().sum())
+
+
+def test_diffusion_term_reaches_the_encoder_when_the_chain_runs_on_encodings(float64):
+    enc, code = _diffusion_term_grads(small_variant(chain_on="encoding"), torch.randn(8, 2, 2))
+    assert enc > 1e-6 and code == 0.0
+
+
+def test_diffusion_term_reaches_the_codebook_when_the_chain_runs_on_codes(float64):
+    enc, code = _diffusion_term_grads(small_variant(chain_on="code"), torch.randn(8, 2, 2))
+    assert code > 1e-6 and enc == 0.0
+
+
+@pytest.mark.parametrize("chain_on", ["encoding", "code"])
+def test_joint_loss_trains_every_part(chain_on, float64):
+    """One ELBO gradient reaches encoder, decoder, codebook and denoiser together."""
+    variant = small_variant(chain_on=chain_on)
+    loss = Trace_ELBO().differentiable_loss(variant.model, variant.guide, torch.randn(8, 2, 2))
+    loss.backward()
+    for part in ("encoder", "decoder", "codebook", "denoiser"):
+        total = sum(float(p.grad.abs().sum()) for p in getattr(variant, part).parameters())
+        assert total > 0, part
+
+
+def test_bad_settings_and_data_are_reported():
+    with pytest.raises(ValueError, match="estimator"):
+        BridgeSettings(estimator="two_steps")
+    with pytest.raises(ValueError, match="tau_q > 0"):
+        BridgeSettings(gradient="gumbel", tau_q=0.0)
+    variant = small_variant()
+    with pytest.raises(ValueError, match=r"\(B, 2, 2\)"):
+        variant.guide(torch.zeros(3, 2, 5, dtype=torch.float64))
+    with pytest.raises(TypeError, match="dtype"):
+        variant.guide(torch.zeros(3, 2, 2, dtype=torch.long))
+    assert replace(BridgeSettings(), tau_p=1.0).tau_p == 1.0
