@@ -1,0 +1,36 @@
+"""pbridge: the Diffusion-bridge VQ-VAE as Pyro model/guide pairs, with torchsde bridges.
+
+The building blocks most users need are re-exported here; variants live in ``pbridge.models``,
+training, sampling and analysis in ``pbridge.inference``.
+"""
+
+from .bridge_prior import (
+    DiffusionPrior,
+    ancestral_sample,
+    chain_guide_sites,
+    chain_model_sites,
+    reverse_step,
+)
+from .code_distribution import CodeVector
+from .codebook import Codebook, CodeUsage, categorical_kl, code_logits, code_usage
+from .ou_bridge import OUSDE, OUSchedule, image_schedule, toy_schedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OUSchedule",
+    "OUSDE",
+    "toy_schedule",
+    "image_schedule",
+    "Codebook",
+    "CodeUsage",
+    "code_logits",
+    "categorical_kl",
+    "code_usage",
+    "CodeVector",
+    "DiffusionPrior",
+    "reverse_step",
+    "chain_model_sites",
+    "chain_guide_sites",
+    "ancestral_sample",
+]

@@ -1,0 +1,67 @@
+"""Training-loop guards: bad data, NaN losses, devices."""
+
+import math
+
+import pyro
+import pytest
+import torch
+
+from pbridge.inference.svi import TrainSettings, resolve_device, train
+from pbridge.presets import ToyConfig, build_toy_model
+from pbridge.toy import sample_walks
+
+
+def _variant():
+    torch.manual_seed(0)
+    return build_toy_model(ToyConfig(denoiser_width=32, denoiser_blocks=1))
+
+
+def test_nan_parameter_stops_training_naming_the_step():
+    variant = _variant()
+    x, _ = sample_walks(64)
+    with torch.no_grad():
+        variant.decoder.net.net[-1].bias.fill_(math.nan)
+    # validation off: the guard, not torch's argument checks, must catch it
+    with pyro.validation_enabled(False), pytest.raises(FloatingPointError, match="loss at step 1"):
+        train(variant, x, TrainSettings(steps=3, batch_size=8), progress=False)
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [(torch.zeros(0, 2, 5), "empty"), (torch.full((4, 2, 5), math.inf), "NaN or inf")],
+    ids=["empty", "inf"],
+)
+def test_bad_training_data_is_refused(data, match):
+    with pytest.raises(ValueError, match=match):
+        train(_variant(), data, TrainSettings(steps=1), progress=False)
+
+
+def test_training_lowers_the_loss():
+    """A short run on the toy: the mean loss of the last 20 steps is far below the first 20's."""
+    torch.manual_seed(0)
+    variant = _variant()
+    x, _ = sample_walks(2000, generator=torch.Generator().manual_seed(0))
+    variant.initialise_codebook(x)
+    result = train(variant, x, TrainSettings(steps=150, batch_size=64), progress=False)
+    first, last = sum(result.losses[:20]) / 20, sum(result.losses[-20:]) / 20
+    assert first - last > 50, (first, last)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [(dict(steps=0), "steps"), (dict(batch_size=-1), "batch_size"), (dict(lr=0.0), "lr")],
+    ids=["steps", "batch", "lr"],
+)
+def test_bad_train_settings_name_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainSettings(**kwargs)
+
+
+def test_device_resolution():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    with pytest.raises(ValueError, match="unknown device 'tpu9'"):
+        resolve_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
