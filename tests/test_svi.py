@@ -16,6 +16,7 @@ def _variant():
     return build_toy_model(ToyConfig(denoiser_width=32, denoiser_blocks=1))
 
 
+@pytest.mark.filterwarnings("ignore:Encountered NaN")  # Pyro's own warning comes first
 def test_nan_parameter_stops_training_naming_the_step():
     variant = _variant()
     x, _ = sample_walks(64)
