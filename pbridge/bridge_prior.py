@@ -183,7 +183,6 @@ class DiffusionPrior(TorchDistribution):
     ) -> None:
         if denoiser_loss not in ("elbo", "simple"):
             raise ValueError(f"denoiser_loss must be 'elbo' or 'simple', got {denoiser_loss!r}")
-        schedule.model_variance_table(model_variance)
         if proposal is not None and proposal.shape != (schedule.num_steps,):
             raise ValueError(
                 f"proposal must have shape ({schedule.num_steps},), got {tuple(proposal.shape)}"
@@ -191,10 +190,6 @@ class DiffusionPrior(TorchDistribution):
         self.schedule, self.denoiser = schedule, denoiser
         steps = torch.arange(1, schedule.num_steps + 1)
         self._mean_weight = float(schedule.epsilon_weight(steps, model_variance).mean())
-        v = schedule.model_variance_table(model_variance)[1:]
-        ratio = schedule.beta_tilde[1:] / v
-        self._constants = 0.5 * (ratio - 1.0 - ratio.log())
-        self._constants[0] = 0.5 * math.log(2 * math.pi * schedule.sigma2 * float(v[0]))
         self.model_variance, self.proposal, self.denoiser_loss = (
             model_variance,
             proposal,
@@ -229,7 +224,7 @@ class DiffusionPrior(TorchDistribution):
         eps = torch.randn_like(z0) if eps is None else eps
         mean, var = s.marginal(z0, t)
         z_t = mean + var.sqrt() * eps
-        w = s.epsilon_weight(t, self.model_variance).to(z0)
+        w = s.epsilon_weight(t.cpu(), self.model_variance).to(z0)
         if self.denoiser_loss == "simple":
             c = self._mean_weight
             eps_hat = self.denoiser(_scale_grad(z_t, w / c), t)
@@ -238,15 +233,7 @@ class DiffusionPrior(TorchDistribution):
         else:
             eps_hat = self.denoiser(z_t, t)
             w_sq = w * (eps - eps_hat).pow(2).flatten(1).sum(-1)
-        return w_sq + self._step_constant(t, z0)
-
-    def _step_constant(self, t: torch.Tensor, z0: torch.Tensor) -> torch.Tensor:
-        """c_t: the part of the step term that does not depend on eps_theta, ``(B,)``.
-
-        t >= 2: n/2 (r - 1 - log r) with r = beta~_t / v_t; t = 1: n/2 log(2 pi sigma2 v_1),
-        with n the number of latent coordinates per item.
-        """
-        return z0[0].numel() * self._constants.to(z0)[t - 1]
+        return w_sq + z0[0].numel() * s.step_constant(t.cpu(), self.model_variance).to(z0)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:

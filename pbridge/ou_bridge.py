@@ -190,6 +190,19 @@ class OUSchedule:
         num = self._beta[t] ** 2 / (self._alpha[t] * self._one_minus_abar[t])
         return num / (2.0 * var)
 
+    def step_constant(self, t: torch.Tensor, model_variance: str = "beta") -> torch.Tensor:
+        """c_t per latent coordinate, the part of the step-t term that does not involve eps_theta.
+
+        t >= 2: 1/2 (r - 1 - log r) with r = beta~_t / v_t (0 for ``"beta_tilde"``);
+        t = 1: 1/2 log(2 pi sigma2 v_1), the normaliser of -log p_theta(z^0 | z^1)
+        (docs/maths.md eqs. 7-8). Returns float64 of shape ``t.shape``.
+        """
+        _check_steps(t, 1, self.num_steps)
+        v = self.model_variance_table(model_variance)[t]
+        ratio = self.beta_tilde[t] / v
+        kl_part = 0.5 * (ratio - 1.0 - ratio.log())
+        return torch.where(t == 1, 0.5 * torch.log(2 * math.pi * self.sigma2 * v), kl_part)
+
     def model_variance_table(self, model_variance: str) -> torch.Tensor:
         """The reverse-step variance factor v_t (variance sigma2 v_t) for t = 0..T.
 
