@@ -66,3 +66,17 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_variant_trains_with_pyro_svi():
+    """model/guide are plain Pyro programs: pyro.infer.SVI with a Pyro optimiser updates them."""
+    variant = _variant()
+    x, _ = sample_walks(32)
+    before = variant.codebook.weight.detach().clone()
+    svi = pyro.infer.SVI(
+        variant.model, variant.guide, pyro.optim.Adam({"lr": 1e-2}), pyro.infer.Trace_ELBO()
+    )
+    loss = svi.step(x)
+    assert math.isfinite(loss)
+    assert not torch.equal(before, variant.codebook.weight.detach())
+    assert "bridge_vqvae$$$codebook.weight" in pyro.get_param_store().keys()
