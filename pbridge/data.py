@@ -1,0 +1,169 @@
+"""Image data sets as uint8 tensors ``(N, C, H, W)`` with labels ``(N,)``.
+
+- ``fashion-mnist`` (1 x 28 x 28): torchvision's ``FashionMNIST``; offline, the files of
+  Debian's ``dataset-fashion-mnist`` are unpacked into torchvision's layout first.
+- ``cifar10`` (3 x 32 x 32): torchvision's ``CIFAR10`` (``download=True`` for users online).
+- ``miniimagenet`` (3 x 84 x 84): an image folder ``root/miniimagenet/<split>/<class>/*`` or the
+  usual ``root/miniimagenet/mini-imagenet-cache-<split>.pkl``.
+- ``digits`` (1 x 8 x 8): scikit-learn's ``load_digits`` (in the wheel), 0..16 scaled to 0..255.
+
+``root`` defaults to ``$PBRIDGE_DATA`` or ``~/.cache/pbridge``. A missing data set raises a
+``FileNotFoundError`` that names the path looked at and how to get the data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["ImageData", "DATASETS", "load_images", "default_root"]
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DATASETS = {
+    "fashion-mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "miniimagenet": (3, 84, 84),
+    "digits": (1, 8, 8),
+}
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """Images ``(N, C, H, W)`` uint8 in 0..255 and integer labels ``(N,)``."""
+
+    name: str
+    split: str
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
+        if self.images.shape[0] == 0:
+            raise ValueError(f"the {self.name} {self.split} split is empty")
+        if self.labels.shape != self.images.shape[:1]:
+            raise ValueError(
+                f"{self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}"
+            )
+
+    def as_float(self) -> torch.Tensor:
+        """Images scaled to [0, 1], float32."""
+        return self.images.float() / 255.0
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("PBRIDGE_DATA", Path.home() / ".cache" / "pbridge"))
+
+
+def load_images(
+    name: str, split: str = "train", root: str | Path | None = None, download: bool = False
+) -> ImageData:
+    """Load one split of a data set (see the module table)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; expected one of {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    root = default_root() if root is None else Path(root)
+    loader = {
+        "fashion-mnist": _fashion_mnist,
+        "cifar10": _cifar10,
+        "miniimagenet": _miniimagenet,
+        "digits": _digits,
+    }[name]
+    images, labels = loader(root, split, download)
+    data = ImageData(name, split, images, labels)
+    if tuple(data.images.shape[1:]) != DATASETS[name]:
+        raise ValueError(
+            f"{name} images have shape {tuple(data.images.shape[1:])}, expected {DATASETS[name]}"
+        )
+    return data
+
+
+def _fashion_mnist(root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.datasets import FashionMNIST
+
+    raw = root / "FashionMNIST" / "raw"
+    wanted = [
+        f"{s}-{kind}-ubyte" for s in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")
+    ]
+    if not download and not all((raw / f).is_file() for f in wanted):
+        if not all((DEBIAN_FASHION_MNIST / f"{f}.gz").is_file() for f in wanted):
+            raise FileNotFoundError(
+                f"Fashion-MNIST not found in {raw} nor in {DEBIAN_FASHION_MNIST}. Install it "
+                "offline with `apt-get install dataset-fashion-mnist`, or pass download=True "
+                "(--download) to fetch it with torchvision."
+            )
+        raw.mkdir(parents=True, exist_ok=True)
+        for f in wanted:
+            with gzip.open(DEBIAN_FASHION_MNIST / f"{f}.gz", "rb") as src:
+                tmp = raw / f"{f}.tmp"
+                with open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                tmp.replace(raw / f)
+    ds = FashionMNIST(root, train=split == "train", download=download)
+    return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
+
+
+def _cifar10(root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(root, train=split == "train", download=download)
+    except RuntimeError as err:
+        raise FileNotFoundError(
+            f"CIFAR-10 not found (or corrupted) in {root / 'cifar-10-batches-py'}; pass "
+            "download=True (--download) to fetch it with torchvision."
+        ) from err
+    images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+    return images, torch.tensor(ds.targets, dtype=torch.long)
+
+
+def _miniimagenet(root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``root/miniimagenet/<split>/<class>/*.jpg`` or ``root/miniimagenet/mini-imagenet-cache-
+    <split>.pkl`` (``{"image_data": (N, 84, 84, 3) uint8, "class_dict": {class: [indices]}}``).
+    The usual splits are train/val/test; ``"test"`` here reads the ``test`` files."""
+    base = root / "miniimagenet"
+    folder, cache = base / split, base / f"mini-imagenet-cache-{split}.pkl"
+    if cache.is_file():
+        with open(cache, "rb") as handle:
+            content = pickle.load(handle)
+        images = torch.from_numpy(np.asarray(content["image_data"], dtype=np.uint8))
+        labels = torch.empty(images.shape[0], dtype=torch.long)
+        for label, (_, indices) in enumerate(sorted(content["class_dict"].items())):
+            labels[list(indices)] = label
+        return images.permute(0, 3, 1, 2).contiguous(), labels
+    if folder.is_dir():
+        from torchvision.datasets import ImageFolder
+        from torchvision.transforms import v2
+
+        transform = v2.Compose([v2.PILToTensor(), v2.Resize(84, antialias=True), v2.CenterCrop(84)])
+        ds = ImageFolder(folder, transform=transform)
+        images = torch.stack([ds[i][0] for i in range(len(ds))])
+        return images, torch.tensor(ds.targets, dtype=torch.long)
+    raise FileNotFoundError(
+        f"mini-ImageNet not found: neither {cache} nor an image folder {folder}. mini-ImageNet "
+        "has no public download URL; put the usual pickle files or an image folder there."
+    )
+
+
+def _digits(root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1,797 digits; a fixed 80/20 split (every fifth image is a test image)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(np.round(bunch.images * 255.0 / 16.0).astype(np.uint8))
+    labels = torch.from_numpy(bunch.target).long()
+    test = torch.arange(images.shape[0]) % 5 == 4
+    keep = test if split == "test" else ~test
+    return images[keep].unsqueeze(1).contiguous(), labels[keep]
