@@ -10,10 +10,13 @@ import argparse
 import json
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 __all__ = ["main"]
 
-DATASETS = ("toy",)
+from pbridge.data import DATASETS as IMAGE_DATASETS
+
+DATASETS = ("toy", *IMAGE_DATASETS)
 
 
 def _positive_int(text: str) -> int:
@@ -40,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=_positive_int, help="SVI steps (default: the preset's)")
     train.add_argument("--seed", type=int, help="random seed (default: the preset's)")
     train.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    train.add_argument(
+        "--preset", default="small", choices=("small", "paper"), help="image network sizes"
+    )
+    train.add_argument("--root", help="data folder (default: $PBRIDGE_DATA or ~/.cache/pbridge)")
+    train.add_argument(
+        "--download", action="store_true", help="download the data set with torchvision"
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     sample = sub.add_parser(
@@ -56,8 +66,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from pbridge.inference.images import run_images, sample_image_run
     from pbridge.inference.toy import run_toy, sample_toy_run
-    from pbridge.presets import ToyConfig
+    from pbridge.presets import ToyConfig, image_preset
 
     if args.command == "train":
         if args.dataset not in DATASETS:
@@ -66,12 +77,25 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        config = ToyConfig()
         overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
-        config = replace(config, train=replace(config.train, **overrides))
-        metrics = run_toy(config, args.out, device=args.device, progress=not args.no_progress)
+        progress = not args.no_progress
+        if args.dataset == "toy":
+            config = ToyConfig()
+            config = replace(config, train=replace(config.train, **overrides))
+            metrics = run_toy(config, args.out, device=args.device, progress=progress)
+        else:
+            config = image_preset(args.dataset, args.preset)
+            config = replace(config, train=replace(config.train, **overrides))
+            metrics = run_images(
+                config, args.out, args.device, progress, root=args.root, download=args.download
+            )
     else:
-        metrics = sample_toy_run(args.run_dir, args.num, device=args.device, seed=args.seed)
+        config_file = Path(args.run_dir) / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{args.run_dir} is not a run directory: no config.json")
+        is_image_run = "dataset" in json.loads(config_file.read_text())
+        sample_run = sample_image_run if is_image_run else sample_toy_run
+        metrics = sample_run(args.run_dir, args.num, device=args.device, seed=args.seed)
     print(json.dumps(metrics, indent=2))
     return 0
 

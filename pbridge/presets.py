@@ -1,4 +1,4 @@
-"""Configurations as data: the toy preset and the builder of its variant."""
+"""Configurations as data: the toy and image presets and the builders of their variants."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from pbridge.inference.svi import TrainSettings
 from pbridge.models.bridge_vqvae import BridgeSettings, DiffusionBridgeVQVAE
 
 from .codebook import Codebook
+from .data import DATASETS
+from .image_networks import ResNetDecoder, ResNetEncoder, UNetDenoiser
+from .likelihoods import DiscretizedLogisticDecoder
 from .networks import NormalDecoder, PointwiseMLP, ResidualMLPDenoiser, ResidualPointwiseMLP
-from .ou_bridge import toy_schedule
+from .ou_bridge import image_schedule, toy_schedule
 
-__all__ = ["ToyConfig", "build_toy_model"]
+__all__ = ["ToyConfig", "build_toy_model", "ImageConfig", "image_preset", "build_image_model"]
 
 
 @dataclass(frozen=True)
@@ -66,5 +69,107 @@ def build_toy_model(config: ToyConfig) -> DiffusionBridgeVQVAE:
         schedule=toy_schedule(config.num_steps, config.delta),
         data_shape=(2, length),
         latent_shape=(d, length),
+        settings=config.bridge,
+    )
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """An image run: data set, sizes of the networks, bridge settings and optimisation.
+
+    Attributes:
+        dataset: a name of ``pbridge.data.DATASETS``.  preset: the name it was built from.
+        num_codes / latent_dim: K and d.  downsamples: stride-2 stages of the encoder.
+        unet_width / unet_mults / unet_blocks: the U-Net denoiser.
+        num_steps: T of the image OU schedule (DDPM betas 1e-4 -> 0.02).
+        max_train: use the first ``max_train`` training images (``None``: all).
+        eval_items: test images scored at the end (``None``: the whole test split).
+    """
+
+    dataset: str = "fashion-mnist"
+    preset: str = "small"
+    num_codes: int = 128
+    latent_dim: int = 16
+    downsamples: int = 1
+    unet_width: int = 32
+    unet_mults: tuple[int, ...] = (1, 2, 2)
+    unet_blocks: int = 1
+    num_steps: int = 1000
+    max_train: int | None = None
+    eval_items: int | None = 2000
+    bridge: BridgeSettings = field(
+        default_factory=lambda: BridgeSettings(
+            chain_on="code",
+            tau_p=0.2,
+            encoder_scale=0.1,
+            commitment=0.25,
+            spherical_radius=2.0,
+        )
+    )
+    train: TrainSettings = field(
+        default_factory=lambda: TrainSettings(steps=3000, batch_size=64, lr=1e-3)
+    )
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(
+                f"unknown data set {self.dataset!r}; expected one of {', '.join(DATASETS)}"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ImageConfig:
+        data = dict(data)
+        bridge = BridgeSettings(**data.pop("bridge", {}))
+        train = TrainSettings(**data.pop("train", {}))
+        data["unet_mults"] = tuple(data["unet_mults"])
+        return cls(**data, bridge=bridge, train=train)
+
+
+def image_preset(dataset: str, preset: str) -> ImageConfig:
+    """``"small"`` (trains on a laptop CPU) or ``"paper"`` (K = 64, d = 32, T = 1000, a U-Net of
+    width 128, for GPUs) for a data set; mini-ImageNet gets two downsampling stages (84 -> 21)."""
+    downsamples = 2 if dataset == "miniimagenet" else 1
+    if preset == "small":
+        small_grid = dataset == "digits"
+        return ImageConfig(
+            dataset=dataset,
+            preset=preset,
+            downsamples=downsamples,
+            num_codes=32 if small_grid else 128,
+            unet_mults=(1, 2) if small_grid else (1, 2, 2),
+        )
+    if preset == "paper":
+        return ImageConfig(
+            dataset=dataset,
+            preset=preset,
+            num_codes=64,
+            latent_dim=32,
+            downsamples=downsamples,
+            unet_width=128,
+            unet_mults=(1, 2, 2, 2),
+            unet_blocks=2,
+            eval_items=None,
+            train=TrainSettings(steps=200_000, batch_size=128, lr=2e-4),
+        )
+    raise ValueError(f"unknown preset {preset!r}; expected 'small' or 'paper'")
+
+
+def build_image_model(config: ImageConfig) -> DiffusionBridgeVQVAE:
+    """The end-to-end bridge VQ-VAE for images: ResNet encoder/decoder, discretised-logistic
+    likelihood, U-Net denoiser, DDPM-equivalent OU schedule."""
+    channels, height, width = DATASETS[config.dataset]
+    k, d = config.downsamples, config.latent_dim
+    grid = (height // 2**k, width // 2**k)
+    return DiffusionBridgeVQVAE(
+        encoder=ResNetEncoder(channels, d, k),
+        decoder=DiscretizedLogisticDecoder(ResNetDecoder(d, 2 * channels, k)),
+        denoiser=UNetDenoiser(d, config.unet_width, config.unet_mults, config.unet_blocks),
+        codebook=Codebook(config.num_codes, d, radius=config.bridge.spherical_radius),
+        schedule=image_schedule(config.num_steps),
+        data_shape=(channels, height, width),
+        latent_shape=(d, *grid),
         settings=config.bridge,
     )
