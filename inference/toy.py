@@ -26,6 +26,7 @@ from .svi import estimate_elbo, resolve_device, train
 __all__ = ["run_toy", "load_toy_run", "score_toy_samples", "sample_toy_run"]
 
 NUM_EVAL = 2000
+EVAL_STEPS_PER_ITEM = 10  # stratified steps per walk when the ELBO is reported
 
 
 def code_centroids(variant) -> torch.Tensor:
@@ -77,7 +78,8 @@ def run_toy(
 
     variant.eval()
     with pyro.validation_enabled(False):
-        elbo, elbo_se = estimate_elbo(variant, x_test, repeats=20)
+        with variant.stratified_steps(EVAL_STEPS_PER_ITEM):
+            elbo, elbo_se = estimate_elbo(variant, x_test, repeats=4)
         posterior = sample_posterior(variant, x_test)
         scores = score_toy_samples(variant, config.num_samples)
     usage = code_usage(posterior.codes, variant.codebook.num_codes)

@@ -163,3 +163,25 @@ def test_bad_settings_and_data_are_reported():
     with pytest.raises(TypeError, match="dtype"):
         variant.guide(torch.zeros(3, 2, 2, dtype=torch.long))
     assert replace(BridgeSettings(), tau_p=1.0).tau_p == 1.0
+
+
+def test_stratified_steps_are_unbiased_and_less_noisy(float64):
+    """steps_per_item = T: every step once per item; same mean as the full chain, and a smaller
+    spread than one random step per item."""
+    pyro.enable_validation(False)
+    x = torch.tensor([[[0.8, -0.2], [0.1, 0.9]]]).expand(40000, 2, 2)
+    full, rand = small_variant(estimator="full_chain"), small_variant()
+    torch.manual_seed(1)
+    a = _elbo_batches(full, x, 10)
+    single = _elbo_batches(rand, x, 10)
+    with rand.stratified_steps(SCHEDULE.num_steps):
+        b = _elbo_batches(rand, x, 10)
+    se = math.sqrt(a.var() / len(a) + b.var() / len(b))
+    assert abs(float(a.mean() - b.mean())) < 5 * se
+    assert b.std() < single.std()
+    assert rand.steps_per_item == 1 and rand.t_proposal is None  # restored after the block
+
+
+def test_steps_per_item_must_divide_T():
+    with pytest.raises(ValueError, match="divide T = 4"):
+        DiffusionPrior(SCHEDULE, small_denoiser(), (2, 3), 5, steps_per_item=3)
