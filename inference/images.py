@@ -15,7 +15,7 @@ import pyro
 import torch
 from torchvision.utils import save_image
 
-from pbridge.checkpoint import load_checkpoint, save_checkpoint
+from pbridge.checkpoint import load_checkpoint
 from pbridge.codebook import code_usage
 from pbridge.data import load_images
 from pbridge.likelihoods import bits_per_dim
@@ -51,8 +51,10 @@ def run_images(
     progress: bool = True,
     root: str | Path | None = None,
     download: bool = False,
+    resume: bool = False,
 ) -> dict[str, float]:
-    """Train the image bridge VQ-VAE end to end, score it on the test split, write the run."""
+    """Train the image bridge VQ-VAE end to end, score it on the test split, write the run
+    (``resume``: continue from the run directory's checkpoint)."""
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,11 +70,15 @@ def run_images(
     variant = build_image_model(config).to(dev)
     variant.initialise_codebook(train_x[:1024], torch.Generator(device=dev).manual_seed(seed))
     with pyro.validation_enabled(False):
-        result = train(variant, train_x, config.train, progress=progress)
-    save_checkpoint(
-        {"config": config.to_dict(), "model": variant.state_dict(), "losses": result.losses},
-        out / "checkpoint.pt",
-    )
+        result = train(
+            variant,
+            train_x,
+            config.train,
+            progress=progress,
+            checkpoint=out / "checkpoint.pt",
+            resume=resume,
+            extra={"config": config.to_dict()},
+        )
 
     variant.eval()
     with pyro.validation_enabled(False):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pyro
 import torch
@@ -17,6 +19,8 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 from torch import nn
 from tqdm.auto import tqdm
+
+from pbridge.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = [
     "TrainSettings",
@@ -49,6 +53,7 @@ class TrainSettings:
         steps: SVI steps (> 0).  batch_size: items per step.  lr: Adam learning rate.
         clip_norm: gradient-norm clip.  lr_decay: ``"cosine"`` (to 0 at the last step) or
         ``"none"``.  seed: seed of parameters, batches and the ELBO's noise.
+        checkpoint_every: steps between checkpoints of a run (0: only at the end).
     """
 
     steps: int = 3000
@@ -57,12 +62,15 @@ class TrainSettings:
     clip_norm: float = 10.0
     lr_decay: str = "cosine"
     seed: int = 0
+    checkpoint_every: int = 500
 
     def __post_init__(self) -> None:
         if self.steps <= 0:
             raise ValueError(f"steps must be a positive integer, got {self.steps}")
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.lr_decay not in ("cosine", "none"):
             raise ValueError(f"lr_decay must be 'cosine' or 'none', got {self.lr_decay!r}")
         if not self.lr > 0:
@@ -101,10 +109,19 @@ def train(
     data: torch.Tensor,
     settings: TrainSettings,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``variant`` on ``data: (N, ...)`` (already on the variant's device).
 
-    Raises ``FloatingPointError`` naming the step when the loss or a gradient is not finite.
+    With ``checkpoint``, the training state (parameters, optimiser, learning-rate schedule, step,
+    losses, every random-number state) is written there atomically every
+    ``settings.checkpoint_every`` steps and at the end, with ``extra`` (e.g. the config)
+    alongside; ``resume=True`` continues from it, so an interrupted run ends with the same
+    parameters as an uninterrupted one.
+    Raises ``FloatingPointError`` naming the step when the loss or a gradient is not finite;
+    the last checkpoint is then left as it was.
     """
     if data.shape[0] == 0:
         raise ValueError("the training data set is empty")
@@ -121,8 +138,45 @@ def train(
     )
     generator = torch.Generator(device=data.device).manual_seed(settings.seed)
     result = TrainResult()
+    first_step = 1
+    if resume and checkpoint is not None and Path(checkpoint).is_file():
+        state = load_checkpoint(checkpoint)
+        variant.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["batch_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if torch.cuda.is_available() and state.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        result.losses = list(state["losses"])
+        first_step = state["step"] + 1
+
+    def save(step: int) -> None:
+        save_checkpoint(
+            {
+                **(extra or {}),
+                "model": variant.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "schedule": schedule.state_dict(),
+                "batch_rng": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "losses": result.losses,
+                "step": step,
+            },
+            checkpoint,
+        )
+
     start = time.perf_counter()
-    bar = tqdm(range(1, settings.steps + 1), disable=not progress, desc="SVI", unit="step")
+    steps = range(first_step, settings.steps + 1)
+    bar = tqdm(
+        steps,
+        disable=not progress,
+        desc="SVI",
+        unit="step",
+        initial=first_step - 1,
+        total=settings.steps,
+    )
     for step in bar:
         index = torch.randint(
             data.shape[0], (settings.batch_size,), generator=generator, device=data.device
@@ -141,6 +195,11 @@ def train(
         result.losses.append(value)
         if step % 50 == 0:
             bar.set_postfix(neg_elbo=f"{value:.2f}")
+        if checkpoint is not None and (
+            step == settings.steps
+            or (settings.checkpoint_every and step % settings.checkpoint_every == 0)
+        ):
+            save(step)
     result.seconds = time.perf_counter() - start
     pyro.clear_param_store()
     return result

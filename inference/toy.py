@@ -14,7 +14,7 @@ import pyro
 import torch
 
 from pbridge.bridge_prior import ancestral_sample
-from pbridge.checkpoint import load_checkpoint, save_checkpoint
+from pbridge.checkpoint import load_checkpoint
 from pbridge.codebook import code_usage
 from pbridge.presets import ToyConfig, build_toy_model
 from pbridge.toy import nearest_centroid, sample_walks, transition_accuracy
@@ -51,9 +51,14 @@ def score_toy_samples(variant, num: int) -> dict[str, float]:
 
 
 def run_toy(
-    config: ToyConfig, out_dir: str | Path, device: str = "auto", progress: bool = True
+    config: ToyConfig,
+    out_dir: str | Path,
+    device: str = "auto",
+    progress: bool = True,
+    resume: bool = False,
 ) -> dict[str, float]:
-    """Train the toy bridge VQ-VAE end to end, score it and write the run directory."""
+    """Train the toy bridge VQ-VAE end to end, score it and write the run directory
+    (``resume``: continue from the run directory's checkpoint)."""
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,11 +75,15 @@ def run_toy(
     variant = build_toy_model(config).to(dev)
     variant.initialise_codebook(x_train[:4096], torch.Generator(device=dev).manual_seed(seed))
     with pyro.validation_enabled(False):
-        result = train(variant, x_train, config.train, progress=progress)
-    save_checkpoint(
-        {"config": config.to_dict(), "model": variant.state_dict(), "losses": result.losses},
-        out / "checkpoint.pt",
-    )
+        result = train(
+            variant,
+            x_train,
+            config.train,
+            progress=progress,
+            checkpoint=out / "checkpoint.pt",
+            resume=resume,
+            extra={"config": config.to_dict()},
+        )
 
     variant.eval()
     with pyro.validation_enabled(False):

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
         "--download", action="store_true", help="download the data set with torchvision"
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt if present"
+    )
 
     sample = sub.add_parser(
         "sample",
@@ -82,12 +85,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.dataset == "toy":
             config = ToyConfig()
             config = replace(config, train=replace(config.train, **overrides))
-            metrics = run_toy(config, args.out, device=args.device, progress=progress)
+            metrics = run_toy(config, args.out, args.device, progress, resume=args.resume)
         else:
             config = image_preset(args.dataset, args.preset)
             config = replace(config, train=replace(config.train, **overrides))
             metrics = run_images(
-                config, args.out, args.device, progress, root=args.root, download=args.download
+                config,
+                args.out,
+                args.device,
+                progress,
+                root=args.root,
+                download=args.download,
+                resume=args.resume,
             )
     else:
         config_file = Path(args.run_dir) / "config.json"

@@ -80,3 +80,44 @@ def test_variant_trains_with_pyro_svi():
     assert math.isfinite(loss)
     assert not torch.equal(before, variant.codebook.weight.detach())
     assert "bridge_vqvae$$$codebook.weight" in pyro.get_param_store().keys()
+
+
+def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, monkeypatch):
+    """Interrupt at step 13 (checkpoints every 5), resume: the result equals an uninterrupted
+    run bit for bit, and the resumed run repeated at most one checkpoint interval."""
+    import pbridge.inference.svi as svi
+
+    pyro.enable_validation(False)
+    x, _ = sample_walks(256, generator=torch.Generator().manual_seed(0))
+    settings = TrainSettings(steps=20, batch_size=16, checkpoint_every=5)
+
+    def fresh(path):
+        torch.manual_seed(0)
+        return _variant(), tmp_path / path
+
+    variant, path = fresh("whole.pt")
+    whole = train(variant, x, settings, progress=False, checkpoint=path)
+    reference = {k: v.clone() for k, v in variant.state_dict().items()}
+
+    calls = {"n": 0}
+    real_loss = svi.negative_elbo
+
+    def interrupting_loss(v, batch):
+        calls["n"] += 1
+        if calls["n"] == 13:
+            raise KeyboardInterrupt
+        return real_loss(v, batch)
+
+    variant, path = fresh("cut.pt")
+    monkeypatch.setattr(svi, "negative_elbo", interrupting_loss)
+    with pytest.raises(KeyboardInterrupt):
+        train(variant, x, settings, progress=False, checkpoint=path)
+    monkeypatch.setattr(svi, "negative_elbo", real_loss)
+    assert torch.load(path, weights_only=True)["step"] == 10
+
+    variant, _ = fresh("cut.pt")  # a new process would rebuild the variant from scratch
+    torch.manual_seed(123)  # and its RNG would differ: the checkpoint restores it
+    resumed = train(variant, x, settings, progress=False, checkpoint=path, resume=True)
+    assert resumed.losses == whole.losses
+    for name, value in variant.state_dict().items():
+        assert torch.equal(value, reference[name]), name
