@@ -17,6 +17,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -29,6 +30,7 @@ __all__ = [
     "train",
     "negative_elbo",
     "estimate_elbo",
+    "elbo_terms",
 ]
 
 
@@ -89,6 +91,25 @@ def negative_elbo(variant: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The training loss: a one-sample estimate of the negative ELBO per item, plus any surrogate
     terms the guide adds with ``pyro.factor`` (a differentiable scalar)."""
     return Trace_ELBO().differentiable_loss(variant.model, variant.guide, x) / x.shape[0]
+
+
+@torch.no_grad()
+def elbo_terms(variant: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """One draw of the ELBO split by site, nats per item: ``log p - log q`` of every latent site
+    (``z_e`` sites summed, so the chain and the guide's entropy are one term) and ``log p`` of
+    the observation ``x``. Surrogate sites are left out; the values add up to the ELBO."""
+    guide = poutine.block(variant.guide, hide=list(getattr(variant, "surrogate_sites", ())))
+    guide_trace = poutine.trace(guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(variant.model, trace=guide_trace)).get_trace(x)
+    terms: dict[str, float] = {}
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            key = "z_e" if name.startswith("z_e_") else name
+            value = sign * float(site["fn"].log_prob(site["value"]).sum()) / x.shape[0]
+            terms[key] = terms.get(key, 0.0) + value
+    return terms
 
 
 @torch.no_grad()
@@ -193,8 +214,10 @@ def train(
         optimiser.step()
         schedule.step()
         result.losses.append(value)
-        if step % 50 == 0:
-            bar.set_postfix(neg_elbo=f"{value:.2f}")
+        if progress and step % 100 == 0:
+            terms = elbo_terms(variant, data[index])
+            shown = {"-elbo": value, "bits/dim": value / (data[0].numel() * math.log(2)), **terms}
+            bar.set_postfix({k: f"{v:.2f}" for k, v in shown.items()})
         if checkpoint is not None and (
             step == settings.steps
             or (settings.checkpoint_every and step % settings.checkpoint_every == 0)
