@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyro
@@ -19,7 +20,14 @@ from pbridge.checkpoint import load_checkpoint
 from pbridge.codebook import code_usage
 from pbridge.data import load_images
 from pbridge.likelihoods import bits_per_dim
-from pbridge.presets import ImageConfig, build_image_model
+from pbridge.models.two_stage import bridge_on_frozen_vqvae
+from pbridge.ou_bridge import image_schedule
+from pbridge.presets import (
+    ImageConfig,
+    build_image_denoiser,
+    build_image_model,
+    build_image_vqvae,
+)
 
 from .sampling import sample_posterior, sample_prior
 from .svi import estimate_elbo, resolve_device, train
@@ -67,8 +75,28 @@ def run_images(
     train_x, test_x = train_x[: config.max_train].to(dev), test_x[: config.eval_items].to(dev)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
-    variant = build_image_model(config).to(dev)
-    variant.initialise_codebook(train_x[:1024], torch.Generator(device=dev).manual_seed(seed))
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    if config.variant == "two-stage":
+        vqvae = build_image_vqvae(config).to(dev)
+        vqvae.initialise_codebook(train_x[:1024], generator)
+        with pyro.validation_enabled(False):
+            stage_one = train(
+                vqvae,
+                train_x,
+                replace(config.train, steps=config.vqvae_steps),
+                progress=progress,
+                checkpoint=out / "vqvae.pt",
+                resume=resume,
+                extra={"config": config.to_dict()},
+            )
+        denoiser = build_image_denoiser(config).to(dev)
+        variant = bridge_on_frozen_vqvae(
+            vqvae, denoiser, image_schedule(config.num_steps), config.bridge
+        )
+    else:
+        stage_one = None
+        variant = build_image_model(config).to(dev)
+        variant.initialise_codebook(train_x[:1024], generator)
     with pyro.validation_enabled(False):
         result = train(
             variant,
@@ -97,7 +125,7 @@ def run_images(
         "perplexity": usage.perplexity,
         "reconstruction_mse": float((posterior.x_mean - test_x).pow(2).mean()),
         "steps": config.train.steps,
-        "train_seconds": result.seconds,
+        "train_seconds": result.seconds + (stage_one.seconds if stage_one else 0.0),
         "sampling_seconds_per_image": sample_seconds / 64,
         "seconds": time.perf_counter() - start,
     }

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pbridge.autoencoder import CodebookAutoencoder, nearest_code_sites
 from pbridge.bridge_prior import (
     DiffusionPrior,
     chain_guide_sites,
@@ -36,7 +37,7 @@ from pbridge.bridge_prior import (
     importance_proposal,
 )
 from pbridge.code_distribution import CodeVector
-from pbridge.codebook import Codebook, code_logits, spherical
+from pbridge.codebook import Codebook, code_logits
 from pbridge.ou_bridge import OUSchedule
 
 __all__ = ["BridgeSettings", "DiffusionBridgeVQVAE"]
@@ -48,7 +49,8 @@ class BridgeSettings:
 
     Attributes:
         tau_p: model temperature of p(z_q^0 | z_e^0); sqrt(tau_p) ~ the code spacing.
-        tau_q: guide temperature of q(z_q^0 | z_e^0); 0 = nearest code (point mass).
+        tau_q: guide temperature of q(z_q^0 | z_e^0); 0 = nearest code (point mass). With
+            ``chain_on="code"`` the guide always takes the nearest code.
         encoder_scale: s of q(z_e^0 | x) (its initial value when learned).
         learn_encoder_scale: learn s (one value per latent dimension, bounded below by
             ``encoder_scale_min``) or keep it fixed.
@@ -104,11 +106,12 @@ class BridgeSettings:
             )
 
 
-class DiffusionBridgeVQVAE(nn.Module):
+class DiffusionBridgeVQVAE(CodebookAutoencoder):
     """Encoder, decoder, codebook and bridge prior trained together on one ELBO.
 
-    ``surrogate_sites`` names the guide's ``pyro.factor`` sites that are training surrogates, not
-    terms of the bound (left out when the ELBO is reported).
+    ``surrogate_sites`` (from :class:`CodebookAutoencoder`) names the guide's ``pyro.factor``
+    sites that are training surrogates, not terms of the bound (left out when the ELBO is
+    reported).
 
     Args:
         encoder: ``x -> (B, d, *cells)``.
@@ -121,8 +124,6 @@ class DiffusionBridgeVQVAE(nn.Module):
         settings: :class:`BridgeSettings`.
     """
 
-    surrogate_sites = ("commitment",)
-
     def __init__(
         self,
         encoder: nn.Module,
@@ -134,20 +135,11 @@ class DiffusionBridgeVQVAE(nn.Module):
         latent_shape: tuple[int, ...],
         settings: BridgeSettings,
     ) -> None:
-        super().__init__()
-        if latent_shape[0] != codebook.weight.shape[1]:
-            raise ValueError(
-                f"latent dim d = {latent_shape[0]} does not match the codebook's "
-                f"{codebook.weight.shape[1]}"
-            )
-        self.encoder, self.decoder, self.denoiser, self.codebook = (
-            encoder,
-            decoder,
-            denoiser,
-            codebook,
+        super().__init__(
+            encoder, decoder, codebook, data_shape, latent_shape, settings.spherical_radius
         )
+        self.denoiser = denoiser
         self.schedule, self.settings = schedule, settings
-        self.data_shape, self.latent_shape = tuple(data_shape), tuple(latent_shape)
         s = settings
         # s = s_min + softplus(raw), one value per latent dimension (shared over cells).
         raw = torch.tensor(s.encoder_scale - s.encoder_scale_min).expm1().log()
@@ -165,16 +157,6 @@ class DiffusionBridgeVQVAE(nn.Module):
         self.steps_per_item = 1
 
     # ------------------------------------------------------------------ building blocks
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """f_phi(x), on the sphere when configured: ``(B, d, *cells)``."""
-        f = self.encoder(x)
-        if f.shape[1:] != self.latent_shape:
-            raise ValueError(
-                f"the encoder returned shape {tuple(f.shape)}, expected (B, {self.latent_shape})"
-            )
-        r = self.settings.spherical_radius
-        return f if r is None else spherical(f, r)
-
     def encoder_scale(self) -> torch.Tensor:
         """s, shaped ``(d, 1, ..., 1)`` to broadcast over cells."""
         s = self.settings.encoder_scale_min + F.softplus(self.encoder_scale_raw)
@@ -205,24 +187,7 @@ class DiffusionBridgeVQVAE(nn.Module):
             steps_per_item=self.steps_per_item,
         )
 
-    @torch.no_grad()
-    def initialise_codebook(
-        self, x: torch.Tensor, generator: torch.Generator | None = None
-    ) -> None:
-        """k-means initialisation of the codebook on the encodings f_phi(x) of a data batch."""
-        self.codebook.initialise(self.encode(x), generator)
-
     # ------------------------------------------------------------------ Pyro programs
-    def check_data(self, x: torch.Tensor) -> None:
-        """Raise a ``ValueError`` naming the problem when ``x`` is not a batch of items."""
-        if not torch.is_floating_point(x):
-            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-        if tuple(x.shape[1:]) != self.data_shape:
-            raise ValueError(
-                f"x must have shape (B, {', '.join(map(str, self.data_shape))}), "
-                f"got {tuple(x.shape)}"
-            )
-
     def model(self, x: torch.Tensor) -> None:
         pyro.module("bridge_vqvae", self)
         s, codes = self.settings, self.codebook()
@@ -261,11 +226,7 @@ class DiffusionBridgeVQVAE(nn.Module):
                     ),
                 )
             else:
-                logits = code_logits(f, codes, s.tau_q)
-                z_q0 = pyro.sample("z_q_0", CodeVector(logits, codes, straight_through=f))
-                e_k = z_q0 - (f - f.detach())  # the value e_k, with a gradient to the codebook only
-                commit = s.commitment * (f - e_k.detach()).pow(2) + (f.detach() - e_k).pow(2)
-                pyro.factor("commitment", commit.flatten(1).sum(-1), has_rsample=True)
+                e_k = nearest_code_sites(f, codes, s.commitment)
                 z_e0 = pyro.sample("z_e_0", dist.Normal(e_k, self.encoder_scale()).to_event(n))
             if s.estimator == "full_chain":
                 chain_guide_sites(self.schedule, z_e0)

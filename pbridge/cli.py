@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--preset", default="small", choices=("small", "paper"), help="image network sizes"
     )
+    train.add_argument(
+        "--variant",
+        default="end-to-end",
+        choices=("end-to-end", "two-stage"),
+        help="image variant: the joint model, or a VQ-VAE then the bridge on frozen encodings",
+    )
     train.add_argument("--root", help="data folder (default: $PBRIDGE_DATA or ~/.cache/pbridge)")
     train.add_argument(
         "--download", action="store_true", help="download the data set with torchvision"
@@ -88,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics = run_toy(config, args.out, args.device, progress, resume=args.resume)
         else:
             config = image_preset(args.dataset, args.preset)
-            config = replace(config, train=replace(config.train, **overrides))
+            config = replace(config, variant=args.variant, train=replace(config.train, **overrides))
             metrics = run_images(
                 config,
                 args.out,

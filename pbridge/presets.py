@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 
 from pbridge.inference.svi import TrainSettings
 from pbridge.models.bridge_vqvae import BridgeSettings, DiffusionBridgeVQVAE
+from pbridge.models.two_stage import bridge_on_frozen_vqvae
+from pbridge.models.vqvae import VQVAE
 
 from .codebook import Codebook
 from .data import DATASETS
@@ -14,7 +16,15 @@ from .likelihoods import DiscretizedLogisticDecoder
 from .networks import NormalDecoder, PointwiseMLP, ResidualMLPDenoiser, ResidualPointwiseMLP
 from .ou_bridge import image_schedule, toy_schedule
 
-__all__ = ["ToyConfig", "build_toy_model", "ImageConfig", "image_preset", "build_image_model"]
+__all__ = [
+    "ToyConfig",
+    "build_toy_model",
+    "ImageConfig",
+    "image_preset",
+    "build_image_model",
+    "build_image_vqvae",
+    "build_image_denoiser",
+]
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,9 @@ class ImageConfig:
 
     Attributes:
         dataset: a name of ``pbridge.data.DATASETS``.  preset: the name it was built from.
+        variant: ``"end-to-end"`` (the paper's claim) or ``"two-stage"`` (a VQ-VAE with a
+            uniform prior for ``vqvae_steps`` steps, then the bridge on its frozen encodings
+            for ``train.steps`` steps).
         num_codes / latent_dim: K and d.  downsamples: stride-2 stages of the encoder.
         unet_width / unet_mults / unet_blocks: the U-Net denoiser.
         num_steps: T of the image OU schedule (DDPM betas 1e-4 -> 0.02).
@@ -88,6 +101,8 @@ class ImageConfig:
 
     dataset: str = "fashion-mnist"
     preset: str = "small"
+    variant: str = "end-to-end"
+    vqvae_steps: int = 1000
     num_codes: int = 128
     latent_dim: int = 16
     downsamples: int = 1
@@ -111,6 +126,10 @@ class ImageConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.variant not in ("end-to-end", "two-stage"):
+            raise ValueError(
+                f"unknown variant {self.variant!r}; expected 'end-to-end' or 'two-stage'"
+            )
         if self.dataset not in DATASETS:
             raise ValueError(
                 f"unknown data set {self.dataset!r}; expected one of {', '.join(DATASETS)}"
@@ -157,19 +176,42 @@ def image_preset(dataset: str, preset: str) -> ImageConfig:
     raise ValueError(f"unknown preset {preset!r}; expected 'small' or 'paper'")
 
 
-def build_image_model(config: ImageConfig) -> DiffusionBridgeVQVAE:
-    """The end-to-end bridge VQ-VAE for images: ResNet encoder/decoder, discretised-logistic
-    likelihood, U-Net denoiser, DDPM-equivalent OU schedule."""
+def build_image_vqvae(config: ImageConfig) -> VQVAE:
+    """The VQ-VAE (uniform prior) with the image networks of ``config`` (stage one)."""
     channels, height, width = DATASETS[config.dataset]
     k, d = config.downsamples, config.latent_dim
-    grid = (height // 2**k, width // 2**k)
-    return DiffusionBridgeVQVAE(
+    return VQVAE(
         encoder=ResNetEncoder(channels, d, k),
         decoder=DiscretizedLogisticDecoder(ResNetDecoder(d, 2 * channels, k)),
-        denoiser=UNetDenoiser(d, config.unet_width, config.unet_mults, config.unet_blocks),
         codebook=Codebook(config.num_codes, d, radius=config.bridge.spherical_radius),
-        schedule=image_schedule(config.num_steps),
         data_shape=(channels, height, width),
-        latent_shape=(d, *grid),
+        latent_shape=(d, height // 2**k, width // 2**k),
+        spherical_radius=config.bridge.spherical_radius,
+        commitment=config.bridge.commitment,
+    )
+
+
+def build_image_denoiser(config: ImageConfig) -> UNetDenoiser:
+    return UNetDenoiser(config.latent_dim, config.unet_width, config.unet_mults, config.unet_blocks)
+
+
+def build_image_model(config: ImageConfig) -> DiffusionBridgeVQVAE:
+    """The bridge VQ-VAE for images: ResNet encoder/decoder, discretised-logistic likelihood,
+    U-Net denoiser, DDPM-equivalent OU schedule. End to end, or (``variant="two-stage"``) the
+    bridge on a frozen VQ-VAE (untrained here: stage one is run by the training code)."""
+    schedule = image_schedule(config.num_steps)
+    if config.variant == "two-stage":
+        return bridge_on_frozen_vqvae(
+            build_image_vqvae(config), build_image_denoiser(config), schedule, config.bridge
+        )
+    vq = build_image_vqvae(config)
+    return DiffusionBridgeVQVAE(
+        encoder=vq.encoder,
+        decoder=vq.decoder,
+        denoiser=build_image_denoiser(config),
+        codebook=vq.codebook,
+        schedule=schedule,
+        data_shape=vq.data_shape,
+        latent_shape=vq.latent_shape,
         settings=config.bridge,
     )
