@@ -78,10 +78,6 @@ class CodeVector(TorchDistribution):
         sq = (value.movedim(1, -1).unsqueeze(-2) - self.codes).pow(2).sum(-1)
         return sq.argmin(-1)
 
-    @property
-    def mode(self) -> torch.Tensor:
-        return gather_codes(self.logits.argmax(-1), self.codes)
-
     def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape)
@@ -105,11 +101,6 @@ class CodeVector(TorchDistribution):
         log_p = self.logits.log_softmax(-1)
         index = self.indices(value)
         return log_p.gather(-1, index.unsqueeze(-1)).squeeze(-1).flatten(1).sum(-1)
-
-    def entropy(self) -> torch.Tensor:
-        log_p = self.logits.log_softmax(-1)
-        p = log_p.exp()
-        return -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1).flatten(1).sum(-1)
 
 
 @register_kl(CodeVector, CodeVector)
