@@ -16,7 +16,6 @@ import pyro
 import torch
 from torchvision.utils import save_image
 
-from pbridge.checkpoint import load_checkpoint
 from pbridge.codebook import code_usage
 from pbridge.data import load_images
 from pbridge.likelihoods import bits_per_dim
@@ -29,8 +28,9 @@ from pbridge.presets import (
     build_image_vqvae,
 )
 
+from .run_dir import load_run, start_run, train_in_run
 from .sampling import sample_posterior, sample_prior
-from .svi import estimate_elbo, resolve_device, train
+from .svi import estimate_elbo
 
 __all__ = ["run_images", "test_bits_per_dim", "load_image_run", "sample_image_run"]
 
@@ -64,31 +64,19 @@ def run_images(
     """Train the image bridge VQ-VAE end to end, score it on the test split, write the run
     (``resume``: continue from the run directory's checkpoint)."""
     start = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
-    seed = config.train.seed
-    torch.manual_seed(seed)
-    pyro.set_rng_seed(seed)
+    out, dev = start_run(out_dir, config, device)
     train_x = load_images(config.dataset, "train", root, download).as_float()
     test_x = load_images(config.dataset, "test", root, download).as_float()
     train_x, test_x = train_x[: config.max_train].to(dev), test_x[: config.eval_items].to(dev)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
-    generator = torch.Generator(device=dev).manual_seed(seed)
+    generator = torch.Generator(device=dev).manual_seed(config.train.seed)
     if config.variant == "two-stage":
         vqvae = build_image_vqvae(config).to(dev)
         vqvae.initialise_codebook(train_x[:1024], generator)
-        with pyro.validation_enabled(False):
-            stage_one = train(
-                vqvae,
-                train_x,
-                replace(config.train, steps=config.vqvae_steps),
-                progress=progress,
-                checkpoint=out / "vqvae.pt",
-                resume=resume,
-                extra={"config": config.to_dict()},
-            )
+        vqvae_settings = replace(config.train, steps=config.vqvae_steps)
+        stage_one = train_in_run(
+            vqvae, train_x, vqvae_settings, out / "vqvae.pt", config, progress, resume
+        )
         denoiser = build_image_denoiser(config).to(dev)
         variant = bridge_on_frozen_vqvae(
             vqvae, denoiser, image_schedule(config.num_steps), config.bridge
@@ -97,16 +85,9 @@ def run_images(
         stage_one = None
         variant = build_image_model(config).to(dev)
         variant.initialise_codebook(train_x[:1024], generator)
-    with pyro.validation_enabled(False):
-        result = train(
-            variant,
-            train_x,
-            config.train,
-            progress=progress,
-            checkpoint=out / "checkpoint.pt",
-            resume=resume,
-            extra={"config": config.to_dict()},
-        )
+    result = train_in_run(
+        variant, train_x, config.train, out / "checkpoint.pt", config, progress, resume
+    )
 
     variant.eval()
     with pyro.validation_enabled(False):
@@ -135,11 +116,7 @@ def run_images(
 
 def load_image_run(run_dir: str | Path, device: str = "auto"):
     """The config and trained variant of an image run directory."""
-    run = Path(run_dir)
-    config = ImageConfig.from_dict(json.loads((run / "config.json").read_text()))
-    variant = build_image_model(config)
-    variant.load_state_dict(load_checkpoint(run / "checkpoint.pt")["model"])
-    return config, variant.to(resolve_device(device)).eval()
+    return load_run(run_dir, ImageConfig.from_dict, build_image_model, device)
 
 
 def sample_image_run(run_dir: str | Path, num: int, device: str = "auto", seed: int = 0) -> dict:

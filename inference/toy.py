@@ -14,14 +14,14 @@ import pyro
 import torch
 
 from pbridge.bridge_prior import ancestral_sample
-from pbridge.checkpoint import load_checkpoint
 from pbridge.codebook import code_usage
 from pbridge.presets import ToyConfig, build_toy_model
 from pbridge.toy import nearest_centroid, sample_walks, transition_accuracy
 
 from .plots import plot_toy_samples, plot_toy_trajectories
+from .run_dir import load_run, start_run, train_in_run
 from .sampling import sample_posterior, sample_prior
-from .svi import estimate_elbo, resolve_device, train
+from .svi import estimate_elbo
 
 __all__ = ["run_toy", "load_toy_run", "score_toy_samples", "sample_toy_run"]
 
@@ -60,30 +60,18 @@ def run_toy(
     """Train the toy bridge VQ-VAE end to end, score it and write the run directory
     (``resume``: continue from the run directory's checkpoint)."""
     start = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
+    out, dev = start_run(out_dir, config, device)
     seed = config.train.seed
-    torch.manual_seed(seed)
-    pyro.set_rng_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     x_train, _ = sample_walks(config.num_train, config.length, config.noise, generator)
     x_test, _ = sample_walks(NUM_EVAL, config.length, config.noise, generator)
     x_train, x_test = x_train.to(dev), x_test.to(dev)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
     variant = build_toy_model(config).to(dev)
     variant.initialise_codebook(x_train[:4096], torch.Generator(device=dev).manual_seed(seed))
-    with pyro.validation_enabled(False):
-        result = train(
-            variant,
-            x_train,
-            config.train,
-            progress=progress,
-            checkpoint=out / "checkpoint.pt",
-            resume=resume,
-            extra={"config": config.to_dict()},
-        )
+    result = train_in_run(
+        variant, x_train, config.train, out / "checkpoint.pt", config, progress, resume
+    )
 
     variant.eval()
     with pyro.validation_enabled(False):
@@ -119,13 +107,7 @@ def run_toy(
 
 def load_toy_run(run_dir: str | Path, device: str = "auto"):
     """The config and trained variant of a toy run directory."""
-    run = Path(run_dir)
-    if not (run / "config.json").is_file():
-        raise FileNotFoundError(f"{run} is not a run directory: no config.json")
-    config = ToyConfig.from_dict(json.loads((run / "config.json").read_text()))
-    variant = build_toy_model(config)
-    variant.load_state_dict(load_checkpoint(run / "checkpoint.pt")["model"])
-    return config, variant.to(resolve_device(device)).eval()
+    return load_run(run_dir, ToyConfig.from_dict, build_toy_model, device)
 
 
 def sample_toy_run(run_dir: str | Path, num: int, device: str = "auto", seed: int = 0) -> dict:
