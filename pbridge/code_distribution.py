@@ -19,7 +19,7 @@ import torch
 from pyro.distributions import RelaxedOneHotCategoricalStraightThrough, TorchDistribution
 from torch.distributions import constraints, register_kl
 
-from .codebook import categorical_kl, gather_codes
+from .codebook import categorical_kl, code_logits, gather_codes
 
 _NO_SHAPE = torch.Size()
 
@@ -75,8 +75,7 @@ class CodeVector(TorchDistribution):
 
     def indices(self, value: torch.Tensor) -> torch.Tensor:
         """The code index ``(B, *cells)`` of each cell of a value ``(B, d, *cells)``."""
-        sq = (value.movedim(1, -1).unsqueeze(-2) - self.codes).pow(2).sum(-1)
-        return sq.argmin(-1)
+        return code_logits(value, self.codes, 1.0).argmax(-1)  # the nearest code, by matmul
 
     def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
         with torch.no_grad():
