@@ -137,7 +137,7 @@ def forward_and_reverse_paths(variant, x: torch.Tensor) -> tuple[torch.Tensor, t
     z_T = schedule.z_star + schedule.sigma2**0.5 * torch.randn_like(z0)
     steps = tuple(range(schedule.num_steps + 1))
     _, kept = ancestral_sample(
-        schedule, variant.denoiser, z_T, variant.settings.model_variance, keep=steps
+        schedule, variant.chain_denoiser(), z_T, variant.settings.model_variance, keep=steps
     )
     reverse = torch.stack([kept[t] for t in steps])
     return forward, reverse

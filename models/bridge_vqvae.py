@@ -31,6 +31,7 @@ from torch import nn
 
 from pbridge.autoencoder import CodebookAutoencoder, nearest_code_sites
 from pbridge.bridge_prior import (
+    BallProjectedDenoiser,
     DiffusionPrior,
     chain_guide_sites,
     chain_model_sites,
@@ -64,6 +65,9 @@ class BridgeSettings:
         spherical_radius: radius of the sphere holding codes and encodings; ``None`` = free.
         commitment: weight of the VQ commitment + codebook surrogate ||f - e_k||^2 used by
             ``chain_on="code"`` (not part of the bound).
+        z0_ball: ``None``, or project the denoiser's z0_hat onto the ball around z* of radius
+            ``z0_ball * max_k ||e_k - z*||`` (:class:`BallProjectedDenoiser`), in training and
+            sampling alike.
     """
 
     tau_p: float = 0.4
@@ -80,6 +84,7 @@ class BridgeSettings:
     gumbel_temperature: float = 0.5
     spherical_radius: float | None = 1.0
     commitment: float = 0.25
+    z0_ball: float | None = None
 
     def __post_init__(self) -> None:
         choices = {
@@ -99,6 +104,8 @@ class BridgeSettings:
             raise ValueError(f"tau_q must be >= 0, got {self.tau_q}")
         if self.gradient == "gumbel" and self.tau_q == 0:
             raise ValueError("the gumbel gradient needs tau_q > 0 (a point mass has no relaxation)")
+        if self.z0_ball is not None and self.z0_ball <= 0:
+            raise ValueError(f"z0_ball must be > 0 or None, got {self.z0_ball}")
         if not 0 < self.encoder_scale_min < self.encoder_scale:
             raise ValueError(
                 f"need 0 < encoder_scale_min < encoder_scale, got {self.encoder_scale_min} "
@@ -173,12 +180,20 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
         finally:
             self.steps_per_item, self.t_proposal = saved
 
+    def chain_denoiser(self) -> nn.Module:
+        """eps_theta as the backward chain uses it: the denoiser, ball-projected if
+        ``settings.z0_ball`` is set (radius from the current codes, not differentiated)."""
+        if self.settings.z0_ball is None:
+            return self.denoiser
+        spread = (self.codebook().detach() - self.schedule.z_star).norm(dim=1).max()
+        return BallProjectedDenoiser(self.schedule, self.denoiser, self.settings.z0_ball * spread)
+
     def prior(self, batch_size: int) -> DiffusionPrior:
         """p_theta(z_e^0) with the random-step ``log_prob``."""
         s = self.settings
         return DiffusionPrior(
             self.schedule,
-            self.denoiser,
+            self.chain_denoiser(),
             self.latent_shape,
             batch_size,
             model_variance=s.model_variance,
@@ -195,7 +210,7 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
             if s.estimator == "full_chain":
                 z_e0 = chain_model_sites(
                     self.schedule,
-                    self.denoiser,
+                    self.chain_denoiser(),
                     torch.Size(self.latent_shape),
                     x.shape[0],
                     s.model_variance,

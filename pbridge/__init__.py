@@ -5,6 +5,7 @@ training, sampling and analysis in ``pbridge.inference``.
 """
 
 from .bridge_prior import (
+    BallProjectedDenoiser,
     DiffusionPrior,
     ancestral_sample,
     chain_guide_sites,
@@ -29,6 +30,7 @@ __all__ = [
     "code_usage",
     "CodeVector",
     "DiffusionPrior",
+    "BallProjectedDenoiser",
     "reverse_step",
     "chain_model_sites",
     "chain_guide_sites",

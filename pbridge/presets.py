@@ -119,6 +119,7 @@ class ImageConfig:
             encoder_scale=0.1,
             commitment=0.25,
             spherical_radius=2.0,
+            z0_ball=1.2,
         )
     )
     train: TrainSettings = field(

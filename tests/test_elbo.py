@@ -83,8 +83,13 @@ def _elbo_batches(variant, x, batches):
 
 @pytest.mark.parametrize(
     "settings",
-    [dict(), dict(t_sampling="importance", model_variance="beta"), dict(tau_q=0.3)],
-    ids=["uniform", "importance-beta", "soft-guide"],
+    [
+        dict(),
+        dict(t_sampling="importance", model_variance="beta"),
+        dict(tau_q=0.3),
+        dict(z0_ball=0.5),
+    ],
+    ids=["uniform", "importance-beta", "soft-guide", "z0-ball"],
 )
 def test_random_step_mean_equals_full_chain_elbo(settings, float64):
     """E[random-step ELBO] = E[full-chain ELBO] (every step a site), 5 combined standard errors."""

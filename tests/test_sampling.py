@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pbridge.bridge_prior import DiffusionPrior, ancestral_sample
+from pbridge.bridge_prior import BallProjectedDenoiser, DiffusionPrior, ancestral_sample
 from pbridge.ou_bridge import OUSchedule, image_schedule
 
 
@@ -114,3 +114,59 @@ def test_kept_states_are_the_chain(float64):
     z_T = torch.randn(4, 2, 3)
     z0, kept = ancestral_sample(schedule, GaussianOracle(schedule, 0.0, 1.0), z_T, keep=(0, 400))
     assert torch.equal(kept[400], z_T) and torch.equal(kept[0], z0)
+
+
+class ScaledDenoiser(nn.Module):
+    """A biased eps_theta: the oracle's guess times ``factor``."""
+
+    def __init__(self, oracle: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.oracle, self.factor = oracle, factor
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.factor * self.oracle(z_t, t)
+
+
+def test_ball_projection_is_the_nearest_point_of_the_ball(float64):
+    """Inside the ball eps' = eps_theta; outside, z0_hat' is the ball's nearest point to z0_hat
+    (checked against 20,000 random points of the ball)."""
+    schedule = SCHEDULES["ou_zstar"]
+    oracle = ScaledDenoiser(GaussianOracle(schedule, 0.0, 1.0), 0.5)
+    radius = 1.0
+    projected = BallProjectedDenoiser(schedule, oracle, radius)
+    z_t = 2.0 * torch.randn(64, 3, 5)
+    t = torch.randint(1, schedule.num_steps + 1, (64,))
+    z0_hat = schedule.predict_z0(z_t, oracle(z_t, t), t) - schedule.z_star
+    z0_new = schedule.predict_z0(z_t, projected(z_t, t), t) - schedule.z_star
+    inside = z0_hat.norm(dim=1) <= radius
+    assert inside.any() and (~inside).any()
+    torch.testing.assert_close(z0_new.movedim(1, -1)[inside], z0_hat.movedim(1, -1)[inside])
+    assert (z0_new.norm(dim=1) <= radius + 1e-12).all()
+    ball = torch.randn(20000, 3)
+    ball = ball / ball.norm(dim=1, keepdim=True) * torch.rand(20000, 1) ** (1 / 3) * radius
+    outside = z0_hat.movedim(1, -1)[~inside]
+    best_random = torch.cdist(outside, ball).min(dim=1).values
+    ours = (outside - z0_new.movedim(1, -1)[~inside]).norm(dim=1)
+    assert (ours <= best_random + 1e-12).all()
+
+
+def test_ball_projection_stops_the_drift_of_a_biased_denoiser(float64):
+    """An eps_theta half too small sends the chain away from data of norm ~1 (mean norm > 1.8);
+    projecting z0_hat onto the ball of radius 1.5 keeps z^0 within the ball plus the last
+    step's noise, and leaves the exact denoiser's law unchanged."""
+    schedule = image_schedule(200)
+    oracle = GaussianOracle(schedule, 0.0, 1.0 / 8)
+    biased = ScaledDenoiser(oracle, 0.5)
+    z_T = torch.randn(500, 8, 2)
+    torch.manual_seed(1)
+    drifted, _ = ancestral_sample(schedule, biased, z_T)
+    torch.manual_seed(1)
+    held, _ = ancestral_sample(schedule, BallProjectedDenoiser(schedule, biased, 1.5), z_T)
+    last_noise = math.sqrt(schedule.sigma2 * float(schedule.beta[1]) * 8)
+    assert drifted.norm(dim=1).mean() > 1.8
+    assert (held.norm(dim=1) <= 1.5 + 6 * last_noise).all()
+    torch.manual_seed(1)
+    exact, _ = ancestral_sample(schedule, oracle, z_T)
+    torch.manual_seed(1)
+    exact_held, _ = ancestral_sample(schedule, BallProjectedDenoiser(schedule, oracle, 1e6), z_T)
+    torch.testing.assert_close(exact_held, exact)
