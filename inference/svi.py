@@ -2,7 +2,9 @@
 
 The loss is Pyro's ``Trace_ELBO`` differentiable loss divided by the batch size (negative ELBO
 per item), minimised with ``torch.optim.Adam`` and gradient-norm clipping over every parameter
-of the variant: encoder, decoder, codebook and prior train together.
+of the variant: encoder, decoder, codebook and prior train together. Options: a warm-up of the
+latent (KL) terms, ``beta * (log p(z) - log q(z))`` with beta rising linearly from 0 to 1, by a
+``poutine.scale`` on the unobserved sites of model and guide; bfloat16 autocast of the networks.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
+from pyro.poutine.scale_messenger import ScaleMessenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 from tqdm.auto import tqdm
 
 from pbridge.checkpoint import load_checkpoint, save_checkpoint
+from pbridge.codebook import CodeUsage, code_usage
 
 __all__ = [
     "TrainSettings",
@@ -29,6 +33,7 @@ __all__ = [
     "resolve_device",
     "train",
     "negative_elbo",
+    "posterior_code_usage",
     "estimate_elbo",
     "elbo_terms",
 ]
@@ -56,6 +61,10 @@ class TrainSettings:
         clip_norm: gradient-norm clip.  lr_decay: ``"cosine"`` (to 0 at the last step) or
         ``"none"``.  seed: seed of parameters, batches and the ELBO's noise.
         checkpoint_every: steps between checkpoints of a run (0: only at the end).
+        latent_warmup: steps over which the weight of the latent terms rises linearly from
+            1 / latent_warmup to 1 (0: no warm-up; the loss is the ELBO from the start).
+        autocast: run the model and guide under ``torch.autocast`` in bfloat16 (mixed
+            precision: convolutions and matrix products in bf16, the rest in float32).
     """
 
     steps: int = 3000
@@ -65,6 +74,8 @@ class TrainSettings:
     lr_decay: str = "cosine"
     seed: int = 0
     checkpoint_every: int = 500
+    latent_warmup: int = 0
+    autocast: bool = False
 
     def __post_init__(self) -> None:
         if self.steps <= 0:
@@ -73,6 +84,8 @@ class TrainSettings:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.latent_warmup < 0:
+            raise ValueError(f"latent_warmup must be >= 0, got {self.latent_warmup}")
         if self.lr_decay not in ("cosine", "none"):
             raise ValueError(f"lr_decay must be 'cosine' or 'none', got {self.lr_decay!r}")
         if not self.lr > 0:
@@ -87,10 +100,30 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def negative_elbo(variant: nn.Module, x: torch.Tensor) -> torch.Tensor:
+class _LatentScale(ScaleMessenger):
+    """``poutine.scale`` restricted to unobserved sample sites (observations and
+    ``pyro.factor`` surrogates keep their weight)."""
+
+    def _process_message(self, msg: dict) -> None:
+        if not msg["is_observed"]:
+            super()._process_message(msg)
+
+
+def negative_elbo(variant: nn.Module, x: torch.Tensor, latent_scale: float = 1.0) -> torch.Tensor:
     """The training loss: a one-sample estimate of the negative ELBO per item, plus any surrogate
-    terms the guide adds with ``pyro.factor`` (a differentiable scalar)."""
-    return Trace_ELBO().differentiable_loss(variant.model, variant.guide, x) / x.shape[0]
+    terms the guide adds with ``pyro.factor`` (a differentiable scalar). ``latent_scale`` = beta
+    weighs the latent sites of model and guide, ``-(log p(x|z) + beta (log p(z) - log q(z)))``."""
+    model, guide = variant.model, variant.guide
+    if latent_scale != 1.0:
+        model, guide = _LatentScale(latent_scale)(model), _LatentScale(latent_scale)(guide)
+    return Trace_ELBO().differentiable_loss(model, guide, x) / x.shape[0]
+
+
+@torch.no_grad()
+def posterior_code_usage(variant: nn.Module, x: torch.Tensor) -> CodeUsage:
+    """Codebook usage of the guide's z_q^0 on ``x``."""
+    site = poutine.trace(variant.guide).get_trace(x).nodes["z_q_0"]
+    return code_usage(site["fn"].indices(site["value"]), variant.codebook.num_codes)
 
 
 @torch.no_grad()
@@ -202,7 +235,9 @@ def train(
         index = torch.randint(
             data.shape[0], (settings.batch_size,), generator=generator, device=data.device
         )
-        loss = negative_elbo(variant, data[index])
+        beta = min(1.0, step / settings.latent_warmup) if settings.latent_warmup else 1.0
+        with torch.autocast(data.device.type, torch.bfloat16, enabled=settings.autocast):
+            loss = negative_elbo(variant, data[index], beta)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(variant.parameters(), settings.clip_norm)
@@ -216,8 +251,16 @@ def train(
         result.losses.append(value)
         if progress and step % 100 == 0:
             terms = elbo_terms(variant, data[index])
-            shown = {"-elbo": value, "bits/dim": value / (data[0].numel() * math.log(2)), **terms}
-            bar.set_postfix({k: f"{v:.2f}" for k, v in shown.items()})
+            usage = posterior_code_usage(variant, data[index])
+            elbo = sum(terms.values())
+            shown = {
+                "-elbo": -elbo,
+                "bits/dim": -elbo / (data[0].numel() * math.log(2)),
+                **terms,
+                "codes": usage.codes_used,
+                "perplexity": usage.perplexity,
+            }
+            bar.set_postfix({k: f"{v:.2f}" if isinstance(v, float) else v for k, v in shown.items()})
         if checkpoint is not None and (
             step == settings.steps
             or (settings.checkpoint_every and step % settings.checkpoint_every == 0)

@@ -44,6 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help="random seed (default: the preset's)")
     train.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     train.add_argument(
+        "--latent-warmup",
+        type=int,
+        help="steps of linear warm-up of the latent (KL and prior) terms (default: the preset's)",
+    )
+    train.add_argument(
+        "--autocast",
+        action="store_true",
+        default=None,
+        help="mixed precision: bfloat16 autocast of the networks (for GPUs)",
+    )
+    train.add_argument(
         "--preset", default="small", choices=("small", "paper"), help="image network sizes"
     )
     train.add_argument(
@@ -86,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
+        given = {
+            "steps": args.steps,
+            "seed": args.seed,
+            "latent_warmup": args.latent_warmup,
+            "autocast": args.autocast,
+        }
+        overrides = {k: v for k, v in given.items() if v is not None}
         progress = not args.no_progress
         if args.dataset == "toy":
             config = ToyConfig()
