@@ -260,7 +260,9 @@ def train(
                 "codes": usage.codes_used,
                 "perplexity": usage.perplexity,
             }
-            bar.set_postfix({k: f"{v:.2f}" if isinstance(v, float) else v for k, v in shown.items()})
+            bar.set_postfix(
+                {k: f"{v:.2f}" if isinstance(v, float) else v for k, v in shown.items()}
+            )
         if checkpoint is not None and (
             step == settings.steps
             or (settings.checkpoint_every and step % settings.checkpoint_every == 0)

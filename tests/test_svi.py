@@ -6,8 +6,9 @@ import pyro
 import pytest
 import torch
 
+from pbridge.data import load_images
 from pbridge.inference.svi import TrainSettings, elbo_terms, negative_elbo, resolve_device, train
-from pbridge.presets import ToyConfig, build_toy_model
+from pbridge.presets import ToyConfig, build_image_model, build_toy_model, image_preset
 from pbridge.toy import sample_walks
 
 
@@ -82,18 +83,30 @@ def test_variant_trains_with_pyro_svi():
     assert "bridge_vqvae$$$codebook.weight" in pyro.get_param_store().keys()
 
 
-def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, monkeypatch):
+def _digits_variant():
+    return build_image_model(image_preset("digits", "small"))
+
+
+@pytest.mark.parametrize(
+    "build, data",
+    [
+        (_variant, lambda: sample_walks(256, generator=torch.Generator().manual_seed(0))[0]),
+        (_digits_variant, lambda: load_images("digits", "train").as_float()[:256]),
+    ],
+    ids=["toy", "digits-images"],
+)
+def test_interrupted_run_resumes_to_the_same_parameters(build, data, tmp_path, monkeypatch):
     """Interrupt at step 13 (checkpoints every 5), resume: the result equals an uninterrupted
     run bit for bit, and the resumed run repeated at most one checkpoint interval."""
     import pbridge.inference.svi as svi
 
     pyro.enable_validation(False)
-    x, _ = sample_walks(256, generator=torch.Generator().manual_seed(0))
-    settings = TrainSettings(steps=20, batch_size=16, checkpoint_every=5)
+    x = data()
+    settings = TrainSettings(steps=20, batch_size=16, checkpoint_every=5, latent_warmup=8)
 
     def fresh(path):
         torch.manual_seed(0)
-        return _variant(), tmp_path / path
+        return build(), tmp_path / path
 
     variant, path = fresh("whole.pt")
     whole = train(variant, x, settings, progress=False, checkpoint=path)
@@ -102,11 +115,11 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, monkeypatch):
     calls = {"n": 0}
     real_loss = svi.negative_elbo
 
-    def interrupting_loss(v, batch):
+    def interrupting_loss(*args):
         calls["n"] += 1
         if calls["n"] == 13:
             raise KeyboardInterrupt
-        return real_loss(v, batch)
+        return real_loss(*args)
 
     variant, path = fresh("cut.pt")
     monkeypatch.setattr(svi, "negative_elbo", interrupting_loss)
