@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=("end-to-end", "two-stage"),
         help="image variant: the joint model, or a VQ-VAE then the bridge on frozen encodings",
     )
+    train.add_argument(
+        "--vqvae-steps",
+        type=_positive_int,
+        help="two-stage variant: steps of the VQ-VAE stage (default: the preset's)",
+    )
     train.add_argument("--root", help="data folder (default: $PBRIDGE_DATA or ~/.cache/pbridge)")
     train.add_argument(
         "--download", action="store_true", help="download the data set with torchvision"
@@ -112,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config = image_preset(args.dataset, args.preset)
             config = replace(config, variant=args.variant, train=replace(config.train, **overrides))
+            if args.vqvae_steps is not None:
+                config = replace(config, vqvae_steps=args.vqvae_steps)
             metrics = run_images(
                 config,
                 args.out,
