@@ -3,30 +3,63 @@
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyro
 import torch
+import torchsde
 from torch import nn
 
-from pbridge.checkpoint import load_checkpoint
+import pbridge
+from pbridge.checkpoint import check_state_fits, load_latest_checkpoint
 
 from .svi import TrainResult, TrainSettings, resolve_device, train
 
-__all__ = ["start_run", "train_in_run", "load_run"]
+__all__ = ["start_run", "train_in_run", "load_run", "environment"]
+
+
+def _git(*args: str) -> str | None:
+    source = Path(pbridge.__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=source, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def environment() -> dict[str, Any]:
+    """Versions of Python, torch, Pyro, torchsde and pbridge, and the git commit of the pbridge
+    source (``None`` outside a git checkout; ``git_dirty`` when it has uncommitted changes)."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "torchsde": torchsde.__version__,
+        "pbridge": pbridge.__version__,
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }
 
 
 def start_run(out_dir: str | Path, config: Any, device: str) -> tuple[Path, torch.device]:
-    """Create the run directory, write ``config.json``, seed torch and Pyro with
-    ``config.train.seed``; return the directory and the resolved device."""
+    """Create the run directory, write ``config.json`` and ``environment.json`` (versions and
+    git commit), seed torch and Pyro with ``config.train.seed``; return the directory and the
+    resolved device."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     torch.manual_seed(config.train.seed)
     pyro.set_rng_seed(config.train.seed)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    (out / "environment.json").write_text(json.dumps(environment(), indent=2))
     return out, dev
 
 
@@ -64,5 +97,12 @@ def load_run(
         raise FileNotFoundError(f"{run} is not a run directory: no config.json")
     config = from_dict(json.loads((run / "config.json").read_text()))
     variant = build(config)
-    variant.load_state_dict(load_checkpoint(run / "checkpoint.pt")["model"])
+    state, used = load_latest_checkpoint(run / "checkpoint.pt")
+    if state.get("variant") != type(variant).__name__:
+        raise ValueError(
+            f"{used} was written by a {state.get('variant')} run, but config.json builds a "
+            f"{type(variant).__name__}"
+        )
+    check_state_fits(variant, state["model"], str(used))
+    variant.load_state_dict(state["model"])
     return config, variant.to(resolve_device(device)).eval()

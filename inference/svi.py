@@ -10,7 +10,11 @@ latent (KL) terms, ``beta * (log p(z) - log q(z))`` with beta rising linearly fr
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +28,19 @@ from pyro.poutine.util import site_is_subsample
 from torch import nn
 from tqdm.auto import tqdm
 
-from pbridge.checkpoint import load_checkpoint, save_checkpoint
+from pbridge.checkpoint import (
+    check_state_fits,
+    load_latest_checkpoint,
+    previous_path,
+    save_checkpoint,
+)
 from pbridge.codebook import CodeUsage, code_usage
 
 __all__ = [
     "TrainSettings",
     "TrainResult",
+    "TrainingInterrupted",
+    "non_finite_sites",
     "resolve_device",
     "train",
     "negative_elbo",
@@ -158,6 +169,78 @@ def estimate_elbo(variant: nn.Module, x: torch.Tensor, repeats: int = 10) -> tup
     return float(values.mean()), stderr
 
 
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM arrived during training; a checkpoint of ``step`` was written."""
+
+    def __init__(self, step: int, signal_name: str, checkpoint: Path | None) -> None:
+        where = f"; checkpoint written to {checkpoint}" if checkpoint else " (no checkpoint path)"
+        super().__init__(f"training stopped by {signal_name} after step {step}{where}")
+        self.step, self.signal_name, self.checkpoint = step, signal_name, checkpoint
+
+
+@contextmanager
+def _signals_as_flag(flag: dict[str, str | None]) -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM set ``flag["signal"]`` instead of killing the
+    process (main thread only; elsewhere signals keep their handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        flag["signal"] = signal.Signals(signum).name
+
+    saved = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+
+
+def _check_data(variant: nn.Module, data: torch.Tensor) -> None:
+    if not isinstance(data, torch.Tensor):
+        raise TypeError(f"data must be a torch.Tensor, got {type(data).__name__}")
+    if not torch.is_floating_point(data):
+        raise TypeError(f"data must be floating point (e.g. uint8 images / 255), got {data.dtype}")
+    if data.shape[0] == 0:
+        raise ValueError("the training data set is empty")
+    expected = getattr(variant, "data_shape", None)
+    if expected is not None and tuple(data.shape[1:]) != tuple(expected):
+        raise ValueError(
+            f"data items have shape {tuple(data.shape[1:])}, the variant expects {tuple(expected)}"
+        )
+    if not torch.isfinite(data).all():
+        bad = int((~torch.isfinite(data)).flatten(1).any(1).nonzero()[0])
+        raise ValueError(f"the training data contain NaN or inf values (first in item {bad})")
+
+
+def _rng_states(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_states(device: torch.device, states: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    torch.set_rng_state(states[0])
+    if states[1] is not None:
+        torch.cuda.set_rng_state(states[1], device)
+
+
+def non_finite_sites(variant: nn.Module, x: torch.Tensor) -> list[str]:
+    """Sample sites of one model/guide draw on ``x`` whose log-density is NaN or infinite,
+    as ``"name (guide)"`` / ``"name (model)"`` (surrogate ``pyro.factor`` sites included)."""
+    with torch.no_grad():
+        guide_trace = poutine.trace(variant.guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(variant.model, trace=guide_trace)).get_trace(x)
+    bad = []
+    for role, trace in (("guide", guide_trace), ("model", model_trace)):
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if not torch.isfinite(site["fn"].log_prob(site["value"]).sum()):
+                bad.append(f"{name} ({role})")
+    return bad
+
+
 def train(
     variant: nn.Module,
     data: torch.Tensor,
@@ -170,17 +253,18 @@ def train(
     """Train ``variant`` on ``data: (N, ...)`` (already on the variant's device).
 
     With ``checkpoint``, the training state (parameters, optimiser, learning-rate schedule, step,
-    losses, every random-number state) is written there atomically every
-    ``settings.checkpoint_every`` steps and at the end, with ``extra`` (e.g. the config)
-    alongside; ``resume=True`` continues from it, so an interrupted run ends with the same
-    parameters as an uninterrupted one.
-    Raises ``FloatingPointError`` naming the step when the loss or a gradient is not finite;
-    the last checkpoint is then left as it was.
+    losses, every random-number state, the variant's class) is written there atomically, with a
+    checksum and the previous file kept as ``<checkpoint>.prev`` (:mod:`pbridge.checkpoint`),
+    every ``settings.checkpoint_every`` steps and at the end, with ``extra`` (e.g. the config)
+    alongside; ``resume=True`` continues from the newest intact one, so an interrupted run ends
+    with the same parameters as an uninterrupted one.
+
+    SIGINT / SIGTERM during training finish the current step, write a checkpoint and raise
+    :class:`TrainingInterrupted`. A non-finite loss or gradient raises ``FloatingPointError``
+    naming the step and the sites or parameters that went non-finite; the last checkpoint is
+    then left as it was.
     """
-    if data.shape[0] == 0:
-        raise ValueError("the training data set is empty")
-    if not torch.isfinite(data).all():
-        raise ValueError("the training data contain NaN or inf values")
+    _check_data(variant, data)
     optimiser = torch.optim.Adam(variant.parameters(), lr=settings.lr, foreach=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser,
@@ -193,22 +277,32 @@ def train(
     generator = torch.Generator(device=data.device).manual_seed(settings.seed)
     result = TrainResult()
     first_step = 1
-    if resume and checkpoint is not None and Path(checkpoint).is_file():
-        state = load_checkpoint(checkpoint)
-        variant.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["batch_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if torch.cuda.is_available() and state.get("cuda_rng"):
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        result.losses = list(state["losses"])
-        first_step = state["step"] + 1
+    if resume and checkpoint is not None:
+        path = Path(checkpoint)
+        if path.is_file() or previous_path(path).is_file():
+            state, used = load_latest_checkpoint(path)
+            written_by = state.get("variant")
+            if written_by != type(variant).__name__:
+                raise ValueError(
+                    f"{used} was written by a {written_by} run; cannot resume a "
+                    f"{type(variant).__name__} from it"
+                )
+            check_state_fits(variant, state["model"], str(used))
+            variant.load_state_dict(state["model"])
+            optimiser.load_state_dict(state["optimiser"])
+            schedule.load_state_dict(state["schedule"])
+            generator.set_state(state["batch_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            if torch.cuda.is_available() and state.get("cuda_rng"):
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            result.losses = list(state["losses"])
+            first_step = state["step"] + 1
 
     def save(step: int) -> None:
         save_checkpoint(
             {
                 **(extra or {}),
+                "variant": type(variant).__name__,
                 "model": variant.state_dict(),
                 "optimiser": optimiser.state_dict(),
                 "schedule": schedule.state_dict(),
@@ -231,43 +325,63 @@ def train(
         initial=first_step - 1,
         total=settings.steps,
     )
-    for step in bar:
-        index = torch.randint(
-            data.shape[0], (settings.batch_size,), generator=generator, device=data.device
-        )
-        beta = min(1.0, step / settings.latent_warmup) if settings.latent_warmup else 1.0
-        with torch.autocast(data.device.type, torch.bfloat16, enabled=settings.autocast):
-            loss = negative_elbo(variant, data[index], beta)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(variant.parameters(), settings.clip_norm)
-        value = float(loss.detach())
-        if not (math.isfinite(value) and math.isfinite(float(grad_norm))):
-            raise FloatingPointError(
-                f"non-finite {'loss' if not math.isfinite(value) else 'gradient'} at step {step}"
+    stop: dict[str, str | None] = {"signal": None}
+    with _signals_as_flag(stop):
+        for step in bar:
+            index = torch.randint(
+                data.shape[0], (settings.batch_size,), generator=generator, device=data.device
             )
-        optimiser.step()
-        schedule.step()
-        result.losses.append(value)
-        if progress and step % 100 == 0:
-            terms = elbo_terms(variant, data[index])
-            usage = posterior_code_usage(variant, data[index])
-            elbo = sum(terms.values())
-            shown = {
-                "-elbo": -elbo,
-                "bits/dim": -elbo / (data[0].numel() * math.log(2)),
-                **terms,
-                "codes": usage.codes_used,
-                "perplexity": usage.perplexity,
-            }
-            bar.set_postfix(
-                {k: f"{v:.2f}" if isinstance(v, float) else v for k, v in shown.items()}
-            )
-        if checkpoint is not None and (
-            step == settings.steps
-            or (settings.checkpoint_every and step % settings.checkpoint_every == 0)
-        ):
-            save(step)
+            rng_before = _rng_states(data.device)
+            beta = min(1.0, step / settings.latent_warmup) if settings.latent_warmup else 1.0
+            with torch.autocast(data.device.type, torch.bfloat16, enabled=settings.autocast):
+                loss = negative_elbo(variant, data[index], beta)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(variant.parameters(), settings.clip_norm)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                _set_rng_states(data.device, rng_before)  # the same draws, to find the culprit
+                sites = non_finite_sites(variant, data[index])
+                named = ", ".join(sites) if sites else "no single site (the surrogate or a sum)"
+                raise FloatingPointError(f"non-finite loss at step {step}: {named}")
+            if not math.isfinite(float(grad_norm)):
+                names = [
+                    n
+                    for n, p in variant.named_parameters()
+                    if p.grad is not None and not torch.isfinite(p.grad).all()
+                ]
+                raise FloatingPointError(
+                    f"non-finite gradient at step {step} in {', '.join(names[:5])}"
+                    + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+                )
+            optimiser.step()
+            schedule.step()
+            result.losses.append(value)
+            if progress and step % 100 == 0:
+                terms = elbo_terms(variant, data[index])
+                usage = posterior_code_usage(variant, data[index])
+                elbo = sum(terms.values())
+                shown = {
+                    "-elbo": -elbo,
+                    "bits/dim": -elbo / (data[0].numel() * math.log(2)),
+                    **terms,
+                    "codes": usage.codes_used,
+                    "perplexity": usage.perplexity,
+                }
+                bar.set_postfix(
+                    {k: f"{v:.2f}" if isinstance(v, float) else v for k, v in shown.items()}
+                )
+            if checkpoint is not None and (
+                step == settings.steps
+                or stop["signal"] is not None
+                or (settings.checkpoint_every and step % settings.checkpoint_every == 0)
+            ):
+                save(step)
+            if stop["signal"] is not None:
+                bar.close()
+                raise TrainingInterrupted(
+                    step, stop["signal"], Path(checkpoint) if checkpoint else None
+                )
     result.seconds = time.perf_counter() - start
     pyro.clear_param_store()
     return result

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -90,7 +91,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 bad input, 130 / 143 stopped by
+    SIGINT / SIGTERM after writing a checkpoint)."""
     args = _parser().parse_args(argv)
+    from pbridge.checkpoint import CorruptCheckpointError
+    from pbridge.data import UnreadableDataError
+    from pbridge.inference.svi import TrainingInterrupted
+
+    try:
+        return _run(args)
+    except TrainingInterrupted as stopped:
+        print(f"pbridge: {stopped}; continue with --resume", file=sys.stderr)
+        return 128 + signal.Signals[stopped.signal_name].value
+    except (
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        UnreadableDataError,
+        CorruptCheckpointError,
+    ) as err:
+        print(f"pbridge: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     from pbridge.inference.images import run_images, sample_image_run
     from pbridge.inference.toy import run_toy, sample_toy_run
     from pbridge.presets import ToyConfig, image_preset

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["ImageData", "DATASETS", "load_images", "default_root"]
+__all__ = ["ImageData", "DATASETS", "UnreadableDataError", "load_images", "default_root"]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DATASETS = {
@@ -62,6 +62,10 @@ class ImageData:
         return self.images.float() / 255.0
 
 
+class UnreadableDataError(OSError):
+    """Data files are present but cannot be read (truncated, corrupted, wrong format)."""
+
+
 def default_root() -> Path:
     return Path(os.environ.get("PBRIDGE_DATA", Path.home() / ".cache" / "pbridge"))
 
@@ -81,7 +85,22 @@ def load_images(
         "miniimagenet": _miniimagenet,
         "digits": _digits,
     }[name]
-    images, labels = loader(root, split, download)
+    try:
+        images, labels = loader(root, split, download)
+    except FileNotFoundError:
+        raise
+    except (
+        OSError,
+        RuntimeError,
+        ValueError,
+        EOFError,
+        AssertionError,
+        pickle.UnpicklingError,
+    ) as err:
+        raise UnreadableDataError(
+            f"the {name} {split} split under {root} exists but cannot be read "
+            f"({type(err).__name__}: {err}); delete the damaged files and fetch them again"
+        ) from err
     data = ImageData(name, split, images, labels)
     if tuple(data.images.shape[1:]) != DATASETS[name]:
         raise ValueError(

@@ -66,9 +66,9 @@ def test_non_positive_steps_are_refused(tmp_path, capsys):
     assert "must be a positive integer, got 0" in capsys.readouterr().err
 
 
-def test_missing_run_directory_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no config.json"):
-        main(["sample", str(tmp_path / "nowhere")])
+def test_missing_run_directory_is_named(tmp_path, capsys):
+    assert main(["sample", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere is not a run directory: no config.json" in capsys.readouterr().err
 
 
 def test_console_script_help():
