@@ -225,6 +225,18 @@ def _set_rng_states(device: torch.device, states: tuple[torch.Tensor, torch.Tens
         torch.cuda.set_rng_state(states[1], device)
 
 
+def _loss_and_gradients(
+    variant: nn.Module, optimiser: torch.optim.Optimizer, x: torch.Tensor, beta: float, bf16: bool
+) -> torch.Tensor:
+    """The training loss on ``x`` (warm-up weight ``beta``, bfloat16 autocast if ``bf16``), its
+    gradients left in the parameters' ``.grad``."""
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+        loss = negative_elbo(variant, x, beta)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss
+
+
 def non_finite_sites(variant: nn.Module, x: torch.Tensor) -> list[str]:
     """Sample sites of one model/guide draw on ``x`` whose log-density is NaN or infinite,
     as ``"name (guide)"`` / ``"name (model)"`` (surrogate ``pyro.factor`` sites included)."""
@@ -333,18 +345,16 @@ def train(
             )
             rng_before = _rng_states(data.device)
             beta = min(1.0, step / settings.latent_warmup) if settings.latent_warmup else 1.0
-            with torch.autocast(data.device.type, torch.bfloat16, enabled=settings.autocast):
-                loss = negative_elbo(variant, data[index], beta)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = _loss_and_gradients(variant, optimiser, data[index], beta, settings.autocast)
             grad_norm = torch.nn.utils.clip_grad_norm_(variant.parameters(), settings.clip_norm)
             value = float(loss.detach())
-            if not math.isfinite(value):
-                _set_rng_states(data.device, rng_before)  # the same draws, to find the culprit
-                sites = non_finite_sites(variant, data[index])
-                named = ", ".join(sites) if sites else "no single site (the surrogate or a sum)"
-                raise FloatingPointError(f"non-finite loss at step {step}: {named}")
-            if not math.isfinite(float(grad_norm)):
+            if not (math.isfinite(value) and math.isfinite(float(grad_norm))):
+                _set_rng_states(data.device, rng_before)  # replay the same draws, unclipped
+                if not math.isfinite(value):
+                    sites = non_finite_sites(variant, data[index])
+                    named = ", ".join(sites) or "no single site (the surrogate or a sum)"
+                    raise FloatingPointError(f"non-finite loss at step {step}: {named}")
+                _loss_and_gradients(variant, optimiser, data[index], beta, settings.autocast)
                 names = [
                     n
                     for n, p in variant.named_parameters()

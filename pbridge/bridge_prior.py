@@ -145,6 +145,13 @@ def ancestral_sample(
     Returns:
         z^0 and ``{t: z^t}`` for the requested times.
     """
+    if z_T.dim() < 2 or not torch.is_floating_point(z_T):
+        raise ValueError(
+            f"z_T must be a floating tensor of shape (B, d, *cells), got {tuple(z_T.shape)} "
+            f"of dtype {z_T.dtype}"
+        )
+    if not torch.isfinite(z_T).all():
+        raise ValueError("z_T contains NaN or inf values")
     kept = {schedule.num_steps: z_T} if schedule.num_steps in keep else {}
     z = z_T
     for t in range(schedule.num_steps, 0, -1):

@@ -71,7 +71,10 @@ def categorical_kl(logits_q: torch.Tensor, logits_p: torch.Tensor) -> torch.Tens
 
 def gather_codes(indices: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """Code vectors e_k for indices ``(B, *cells)``; returns channel-first ``(B, d, *cells)``."""
-    return codes[indices].movedim(-1, 1)
+    # one-hot @ codes rather than codes[indices]: the backward of indexing accumulates into the
+    # codebook in a thread-dependent order on CPU; a matrix product is deterministic.
+    one_hot = torch.nn.functional.one_hot(indices, codes.shape[0]).to(codes.dtype)
+    return (one_hot @ codes).movedim(-1, 1)
 
 
 @dataclass(frozen=True)

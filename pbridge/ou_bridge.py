@@ -116,6 +116,11 @@ class OUSchedule:
 
         The result takes ``like``'s dtype and device so it broadcasts against ``(B, *event)``.
         """
+        if t.dim() != 1 or like.dim() == 0 or t.shape[0] != like.shape[0]:
+            raise ValueError(
+                f"time indices must have shape (B,) for states of shape (B, ...) = "
+                f"{tuple(like.shape)}, got {tuple(t.shape)}"
+            )
         values = table.to(device=like.device, dtype=like.dtype)[t]
         return values.reshape(t.shape + (1,) * (like.dim() - t.dim()))
 

@@ -8,6 +8,7 @@ import pyro
 import pytest
 import torch
 
+from pbridge.checkpoint import load_checkpoint
 from pbridge.cli import main
 from pbridge.data import load_images
 from pbridge.inference.images import run_images
@@ -112,6 +113,6 @@ def test_two_stage_moves_only_the_denoiser():
 def test_two_stage_run_writes_both_stages(tmp_path):
     metrics = run_images(_tiny("two-stage"), tmp_path, progress=False)
     assert (tmp_path / "vqvae.pt").is_file() and (tmp_path / "checkpoint.pt").is_file()
-    stage_one = torch.load(tmp_path / "vqvae.pt", weights_only=True)
+    stage_one = load_checkpoint(tmp_path / "vqvae.pt")
     assert stage_one["step"] == 30 and stage_one["losses"][-1] < stage_one["losses"][0]
     assert math.isfinite(metrics["test_bits_per_dim"]) and metrics["codes_used"] >= 4

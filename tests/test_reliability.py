@@ -252,9 +252,10 @@ def test_loading_a_run_whose_config_no_longer_fits_names_the_tensor(tmp_path):
     bigger = json.loads((tmp_path / "config.json").read_text())
     bigger["latent_dim"] = config.latent_dim + 1
     (tmp_path / "config.json").write_text(json.dumps(bigger))
-    with pytest.raises(
-        ValueError, match=r"codebook.weight: checkpoint \(32, 16\), model \(32, 17\)"
-    ):
+    wrong_d = (
+        r"fit this DiffusionBridgeVQVAE: .*checkpoint \(16, 32, 1, 1\), model \(17, 32, 1, 1\)"
+    )
+    with pytest.raises(ValueError, match=wrong_d):
         load_run(tmp_path, ImageConfig.from_dict, build_image_model, "cpu")
 
 
@@ -284,3 +285,44 @@ def test_same_seed_same_bits_and_the_run_records_its_environment(tmp_path):
     assert recorded["torch"] == torch.__version__ and recorded["pyro"] == pyro.__version__
     assert set(recorded) >= {"python", "torchsde", "pbridge", "git_commit", "git_dirty"}
     assert recorded == {**environment(), "git_dirty": recorded["git_dirty"]}
+
+
+# ---------------------------------------------------------------- the library API
+def test_library_functions_check_shapes_up_front():
+    from pbridge.bridge_prior import ancestral_sample
+    from pbridge.ou_bridge import image_schedule
+
+    schedule = image_schedule(10)
+    with pytest.raises(
+        ValueError, match=r"shape \(B,\) for states of shape .* \(4, 2, 3\), got \(3,\)"
+    ):
+        schedule.marginal(torch.zeros(4, 2, 3), torch.ones(3, dtype=torch.long))
+    with pytest.raises(TypeError, match="integer tensor"):
+        schedule.marginal(torch.zeros(4, 2, 3), torch.ones(4))
+    denoiser = build_image_model(image_preset("digits", "small")).denoiser
+    with pytest.raises(ValueError, match=r"z_T must be .* got \(16,\)"):
+        ancestral_sample(schedule, denoiser, torch.zeros(16))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        ancestral_sample(schedule, denoiser, torch.full((1, 16, 4, 4), math.nan))
+
+
+def test_image_gradients_are_bit_identical_across_passes():
+    """Same seed, same batch, two threads: every gradient is bit-identical (indexing the codebook
+    with ``codes[k]`` was not: its backward accumulates in a thread-dependent order)."""
+    pyro.enable_validation(False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = load_images("digits", "train").as_float()[:64]
+        x = torch.nn.functional.interpolate(x, size=(28, 28)).round(decimals=2)
+        grads = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            variant = build_image_model(image_preset("fashion-mnist", "small"))
+            variant.initialise_codebook(x)
+            pyro.set_rng_seed(0)
+            svi.negative_elbo(variant, x).backward()
+            grads.append({n: p.grad for n, p in variant.named_parameters() if p.grad is not None})
+    finally:
+        torch.set_num_threads(threads)
+    assert [n for n in grads[0] if not torch.equal(grads[0][n], grads[1][n])] == []

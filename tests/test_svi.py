@@ -6,6 +6,7 @@ import pyro
 import pytest
 import torch
 
+from pbridge.checkpoint import load_checkpoint
 from pbridge.data import load_images
 from pbridge.inference.svi import TrainSettings, elbo_terms, negative_elbo, resolve_device, train
 from pbridge.presets import ToyConfig, build_image_model, build_toy_model, image_preset
@@ -126,7 +127,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(build, data, tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         train(variant, x, settings, progress=False, checkpoint=path)
     monkeypatch.setattr(svi, "negative_elbo", real_loss)
-    assert torch.load(path, weights_only=True)["step"] == 10
+    assert load_checkpoint(path)["step"] == 10
 
     variant, _ = fresh("cut.pt")  # a new process would rebuild the variant from scratch
     torch.manual_seed(123)  # and its RNG would differ: the checkpoint restores it

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from pbridge.checkpoint import load_checkpoint
 from pbridge.cli import main
 from pbridge.toy import centroids, nearest_centroid, sample_walks, transition_accuracy
 
@@ -37,7 +38,7 @@ def test_toy_trains_end_to_end(toy_run):
     assert metrics["transition_accuracy"] >= 0.95
     assert metrics["codes_used"] == 8 and metrics["prior_codes_used"] == 8
     assert metrics["reconstruction_mse"] < 0.01  # data noise alone gives 0.0025
-    losses = torch.load(toy_run / "checkpoint.pt", weights_only=True)["losses"]
+    losses = load_checkpoint(toy_run / "checkpoint.pt")["losses"]
     first, last = sum(losses[:50]) / 50, sum(losses[-100:]) / 100
     assert first - last > 100  # nats per walk: the loss fell by a wide margin
     assert abs(metrics["elbo"] + last) < 10  # held-out ELBO close to the final training loss
