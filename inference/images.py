@@ -64,7 +64,7 @@ def run_images(
     """Train the image bridge VQ-VAE end to end, score it on the test split, write the run
     (``resume``: continue from the run directory's checkpoint)."""
     start = time.perf_counter()
-    out, dev = start_run(out_dir, config, device)
+    out, dev, world = start_run(out_dir, config, device)
     train_x = load_images(config.dataset, "train", root, download).as_float()
     test_x = load_images(config.dataset, "test", root, download).as_float()
     train_x, test_x = train_x[: config.max_train].to(dev), test_x[: config.eval_items].to(dev)
@@ -75,7 +75,7 @@ def run_images(
         vqvae.initialise_codebook(train_x[:1024], generator)
         vqvae_settings = replace(config.train, steps=config.vqvae_steps)
         stage_one = train_in_run(
-            vqvae, train_x, vqvae_settings, out / "vqvae.pt", config, progress, resume
+            vqvae, train_x, vqvae_settings, out / "vqvae.pt", config, progress, resume, world
         )
         denoiser = build_image_denoiser(config).to(dev)
         variant = bridge_on_frozen_vqvae(
@@ -86,8 +86,10 @@ def run_images(
         variant = build_image_model(config).to(dev)
         variant.initialise_codebook(train_x[:1024], generator)
     result = train_in_run(
-        variant, train_x, config.train, out / "checkpoint.pt", config, progress, resume
+        variant, train_x, config.train, out / "checkpoint.pt", config, progress, resume, world
     )
+    if not world.is_main:
+        return {}
 
     variant.eval()
     with pyro.validation_enabled(False):

@@ -17,6 +17,7 @@ from torch import nn
 import pbridge
 from pbridge.checkpoint import check_state_fits, load_latest_checkpoint
 
+from .distributed import World, world_from_environment
 from .svi import TrainResult, TrainSettings, resolve_device, train
 
 __all__ = ["start_run", "train_in_run", "load_run", "environment"]
@@ -49,18 +50,25 @@ def environment() -> dict[str, Any]:
     }
 
 
-def start_run(out_dir: str | Path, config: Any, device: str) -> tuple[Path, torch.device]:
+def start_run(out_dir: str | Path, config: Any, device: str) -> tuple[Path, torch.device, World]:
     """Create the run directory, write ``config.json`` and ``environment.json`` (versions and
-    git commit), seed torch and Pyro with ``config.train.seed``; return the directory and the
-    resolved device."""
+    git commit), seed torch and Pyro with ``config.train.seed``; return the directory, the
+    resolved device and the data-parallel world (from torchrun's environment; one process
+    otherwise). Under torchrun each process takes the GPU of its local rank and only process 0
+    writes files."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
+    world = world_from_environment(dev)
+    if world.size > 1 and dev.type == "cuda":
+        dev = torch.device("cuda", world.local_rank)
     torch.manual_seed(config.train.seed)
     pyro.set_rng_seed(config.train.seed)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    (out / "environment.json").write_text(json.dumps(environment(), indent=2))
-    return out, dev
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        recorded = {**environment(), "processes": world.size}
+        (out / "environment.json").write_text(json.dumps(recorded, indent=2))
+    return out, dev, world
 
 
 def train_in_run(
@@ -71,6 +79,7 @@ def train_in_run(
     config: Any,
     progress: bool,
     resume: bool,
+    world: World | None = None,
 ) -> TrainResult:
     """SVI training (validation off) checkpointed to ``checkpoint`` with the config alongside."""
     with pyro.validation_enabled(False):
@@ -82,6 +91,7 @@ def train_in_run(
             checkpoint=checkpoint,
             resume=resume,
             extra={"config": config.to_dict()},
+            world=world,
         )
 
 

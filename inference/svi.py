@@ -13,7 +13,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ from pyro.infer import Trace_ELBO
 from pyro.poutine.scale_messenger import ScaleMessenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pbridge.checkpoint import (
@@ -35,6 +36,8 @@ from pbridge.checkpoint import (
     save_checkpoint,
 )
 from pbridge.codebook import CodeUsage, code_usage
+
+from .distributed import ELBOLoss, World, local_batches, mean_over_processes, step_seed
 
 __all__ = [
     "TrainSettings",
@@ -226,12 +229,16 @@ def _set_rng_states(device: torch.device, states: tuple[torch.Tensor, torch.Tens
 
 
 def _loss_and_gradients(
-    variant: nn.Module, optimiser: torch.optim.Optimizer, x: torch.Tensor, beta: float, bf16: bool
+    loss_of: Callable[[torch.Tensor, float], torch.Tensor],
+    optimiser: torch.optim.Optimizer,
+    x: torch.Tensor,
+    beta: float,
+    bf16: bool,
 ) -> torch.Tensor:
-    """The training loss on ``x`` (warm-up weight ``beta``, bfloat16 autocast if ``bf16``), its
-    gradients left in the parameters' ``.grad``."""
+    """The training loss ``loss_of(x, beta)`` (bfloat16 autocast if ``bf16``), its gradients
+    left in the parameters' ``.grad``."""
     with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
-        loss = negative_elbo(variant, x, beta)
+        loss = loss_of(x, beta)
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
     return loss
@@ -261,8 +268,14 @@ def train(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     extra: dict[str, Any] | None = None,
+    world: World | None = None,
 ) -> TrainResult:
     """Train ``variant`` on ``data: (N, ...)`` (already on the variant's device).
+
+    With ``world`` of more than one process (:mod:`pbridge.inference.distributed`), the loss
+    runs under DistributedDataParallel on this process's shard of each global batch of
+    ``settings.batch_size`` items, losses and stop requests are averaged over the processes,
+    and only process 0 writes checkpoints and shows progress.
 
     With ``checkpoint``, the training state (parameters, optimiser, learning-rate schedule, step,
     losses, every random-number state, the variant's class) is written there atomically, with a
@@ -277,6 +290,11 @@ def train(
     then left as it was.
     """
     _check_data(variant, data)
+    world = world or World()
+    distributed = world.size > 1
+    if distributed:
+        ids = [data.device.index] if data.device.type == "cuda" else None
+        ddp = DistributedDataParallel(ELBOLoss(variant), device_ids=ids)
     optimiser = torch.optim.Adam(variant.parameters(), lr=settings.lr, foreach=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser,
@@ -309,6 +327,13 @@ def train(
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
             result.losses = list(state["losses"])
             first_step = state["step"] + 1
+    if distributed:
+        batches = local_batches(
+            data.shape[0], settings.batch_size, world, settings.seed, first_step
+        )
+
+    def loss_of(x: torch.Tensor, beta: float) -> torch.Tensor:
+        return ddp(x, beta) if distributed else negative_elbo(variant, x, beta)
 
     def save(step: int) -> None:
         save_checkpoint(
@@ -331,7 +356,7 @@ def train(
     steps = range(first_step, settings.steps + 1)
     bar = tqdm(
         steps,
-        disable=not progress,
+        disable=not (progress and world.is_main),
         desc="SVI",
         unit="step",
         initial=first_step - 1,
@@ -340,21 +365,31 @@ def train(
     stop: dict[str, str | None] = {"signal": None}
     with _signals_as_flag(stop):
         for step in bar:
-            index = torch.randint(
-                data.shape[0], (settings.batch_size,), generator=generator, device=data.device
-            )
+            if distributed:
+                index = next(batches).to(data.device)
+                torch.manual_seed(step_seed(settings.seed, world.rank, step))
+            else:
+                index = torch.randint(
+                    data.shape[0], (settings.batch_size,), generator=generator, device=data.device
+                )
             rng_before = _rng_states(data.device)
             beta = min(1.0, step / settings.latent_warmup) if settings.latent_warmup else 1.0
-            loss = _loss_and_gradients(variant, optimiser, data[index], beta, settings.autocast)
+            loss = _loss_and_gradients(loss_of, optimiser, data[index], beta, settings.autocast)
             grad_norm = torch.nn.utils.clip_grad_norm_(variant.parameters(), settings.clip_norm)
-            value = float(loss.detach())
+            shared = torch.tensor(
+                [float(loss.detach()), float(stop["signal"] is not None)], device=data.device
+            )
+            shared = mean_over_processes(shared, world)
+            value = float(shared[0])
+            if shared[1] > 0 and stop["signal"] is None:
+                stop["signal"] = "a signal to another process"
             if not (math.isfinite(value) and math.isfinite(float(grad_norm))):
                 _set_rng_states(data.device, rng_before)  # replay the same draws, unclipped
                 if not math.isfinite(value):
                     sites = non_finite_sites(variant, data[index])
                     named = ", ".join(sites) or "no single site (the surrogate or a sum)"
                     raise FloatingPointError(f"non-finite loss at step {step}: {named}")
-                _loss_and_gradients(variant, optimiser, data[index], beta, settings.autocast)
+                _loss_and_gradients(loss_of, optimiser, data[index], beta, settings.autocast)
                 names = [
                     n
                     for n, p in variant.named_parameters()
@@ -367,7 +402,7 @@ def train(
             optimiser.step()
             schedule.step()
             result.losses.append(value)
-            if progress and step % 100 == 0:
+            if progress and world.is_main and step % 100 == 0:
                 terms = elbo_terms(variant, data[index])
                 usage = posterior_code_usage(variant, data[index])
                 elbo = sum(terms.values())
@@ -381,7 +416,7 @@ def train(
                 bar.set_postfix(
                     {k: f"{v:.2f}" if isinstance(v, float) else v for k, v in shown.items()}
                 )
-            if checkpoint is not None and (
+            if (checkpoint is not None and world.is_main) and (
                 step == settings.steps
                 or stop["signal"] is not None
                 or (settings.checkpoint_every and step % settings.checkpoint_every == 0)

@@ -60,7 +60,7 @@ def run_toy(
     """Train the toy bridge VQ-VAE end to end, score it and write the run directory
     (``resume``: continue from the run directory's checkpoint)."""
     start = time.perf_counter()
-    out, dev = start_run(out_dir, config, device)
+    out, dev, world = start_run(out_dir, config, device)
     seed = config.train.seed
     generator = torch.Generator().manual_seed(seed)
     x_train, _ = sample_walks(config.num_train, config.length, config.noise, generator)
@@ -70,8 +70,10 @@ def run_toy(
     variant = build_toy_model(config).to(dev)
     variant.initialise_codebook(x_train[:4096], torch.Generator(device=dev).manual_seed(seed))
     result = train_in_run(
-        variant, x_train, config.train, out / "checkpoint.pt", config, progress, resume
+        variant, x_train, config.train, out / "checkpoint.pt", config, progress, resume, world
     )
+    if not world.is_main:
+        return {}
 
     variant.eval()
     with pyro.validation_enabled(False):

@@ -1,14 +1,21 @@
 """The ``pbridge`` command line.
 
-pbridge train toy --out RUN_DIR [--steps N] [--seed S] [--device auto|cpu|cuda]
+pbridge train DATASET --out RUN_DIR [--steps N] [--seed S] [--device auto|cpu|cuda]
+              [--preset small|paper] [--variant end-to-end|two-stage] [--resume]
+              [--devices N [--nodes M --rdzv-endpoint HOST:PORT]]
 pbridge sample RUN_DIR [--num N]
+
+Exit status: 0 done, 2 bad input, 128 + signal number when stopped by SIGINT/SIGTERM (a
+checkpoint was written first).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -73,6 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--download", action="store_true", help="download the data set with torchvision"
     )
+    train.add_argument(
+        "--devices",
+        type=_positive_int,
+        default=1,
+        help="data-parallel processes per machine (one per GPU; gloo on CPU), via torchrun",
+    )
+    train.add_argument(
+        "--nodes", type=_positive_int, default=1, help="machines in the job (needs --rdzv-endpoint)"
+    )
+    train.add_argument(
+        "--rdzv-endpoint", help="HOST:PORT of the rendezvous, the same on every machine"
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument(
         "--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt if present"
@@ -93,16 +112,20 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input, 130 / 143 stopped by
     SIGINT / SIGTERM after writing a checkpoint)."""
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     from pbridge.checkpoint import CorruptCheckpointError
     from pbridge.data import UnreadableDataError
     from pbridge.inference.svi import TrainingInterrupted
 
     try:
+        launch = args.command == "train" and (args.devices > 1 or args.nodes > 1)
+        if launch and "WORLD_SIZE" not in os.environ:
+            return _launch_data_parallel(args, argv)
         return _run(args)
     except TrainingInterrupted as stopped:
         print(f"pbridge: {stopped}; continue with --resume", file=sys.stderr)
-        return 128 + signal.Signals[stopped.signal_name].value
+        return 128 + signal.Signals.__members__.get(stopped.signal_name, signal.SIGTERM).value
     except (
         ValueError,
         TypeError,
@@ -112,6 +135,38 @@ def main(argv: list[str] | None = None) -> int:
     ) as err:
         print(f"pbridge: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
+
+
+def _launch_data_parallel(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run this same command under ``torchrun`` with ``--devices`` processes per machine."""
+    if args.nodes > 1 and not args.rdzv_endpoint:
+        raise ValueError(f"--nodes {args.nodes} needs --rdzv-endpoint HOST:PORT")
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(args.devices),
+    ]
+    if args.nodes > 1:
+        launcher += ["--nnodes", str(args.nodes), "--rdzv-backend", "c10d"]
+        launcher += ["--rdzv-endpoint", args.rdzv_endpoint, "--rdzv-id", "pbridge"]
+    else:
+        launcher.append("--standalone")
+    inner = _without_launch_options(argv)
+    return subprocess.run([*launcher, "-m", "pbridge.cli", *inner], check=False).returncode
+
+
+def _without_launch_options(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item in ("--devices", "--nodes", "--rdzv-endpoint"):
+            skip = True
+        elif not item.startswith(("--devices=", "--nodes=", "--rdzv-endpoint=")):
+            kept.append(item)
+    return kept
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -159,7 +214,8 @@ def _run(args: argparse.Namespace) -> int:
         is_image_run = "dataset" in json.loads(config_file.read_text())
         sample_run = sample_image_run if is_image_run else sample_toy_run
         metrics = sample_run(args.run_dir, args.num, device=args.device, seed=args.seed)
-    print(json.dumps(metrics, indent=2))
+    if metrics:  # empty on the processes of a data-parallel job other than the first
+        print(json.dumps(metrics, indent=2))
     return 0
 
 
