@@ -284,7 +284,7 @@ def test_same_seed_same_bits_and_the_run_records_its_environment(tmp_path):
     recorded = json.loads((tmp_path / "a" / "environment.json").read_text())
     assert recorded["torch"] == torch.__version__ and recorded["pyro"] == pyro.__version__
     assert set(recorded) >= {"python", "torchsde", "pbridge", "git_commit", "git_dirty"}
-    assert recorded == {**environment(), "git_dirty": recorded["git_dirty"]}
+    assert recorded == {**environment(), "git_dirty": recorded["git_dirty"], "processes": 1}
 
 
 # ---------------------------------------------------------------- the library API
