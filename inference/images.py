@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,12 +20,14 @@ from torchvision.utils import save_image
 from pbridge.codebook import code_usage
 from pbridge.data import load_images
 from pbridge.likelihoods import bits_per_dim
+from pbridge.models.pixelcnn_prior import pixelcnn_on_frozen_vqvae
 from pbridge.models.two_stage import bridge_on_frozen_vqvae
 from pbridge.ou_bridge import image_schedule
 from pbridge.presets import (
     ImageConfig,
     build_image_denoiser,
     build_image_model,
+    build_image_pixelcnn,
     build_image_vqvae,
 )
 
@@ -43,8 +46,9 @@ def test_bits_per_dim(
     with ``steps_per_item`` stratified chain steps per image, and its standard error over
     batches."""
     values = []
+    stratified = getattr(variant, "stratified_steps", None)  # only the bridge has chain steps
     for start in range(0, x.shape[0], batch_size):
-        with variant.stratified_steps(steps_per_item):
+        with stratified(steps_per_item) if stratified else nullcontext():
             elbo, _ = estimate_elbo(variant, x[start : start + batch_size], repeats=1)
         values.append(bits_per_dim(-elbo, x[0].numel()))
     tensor = torch.tensor(values)
@@ -70,17 +74,20 @@ def run_images(
     train_x, test_x = train_x[: config.max_train].to(dev), test_x[: config.eval_items].to(dev)
 
     generator = torch.Generator(device=dev).manual_seed(config.train.seed)
-    if config.variant == "two-stage":
+    if config.variant in ("two-stage", "pixelcnn"):
         vqvae = build_image_vqvae(config).to(dev)
         vqvae.initialise_codebook(train_x[:1024], generator)
         vqvae_settings = replace(config.train, steps=config.vqvae_steps)
         stage_one = train_in_run(
             vqvae, train_x, vqvae_settings, out / "vqvae.pt", config, progress, resume, world
         )
-        denoiser = build_image_denoiser(config).to(dev)
-        variant = bridge_on_frozen_vqvae(
-            vqvae, denoiser, image_schedule(config.num_steps), config.bridge
-        )
+        if config.variant == "pixelcnn":
+            variant = pixelcnn_on_frozen_vqvae(vqvae, build_image_pixelcnn(config).to(dev))
+        else:
+            denoiser = build_image_denoiser(config).to(dev)
+            variant = bridge_on_frozen_vqvae(
+                vqvae, denoiser, image_schedule(config.num_steps), config.bridge
+            )
     else:
         stage_one = None
         variant = build_image_model(config).to(dev)

@@ -1,7 +1,7 @@
 """The ``pbridge`` command line.
 
 pbridge train DATASET --out RUN_DIR [--steps N] [--seed S] [--device auto|cpu|cuda]
-              [--preset small|paper] [--variant end-to-end|two-stage] [--resume]
+              [--preset small|paper] [--variant end-to-end|two-stage|pixelcnn] [--resume]
               [--devices N [--nodes M --rdzv-endpoint HOST:PORT]]
 pbridge sample RUN_DIR [--num N]
 
@@ -68,13 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--variant",
         default="end-to-end",
-        choices=("end-to-end", "two-stage"),
-        help="image variant: the joint model, or a VQ-VAE then the bridge on frozen encodings",
+        choices=("end-to-end", "two-stage", "pixelcnn"),
+        help="image variant: the joint model; a VQ-VAE then the bridge on its frozen encodings; "
+        "a VQ-VAE then a PixelCNN prior on its frozen codes",
     )
     train.add_argument(
         "--vqvae-steps",
         type=_positive_int,
-        help="two-stage variant: steps of the VQ-VAE stage (default: the preset's)",
+        help="two-stage and pixelcnn variants: steps of the VQ-VAE stage (default: the preset's)",
     )
     train.add_argument("--root", help="data folder (default: $PBRIDGE_DATA or ~/.cache/pbridge)")
     train.add_argument(

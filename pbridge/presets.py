@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 from pbridge.inference.svi import TrainSettings
 from pbridge.models.bridge_vqvae import BridgeSettings, DiffusionBridgeVQVAE
+from pbridge.models.pixelcnn_prior import pixelcnn_on_frozen_vqvae
 from pbridge.models.two_stage import bridge_on_frozen_vqvae
 from pbridge.models.vqvae import VQVAE
 
@@ -15,6 +16,7 @@ from .image_networks import ResNetDecoder, ResNetEncoder, UNetDenoiser
 from .likelihoods import DiscretizedLogisticDecoder
 from .networks import NormalDecoder, PointwiseMLP, ResidualMLPDenoiser, ResidualPointwiseMLP
 from .ou_bridge import image_schedule, toy_schedule
+from .pixelcnn import GatedPixelCNN
 
 __all__ = [
     "ToyConfig",
@@ -24,6 +26,8 @@ __all__ = [
     "build_image_model",
     "build_image_vqvae",
     "build_image_denoiser",
+    "build_image_pixelcnn",
+    "VARIANTS",
 ]
 
 
@@ -83,18 +87,23 @@ def build_toy_model(config: ToyConfig) -> DiffusionBridgeVQVAE:
     )
 
 
+VARIANTS = ("end-to-end", "two-stage", "pixelcnn")
+
+
 @dataclass(frozen=True)
 class ImageConfig:
     """An image run: data set, sizes of the networks, bridge settings and optimisation.
 
     Attributes:
         dataset: a name of ``pbridge.data.DATASETS``.  preset: the name it was built from.
-        variant: ``"end-to-end"`` (the paper's claim) or ``"two-stage"`` (a VQ-VAE with a
+        variant: ``"end-to-end"`` (the paper's claim), ``"two-stage"`` (a VQ-VAE with a
             uniform prior for ``vqvae_steps`` steps, then the bridge on its frozen encodings
-            for ``train.steps`` steps).
+            for ``train.steps`` steps) or ``"pixelcnn"`` (the same VQ-VAE stage, then a gated
+            PixelCNN prior on its frozen codes for ``train.steps`` steps).
         num_codes / latent_dim: K and d.  downsamples: stride-2 stages of the encoder.
         unet_width / unet_mults / unet_blocks: the U-Net denoiser.
         num_steps: T of the image OU schedule (DDPM betas 1e-4 -> 0.02).
+        pixelcnn_channels / pixelcnn_layers: the PixelCNN baseline prior.
         max_train: use the first ``max_train`` training images (``None``: all).
         eval_items: test images scored at the end (``None``: the whole test split).
     """
@@ -110,6 +119,8 @@ class ImageConfig:
     unet_mults: tuple[int, ...] = (1, 2, 2)
     unet_blocks: int = 1
     num_steps: int = 1000
+    pixelcnn_channels: int = 64
+    pixelcnn_layers: int = 8
     max_train: int | None = None
     eval_items: int | None = 2000
     bridge: BridgeSettings = field(
@@ -127,9 +138,9 @@ class ImageConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.variant not in ("end-to-end", "two-stage"):
+        if self.variant not in VARIANTS:
             raise ValueError(
-                f"unknown variant {self.variant!r}; expected 'end-to-end' or 'two-stage'"
+                f"unknown variant {self.variant!r}; expected one of {', '.join(VARIANTS)}"
             )
         if self.dataset not in DATASETS:
             raise ValueError(
@@ -171,6 +182,8 @@ def image_preset(dataset: str, preset: str) -> ImageConfig:
             unet_width=128,
             unet_mults=(1, 2, 2, 2),
             unet_blocks=2,
+            pixelcnn_channels=128,
+            pixelcnn_layers=15,
             eval_items=None,
             train=TrainSettings(steps=200_000, batch_size=128, lr=2e-4),
         )
@@ -192,6 +205,10 @@ def build_image_vqvae(config: ImageConfig) -> VQVAE:
     )
 
 
+def build_image_pixelcnn(config: ImageConfig) -> GatedPixelCNN:
+    return GatedPixelCNN(config.num_codes, config.pixelcnn_channels, config.pixelcnn_layers)
+
+
 def build_image_denoiser(config: ImageConfig) -> UNetDenoiser:
     return UNetDenoiser(config.latent_dim, config.unet_width, config.unet_mults, config.unet_blocks)
 
@@ -199,8 +216,11 @@ def build_image_denoiser(config: ImageConfig) -> UNetDenoiser:
 def build_image_model(config: ImageConfig) -> DiffusionBridgeVQVAE:
     """The bridge VQ-VAE for images: ResNet encoder/decoder, discretised-logistic likelihood,
     U-Net denoiser, DDPM-equivalent OU schedule. End to end, or (``variant="two-stage"``) the
-    bridge on a frozen VQ-VAE (untrained here: stage one is run by the training code)."""
+    bridge on a frozen VQ-VAE, or (``"pixelcnn"``) a PixelCNN prior on a frozen VQ-VAE (the
+    VQ-VAE untrained here: stage one is run by the training code)."""
     schedule = image_schedule(config.num_steps)
+    if config.variant == "pixelcnn":
+        return pixelcnn_on_frozen_vqvae(build_image_vqvae(config), build_image_pixelcnn(config))
     if config.variant == "two-stage":
         return bridge_on_frozen_vqvae(
             build_image_vqvae(config), build_image_denoiser(config), schedule, config.bridge

@@ -1,0 +1,82 @@
+"""The autoregressive baseline: a VQ-VAE whose prior over codes is a gated PixelCNN, fitted on
+the frozen VQ-VAE (van den Oord et al. 2017, the paper's comparison).
+
+Model: z_q^0 ~ PixelCNNPrior (codes autoregressive in raster order), x | z_q^0 ~ decoder(z_q^0).
+Guide: z_q^0 = the nearest code to f_phi(x) (a point mass), as in the VQ-VAE. The ELBO is then
+``log p(x | z_q^0) + log p(z_q^0)``: the PixelCNN's exact likelihood of the codes plus the
+decoder's, in the same bits/dim as the bridge variants.
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+from torch import nn
+
+from pbridge.autoencoder import CodebookAutoencoder, nearest_code_sites
+from pbridge.pixelcnn import GatedPixelCNN, PixelCNNPrior
+
+from .vqvae import VQVAE
+
+__all__ = ["PixelCNNVQVAE", "pixelcnn_on_frozen_vqvae"]
+
+
+class PixelCNNVQVAE(CodebookAutoencoder):
+    """Encoder, decoder and codebook with a PixelCNN prior over the codes.
+
+    Args: as :class:`~pbridge.autoencoder.CodebookAutoencoder`, plus ``prior_net`` (the
+    :class:`~pbridge.pixelcnn.GatedPixelCNN`) and ``commitment`` (beta of the guide's surrogate).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        codebook: nn.Module,
+        prior_net: GatedPixelCNN,
+        data_shape: tuple[int, ...],
+        latent_shape: tuple[int, ...],
+        spherical_radius: float | None = None,
+        commitment: float = 0.25,
+    ) -> None:
+        super().__init__(encoder, decoder, codebook, data_shape, latent_shape, spherical_radius)
+        if prior_net.num_codes != codebook.num_codes:
+            raise ValueError(
+                f"the PixelCNN has {prior_net.num_codes} codes, the codebook {codebook.num_codes}"
+            )
+        self.prior_net, self.commitment = prior_net, commitment
+
+    def prior(self, batch_size: int) -> PixelCNNPrior:
+        return PixelCNNPrior(self.prior_net, self.codebook(), batch_size, self.latent_shape[1:])
+
+    def model(self, x: torch.Tensor) -> None:
+        pyro.module("pixelcnn_vqvae", self)
+        with pyro.plate("data", x.shape[0]):
+            z_q0 = pyro.sample("z_q_0", self.prior(x.shape[0]))
+            pyro.sample("x", self.decoder(z_q0), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        self.check_data(x)
+        pyro.module("pixelcnn_vqvae", self)
+        f = self.encode(x)
+        with pyro.plate("data", x.shape[0]):
+            nearest_code_sites(f, self.codebook(), self.commitment)
+
+
+def pixelcnn_on_frozen_vqvae(vqvae: VQVAE, prior_net: GatedPixelCNN) -> PixelCNNVQVAE:
+    """Stage two of the baseline: freeze ``vqvae`` (no gradients, eval mode) and put a PixelCNN
+    prior on its codes; SVI then moves only the PixelCNN."""
+    vqvae.requires_grad_(False)
+    variant = PixelCNNVQVAE(
+        vqvae.encoder,
+        vqvae.decoder,
+        vqvae.codebook,
+        prior_net,
+        vqvae.data_shape,
+        vqvae.latent_shape,
+        vqvae.spherical_radius,
+        vqvae.commitment,
+    )
+    variant.train(False)
+    variant.prior_net.train(True)
+    return variant
