@@ -24,15 +24,16 @@ class Draws:
     """One draw per item.
 
     Attributes:
-        z_e: ``(N, d, *cells)`` continuous latent z_e^0.
+        z_e: ``(N, d, *cells)`` continuous latent z_e^0 (``None`` for variants without one: the
+            VQ-VAE and the PixelCNN baseline).
         codes: ``(N, *cells)`` code indices of z_q^0 as drawn by the program.
         mode_codes: ``(N, *cells)`` the most probable code of every cell given z_e^0 under the
-            model's kernel (the tau -> 0 read-out).
+            model's kernel (the tau -> 0 read-out); ``codes`` when there is no z_e^0.
         x_mean: decoder mean on z_q^0 ``(N, ...)``.
         x: the program's draw of x (prior) or the data (posterior).
     """
 
-    z_e: torch.Tensor
+    z_e: torch.Tensor | None
     codes: torch.Tensor
     mode_codes: torch.Tensor
     x_mean: torch.Tensor
@@ -40,13 +41,17 @@ class Draws:
 
 
 def _draws(variant: nn.Module, trace: poutine.Trace, x: torch.Tensor) -> Draws:
-    z_e = trace.nodes["z_e_0"]["value"]
+    z_e = trace.nodes["z_e_0"]["value"] if "z_e_0" in trace.nodes else None
     z_q_site = trace.nodes["z_q_0"]
     codes = z_q_site["fn"].indices(z_q_site["value"])
+    if z_e is None:
+        mode_codes = codes
+    else:
+        mode_codes = code_logits(z_e, variant.codebook(), variant.settings.tau_p).argmax(-1)
     return Draws(
         z_e=z_e,
         codes=codes,
-        mode_codes=code_logits(z_e, variant.codebook(), variant.settings.tau_p).argmax(-1),
+        mode_codes=mode_codes,
         x_mean=variant.decoder(z_q_site["value"]).mean,
         x=x,
     )

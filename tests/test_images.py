@@ -116,3 +116,13 @@ def test_two_stage_run_writes_both_stages(tmp_path):
     stage_one = load_checkpoint(tmp_path / "vqvae.pt")
     assert stage_one["step"] == 30 and stage_one["losses"][-1] < stage_one["losses"][0]
     assert math.isfinite(metrics["test_bits_per_dim"]) and metrics["codes_used"] >= 4
+
+
+def test_pixelcnn_run_writes_both_stages_and_scores(tmp_path):
+    """The PixelCNN baseline through the same run: VQ-VAE stage, PixelCNN stage, test bits/dim
+    and prior samples drawn in raster order."""
+    metrics = run_images(_tiny("pixelcnn"), tmp_path, progress=False)
+    stage_two = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert stage_two["variant"] == "PixelCNNVQVAE"
+    assert stage_two["losses"][-1] < stage_two["losses"][0]
+    assert math.isfinite(metrics["test_bits_per_dim"]) and (tmp_path / "samples.png").is_file()
