@@ -2,7 +2,7 @@
 the frozen VQ-VAE (van den Oord et al. 2017, the paper's comparison).
 
 Model: z_q^0 ~ PixelCNNPrior (codes autoregressive in raster order), x | z_q^0 ~ decoder(z_q^0).
-Guide: z_q^0 = the nearest code to f_phi(x) (a point mass), as in the VQ-VAE. The ELBO is then
+Guide: z_q^0 = the nearest code to f_phi(x) (a point mass): the VQ-VAE's own guide. The ELBO is then
 ``log p(x | z_q^0) + log p(z_q^0)``: the PixelCNN's exact likelihood of the codes plus the
 decoder's, in the same bits/dim as the bridge variants.
 """
@@ -13,7 +13,6 @@ import pyro
 import torch
 from torch import nn
 
-from pbridge.autoencoder import CodebookAutoencoder, nearest_code_sites
 from pbridge.pixelcnn import GatedPixelCNN, PixelCNNPrior
 
 from .vqvae import VQVAE
@@ -21,11 +20,11 @@ from .vqvae import VQVAE
 __all__ = ["PixelCNNVQVAE", "pixelcnn_on_frozen_vqvae"]
 
 
-class PixelCNNVQVAE(CodebookAutoencoder):
-    """Encoder, decoder and codebook with a PixelCNN prior over the codes.
+class PixelCNNVQVAE(VQVAE):
+    """The VQ-VAE (same encoder, decoder, codebook and guide) with a PixelCNN prior over codes.
 
-    Args: as :class:`~pbridge.autoencoder.CodebookAutoencoder`, plus ``prior_net`` (the
-    :class:`~pbridge.pixelcnn.GatedPixelCNN`) and ``commitment`` (beta of the guide's surrogate).
+    Args: as :class:`~pbridge.models.vqvae.VQVAE`, plus ``prior_net`` (the
+    :class:`~pbridge.pixelcnn.GatedPixelCNN`).
     """
 
     def __init__(
@@ -39,28 +38,23 @@ class PixelCNNVQVAE(CodebookAutoencoder):
         spherical_radius: float | None = None,
         commitment: float = 0.25,
     ) -> None:
-        super().__init__(encoder, decoder, codebook, data_shape, latent_shape, spherical_radius)
+        super().__init__(
+            encoder, decoder, codebook, data_shape, latent_shape, spherical_radius, commitment
+        )
         if prior_net.num_codes != codebook.num_codes:
             raise ValueError(
                 f"the PixelCNN has {prior_net.num_codes} codes, the codebook {codebook.num_codes}"
             )
-        self.prior_net, self.commitment = prior_net, commitment
+        self.prior_net = prior_net
 
     def prior(self, batch_size: int) -> PixelCNNPrior:
         return PixelCNNPrior(self.prior_net, self.codebook(), batch_size, self.latent_shape[1:])
 
     def model(self, x: torch.Tensor) -> None:
-        pyro.module("pixelcnn_vqvae", self)
+        pyro.module("vqvae", self)
         with pyro.plate("data", x.shape[0]):
             z_q0 = pyro.sample("z_q_0", self.prior(x.shape[0]))
             pyro.sample("x", self.decoder(z_q0), obs=x)
-
-    def guide(self, x: torch.Tensor) -> None:
-        self.check_data(x)
-        pyro.module("pixelcnn_vqvae", self)
-        f = self.encode(x)
-        with pyro.plate("data", x.shape[0]):
-            nearest_code_sites(f, self.codebook(), self.commitment)
 
 
 def pixelcnn_on_frozen_vqvae(vqvae: VQVAE, prior_net: GatedPixelCNN) -> PixelCNNVQVAE:
