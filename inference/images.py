@@ -88,7 +88,7 @@ def run_images(
             variant = bridge_on_frozen_vqvae(
                 vqvae, denoiser, image_schedule(config.num_steps), config.bridge
             )
-    else:
+    else:  # end to end, or the VQ-VAE alone
         stage_one = None
         variant = build_image_model(config).to(dev)
         variant.initialise_codebook(train_x[:1024], generator)

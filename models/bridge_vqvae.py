@@ -19,6 +19,7 @@ plus, in the full-chain estimator, the forward OU kernels z_e^t | z_e^{t-1} as s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,8 +39,9 @@ from pbridge.bridge_prior import (
     importance_proposal,
 )
 from pbridge.code_distribution import CodeVector
-from pbridge.codebook import Codebook, code_logits
+from pbridge.codebook import Codebook, code_logits, gather_codes
 from pbridge.ou_bridge import OUSchedule
+from pbridge.samplers import reverse_sample
 
 __all__ = ["BridgeSettings", "DiffusionBridgeVQVAE"]
 
@@ -200,6 +202,40 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
             proposal=self.t_proposal,
             denoiser_loss=s.denoiser_loss,
             steps_per_item=self.steps_per_item,
+        )
+
+    @torch.no_grad()
+    def inpaint(
+        self,
+        indices: torch.Tensor,
+        known: torch.Tensor,
+        sampler: str = "ancestral",
+        steps: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Complete the codes ``indices: (B, *cells)`` where ``known`` (bool, same shape) is
+        False: the known cells' z_e^0 = e_k + s eps are held by replacement along the backward
+        chain (:func:`~pbridge.samplers.reverse_sample`), the hidden cells' codes drawn from
+        p(z_q^0 | z_e^0). Returns the completed indices and p(z_q^0 = k | z_e^0) at every cell,
+        ``(B, *cells, K)`` (one-hot at known cells)."""
+        codes = self.codebook()
+        z0_known = gather_codes(indices, codes)
+        z0_known = z0_known + self.encoder_scale() * torch.randn_like(z0_known)
+        z_T = self.schedule.z_star + math.sqrt(self.schedule.sigma2) * torch.randn_like(z0_known)
+        z0 = reverse_sample(
+            self.schedule,
+            self.chain_denoiser(),
+            z_T,
+            sampler,
+            steps,
+            model_variance=self.settings.model_variance,
+            known=(z0_known, known.unsqueeze(1)),
+        )
+        probs = code_logits(z0, codes, self.settings.tau_p).softmax(-1)
+        drawn = torch.distributions.Categorical(probs=probs).sample()
+        one_hot = F.one_hot(indices, codes.shape[0]).to(probs)
+        return (
+            torch.where(known, indices, drawn),
+            torch.where(known[..., None], one_hot, probs),
         )
 
     # ------------------------------------------------------------------ Pyro programs

@@ -50,6 +50,14 @@ class PixelCNNVQVAE(VQVAE):
     def prior(self, batch_size: int) -> PixelCNNPrior:
         return PixelCNNPrior(self.prior_net, self.codebook(), batch_size, self.latent_shape[1:])
 
+    @torch.no_grad()
+    def inpaint(
+        self, indices: torch.Tensor, known: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`VQVAE.inpaint`: hidden cells drawn in raster order given the known cells
+        before them; the probabilities are the conditionals they were drawn from."""
+        return self.prior_net.sample(indices.shape[0], self.latent_shape[1:], (indices, known))
+
     def model(self, x: torch.Tensor) -> None:
         pyro.module("vqvae", self)
         with pyro.plate("data", x.shape[0]):

@@ -3,6 +3,8 @@ uniform-prior limit of the bridge VQ-VAE, and stage one of the two-stage variant
 
 Model: z_q^0 ~ Uniform over the K codes per cell, x | z_q^0 ~ decoder(z_q^0).
 Guide: z_q^0 = the nearest code to f_phi(x), straight-through, with the commitment surrogate.
+In training, the guide also calls ``codebook.update`` (EMA codes, dead-code restart: options of
+:class:`~pbridge.codebook.Codebook` / :class:`~pbridge.codebook.EMACodebook`).
 """
 
 from __future__ import annotations
@@ -51,3 +53,18 @@ class VQVAE(CodebookAutoencoder):
         f = self.encode(x)
         with pyro.plate("data", x.shape[0]):
             nearest_code_sites(f, self.codebook(), self.commitment)
+        if self.training and torch.is_grad_enabled():
+            self.codebook.update(f.detach())
+
+    @torch.no_grad()
+    def inpaint(
+        self, indices: torch.Tensor, known: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Complete the codes ``indices: (B, *cells)`` where ``known`` (bool, same shape) is
+        False, by the prior; returns the completed indices and the prior's probabilities of
+        every code at every cell given the known ones, ``(B, *cells, K)`` (uniform here)."""
+        num_codes = self.codebook.num_codes
+        one_hot = torch.nn.functional.one_hot(indices, num_codes).float()
+        probs = torch.where(known[..., None], one_hot, torch.full_like(one_hot, 1 / num_codes))
+        drawn = torch.randint_like(indices, num_codes)
+        return torch.where(known, indices, drawn), probs

@@ -1,9 +1,11 @@
 """The ``pbridge`` command line.
 
 pbridge train DATASET --out RUN_DIR [--steps N] [--seed S] [--device auto|cpu|cuda]
-              [--preset small|paper] [--variant end-to-end|two-stage|pixelcnn] [--resume]
+              [--preset small|paper] [--variant end-to-end|two-stage|pixelcnn|vqvae]
+              [--codebook gradient|ema] [--restart-dead-codes U] [--resume]
               [--devices N [--nodes M --rdzv-endpoint HOST:PORT]]
 pbridge sample RUN_DIR [--num N]
+pbridge evaluate RUN_DIR [--items N] [--samples N] [--patch-items N] [--patch-draws N]
 
 Exit status: 0 done, 2 bad input, 128 + signal number when stopped by SIGINT/SIGTERM (a
 checkpoint was written first).
@@ -68,9 +70,21 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--variant",
         default="end-to-end",
-        choices=("end-to-end", "two-stage", "pixelcnn"),
+        choices=("end-to-end", "two-stage", "pixelcnn", "vqvae"),
         help="image variant: the joint model; a VQ-VAE then the bridge on its frozen encodings; "
-        "a VQ-VAE then a PixelCNN prior on its frozen codes",
+        "a VQ-VAE then a PixelCNN prior on its frozen codes; the VQ-VAE alone (uniform prior)",
+    )
+    train.add_argument(
+        "--codebook",
+        choices=("gradient", "ema"),
+        help="VQ-VAE codebook: codebook loss (default) or exponential moving averages",
+    )
+    train.add_argument(
+        "--restart-dead-codes",
+        type=float,
+        metavar="U",
+        help="VQ-VAE: move codes used by fewer than U cells per batch (moving average) onto "
+        "encodings of the batch",
     )
     train.add_argument(
         "--vqvae-steps",
@@ -107,6 +121,34 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--num", type=_positive_int, default=1000, help="number of samples")
     sample.add_argument("--seed", type=int, default=0, help="random seed")
     sample.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="score a trained image run under the common protocol",
+        description="Bits/dim, masked-patch bits per latent cell, FD-FMNIST, codebook usage and "
+        "sampling time on the test split; writes eval.json, eval.md and inpainting.png "
+        "(docs/evaluation.md).",
+    )
+    evaluate.add_argument("run_dir", help="an image run directory written by `pbridge train`")
+    evaluate.add_argument("--items", type=_positive_int, default=1000, help="images for bits/dim")
+    evaluate.add_argument(
+        "--chain-steps",
+        type=_positive_int,
+        default=100,
+        help="bridge: stratified chain steps per image in the bound (must divide T)",
+    )
+    evaluate.add_argument(
+        "--samples", type=_positive_int, default=500, help="prior samples for FD-FMNIST"
+    )
+    evaluate.add_argument(
+        "--patch-items", type=_positive_int, default=64, help="images for the masked-patch NLL"
+    )
+    evaluate.add_argument(
+        "--patch-draws", type=_positive_int, default=4, help="inpainting draws per image"
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="random seed")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    evaluate.add_argument("--root", help="data folder (default: $PBRIDGE_DATA or ~/.cache/pbridge)")
     return parser
 
 
@@ -197,8 +239,12 @@ def _run(args: argparse.Namespace) -> int:
         else:
             config = image_preset(args.dataset, args.preset)
             config = replace(config, variant=args.variant, train=replace(config.train, **overrides))
-            if args.vqvae_steps is not None:
-                config = replace(config, vqvae_steps=args.vqvae_steps)
+            vqvae_options = {
+                "vqvae_steps": args.vqvae_steps,
+                "vqvae_codebook": args.codebook,
+                "restart_dead_codes": args.restart_dead_codes,
+            }
+            config = replace(config, **{k: v for k, v in vqvae_options.items() if v is not None})
             metrics = run_images(
                 config,
                 args.out,
@@ -208,6 +254,18 @@ def _run(args: argparse.Namespace) -> int:
                 download=args.download,
                 resume=args.resume,
             )
+    elif args.command == "evaluate":
+        from pbridge.inference.evaluate import EvalSettings, evaluate_run
+
+        settings = EvalSettings(
+            bpd_items=args.items,
+            chain_steps=args.chain_steps,
+            num_samples=args.samples,
+            patch_items=args.patch_items,
+            patch_draws=args.patch_draws,
+            seed=args.seed,
+        )
+        metrics = evaluate_run(args.run_dir, settings, args.device, args.root)
     else:
         config_file = Path(args.run_dir) / "config.json"
         if not config_file.is_file():

@@ -18,6 +18,7 @@ from torch import nn
 
 __all__ = [
     "Codebook",
+    "EMACodebook",
     "CodeUsage",
     "code_logits",
     "categorical_kl",
@@ -136,14 +137,32 @@ class Codebook(nn.Module):
     """K learned code vectors in R^d, optionally on the sphere of radius ``radius``.
 
     ``forward()`` returns the codebook ``(K, d)`` as used by the model (projected when spherical).
+
+    With ``restart_below`` set, :meth:`update` (called by the VQ-VAE guide in training) keeps an
+    exponential moving average ``u_k <- decay u_k + (1 - decay) n_k`` of the number of cells
+    assigned to each code per batch and moves every code with ``u_k < restart_below`` onto a
+    random encoding of the batch (dead-code restart); its ``u_k`` is reset to the uniform share.
     """
 
-    def __init__(self, num_codes: int, dim: int, radius: float | None = 1.0) -> None:
+    def __init__(
+        self,
+        num_codes: int,
+        dim: int,
+        radius: float | None = 1.0,
+        restart_below: float | None = None,
+        decay: float = 0.99,
+    ) -> None:
         super().__init__()
         if num_codes < 1 or dim < 1:
             raise ValueError(f"num_codes and dim must be >= 1, got K={num_codes}, d={dim}")
-        self.radius = radius
+        if restart_below is not None and restart_below <= 0:
+            raise ValueError(f"restart_below must be > 0 or None, got {restart_below}")
+        if not 0 <= decay < 1:
+            raise ValueError(f"decay must lie in [0, 1), got {decay}")
+        self.radius, self.restart_below, self.decay = radius, restart_below, decay
         self.weight = nn.Parameter(torch.randn(num_codes, dim))
+        if restart_below is not None:  # u_k; negative until the first update sets it
+            self.register_buffer("usage", torch.full((num_codes,), -1.0))
 
     @property
     def num_codes(self) -> int:
@@ -159,3 +178,85 @@ class Codebook(nn.Module):
         if self.radius is None:
             return self.weight
         return spherical(self.weight, self.radius, dim=-1)
+
+    @torch.no_grad()
+    def update(self, encodings: torch.Tensor) -> None:
+        """Bookkeeping after a training step's assignment of ``encodings: (B, d, *cells)`` to
+        their nearest codes (dead-code restart; :class:`EMACodebook` also moves the codes)."""
+        points, counts = self._assign(encodings)
+        if self.restart_below is not None:
+            self._restart_dead(points, counts)
+
+    def _assign(self, encodings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encodings as points ``(N, d)`` and the one-hot assignment to nearest codes ``(N, K)``."""
+        points = encodings.movedim(1, -1).reshape(-1, self.weight.shape[1])
+        nearest = torch.cdist(points, self()).argmin(-1)
+        return points, F.one_hot(nearest, self.num_codes).to(points.dtype)
+
+    def _restart_dead(self, points: torch.Tensor, one_hot: torch.Tensor) -> None:
+        counts = one_hot.sum(0).to(self.usage)
+        uniform = points.shape[0] / self.num_codes
+        if bool((self.usage < 0).all()):
+            self.usage.fill_(uniform)
+        self.usage.mul_(self.decay).add_((1 - self.decay) * counts)
+        dead = self.usage < self.restart_below
+        if dead.any():
+            pick = torch.randint(points.shape[0], (int(dead.sum()),), device=points.device)
+            self._set_codes(dead, points[pick])
+            self.usage[dead] = uniform
+
+    def _set_codes(self, which: torch.Tensor, vectors: torch.Tensor) -> None:
+        self.weight[which] = vectors.to(self.weight)
+
+
+class EMACodebook(Codebook):
+    """Codes as exponential moving averages of the encodings assigned to them (van den Oord et
+    al. 2017, app. A.1), instead of gradient steps on the codebook loss::
+
+        N_k <- decay N_k + (1 - decay) n_k,      m_k <- decay m_k + (1 - decay) sum_{i -> k} f_i,
+        e_k = m_k / N~_k,   N~_k = (N_k + eps) / (sum_j N_j + K eps) * sum_j N_j   (Laplace)
+
+    ``weight`` is then a buffer (no gradient; the guide's codebook term has no effect) and
+    :meth:`update` must be called once per training step (the VQ-VAE guide does). Projected on
+    the sphere by ``forward()`` when ``radius`` is set. Under data-parallel training the
+    statistics of process 0 are broadcast (DDP's buffer broadcast), not averaged.
+    """
+
+    def __init__(
+        self,
+        num_codes: int,
+        dim: int,
+        radius: float | None = 1.0,
+        restart_below: float | None = None,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__(num_codes, dim, radius, restart_below, decay)
+        weight = self.weight.detach()
+        del self.weight
+        self.register_buffer("weight", weight)
+        self.register_buffer("cluster_size", torch.ones(num_codes))
+        self.register_buffer("code_sum", weight.clone())
+        self.eps = eps
+
+    @torch.no_grad()
+    def initialise(self, encodings: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        super().initialise(encodings, generator)
+        self.code_sum.copy_(self.weight)
+        self.cluster_size.fill_(1.0)
+
+    @torch.no_grad()
+    def update(self, encodings: torch.Tensor) -> None:
+        points, one_hot = self._assign(encodings)
+        self.cluster_size.mul_(self.decay).add_((1 - self.decay) * one_hot.sum(0))
+        self.code_sum.mul_(self.decay).add_((1 - self.decay) * (one_hot.T @ points))
+        total = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (total + self.num_codes * self.eps) * total
+        self.weight.copy_(self.code_sum / smoothed[:, None])
+        if self.restart_below is not None:
+            self._restart_dead(points, one_hot)
+
+    def _set_codes(self, which: torch.Tensor, vectors: torch.Tensor) -> None:
+        super()._set_codes(which, vectors)
+        self.code_sum[which] = vectors.to(self.code_sum)
+        self.cluster_size[which] = 1.0

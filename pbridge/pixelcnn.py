@@ -110,15 +110,37 @@ class GatedPixelCNN(nn.Module):
         return log_p.gather(1, indices[:, None]).squeeze(1)
 
     @torch.no_grad()
-    def sample(self, batch_size: int, grid: tuple[int, int]) -> torch.Tensor:
-        """Code indices ``(B, H, W)`` drawn in raster order (H W passes)."""
+    def sample(
+        self,
+        batch_size: int,
+        grid: tuple[int, int],
+        known: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Code indices ``(B, H, W)`` drawn in raster order, one pass per drawn cell, and the
+        conditional p(k_c | k_<c) each cell was drawn from, ``(B, H, W, K)``.
+
+        ``known = (indices, mask)``, both ``(B, H, W)`` (mask bool, True = known): those cells
+        keep their indices (probabilities one-hot) and only the others are drawn, in raster
+        order, each given the known and already drawn cells before it (inpainting).
+        """
         device = self.embed.weight.device
         indices = torch.zeros(batch_size, *grid, dtype=torch.long, device=device)
-        for i in range(grid[0]):
-            for j in range(grid[1]):
-                logits = self(indices)[:, :, i, j]
-                indices[:, i, j] = torch.distributions.Categorical(logits=logits).sample()
-        return indices
+        mask = torch.zeros(batch_size, *grid, dtype=torch.bool, device=device)
+        if known is not None:
+            indices, mask = known[0].clone(), known[1]
+            if indices.shape != (batch_size, *grid) or mask.shape != indices.shape:
+                raise ValueError(
+                    f"known indices and mask must have shape {(batch_size, *grid)}, got "
+                    f"{tuple(indices.shape)} and {tuple(mask.shape)}"
+                )
+        probs = torch.nn.functional.one_hot(indices, self.num_codes).to(self.embed.weight.dtype)
+        for i, j in (~mask).any(0).nonzero().tolist():
+            conditional = self(indices)[:, :, i, j].softmax(-1)
+            drawn = torch.multinomial(conditional, 1).squeeze(-1)
+            free = ~mask[:, i, j]
+            indices[:, i, j] = torch.where(free, drawn, indices[:, i, j])
+            probs[:, i, j] = torch.where(free[:, None], conditional, probs[:, i, j])
+        return indices, probs
 
 
 class PixelCNNPrior(TorchDistribution):
@@ -164,5 +186,5 @@ class PixelCNNPrior(TorchDistribution):
     def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
         if sample_shape != _NO_SHAPE:
             raise NotImplementedError("PixelCNNPrior draws one batch per call")
-        indices = self.net.sample(self.batch_shape[0], self.grid)
+        indices, _ = self.net.sample(self.batch_shape[0], self.grid)
         return gather_codes(indices, self.codes.detach())

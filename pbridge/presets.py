@@ -10,7 +10,7 @@ from pbridge.models.pixelcnn_prior import pixelcnn_on_frozen_vqvae
 from pbridge.models.two_stage import bridge_on_frozen_vqvae
 from pbridge.models.vqvae import VQVAE
 
-from .codebook import Codebook
+from .codebook import Codebook, EMACodebook
 from .data import DATASETS
 from .image_networks import ResNetDecoder, ResNetEncoder, UNetDenoiser
 from .likelihoods import DiscretizedLogisticDecoder
@@ -28,6 +28,7 @@ __all__ = [
     "build_image_denoiser",
     "build_image_pixelcnn",
     "VARIANTS",
+    "CODEBOOKS",
 ]
 
 
@@ -87,7 +88,8 @@ def build_toy_model(config: ToyConfig) -> DiffusionBridgeVQVAE:
     )
 
 
-VARIANTS = ("end-to-end", "two-stage", "pixelcnn")
+VARIANTS = ("end-to-end", "two-stage", "pixelcnn", "vqvae")
+CODEBOOKS = ("gradient", "ema")
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,12 @@ class ImageConfig:
         variant: ``"end-to-end"`` (the paper's claim), ``"two-stage"`` (a VQ-VAE with a
             uniform prior for ``vqvae_steps`` steps, then the bridge on its frozen encodings
             for ``train.steps`` steps) or ``"pixelcnn"`` (the same VQ-VAE stage, then a gated
-            PixelCNN prior on its frozen codes for ``train.steps`` steps).
+            PixelCNN prior on its frozen codes for ``train.steps`` steps) or ``"vqvae"`` (the
+            VQ-VAE alone, uniform prior, ``train.steps`` steps).
+        vqvae_codebook: the VQ-VAE's codebook, ``"gradient"`` (codebook loss) or ``"ema"``
+            (moving averages, :class:`~pbridge.codebook.EMACodebook`).
+        restart_dead_codes: ``None``, or restart VQ-VAE codes whose average number of cells per
+            batch falls below this value (:class:`~pbridge.codebook.Codebook`).
         num_codes / latent_dim: K and d.  downsamples: stride-2 stages of the encoder.
         unet_width / unet_mults / unet_blocks: the U-Net denoiser.
         num_steps: T of the image OU schedule (DDPM betas 1e-4 -> 0.02).
@@ -112,6 +119,8 @@ class ImageConfig:
     preset: str = "small"
     variant: str = "end-to-end"
     vqvae_steps: int = 1000
+    vqvae_codebook: str = "gradient"
+    restart_dead_codes: float | None = None
     num_codes: int = 128
     latent_dim: int = 16
     downsamples: int = 1
@@ -141,6 +150,10 @@ class ImageConfig:
         if self.variant not in VARIANTS:
             raise ValueError(
                 f"unknown variant {self.variant!r}; expected one of {', '.join(VARIANTS)}"
+            )
+        if self.vqvae_codebook not in CODEBOOKS:
+            raise ValueError(
+                f"unknown codebook {self.vqvae_codebook!r}; expected one of {', '.join(CODEBOOKS)}"
             )
         if self.dataset not in DATASETS:
             raise ValueError(
@@ -194,10 +207,17 @@ def build_image_vqvae(config: ImageConfig) -> VQVAE:
     """The VQ-VAE (uniform prior) with the image networks of ``config`` (stage one)."""
     channels, height, width = DATASETS[config.dataset]
     k, d = config.downsamples, config.latent_dim
+    kind = EMACodebook if config.vqvae_codebook == "ema" else Codebook
+    codebook = kind(
+        config.num_codes,
+        d,
+        radius=config.bridge.spherical_radius,
+        restart_below=config.restart_dead_codes,
+    )
     return VQVAE(
         encoder=ResNetEncoder(channels, d, k),
         decoder=DiscretizedLogisticDecoder(ResNetDecoder(d, 2 * channels, k)),
-        codebook=Codebook(config.num_codes, d, radius=config.bridge.spherical_radius),
+        codebook=codebook,
         data_shape=(channels, height, width),
         latent_shape=(d, height // 2**k, width // 2**k),
         spherical_radius=config.bridge.spherical_radius,
@@ -213,12 +233,15 @@ def build_image_denoiser(config: ImageConfig) -> UNetDenoiser:
     return UNetDenoiser(config.latent_dim, config.unet_width, config.unet_mults, config.unet_blocks)
 
 
-def build_image_model(config: ImageConfig) -> DiffusionBridgeVQVAE:
+def build_image_model(config: ImageConfig) -> VQVAE | DiffusionBridgeVQVAE:
     """The bridge VQ-VAE for images: ResNet encoder/decoder, discretised-logistic likelihood,
     U-Net denoiser, DDPM-equivalent OU schedule. End to end, or (``variant="two-stage"``) the
     bridge on a frozen VQ-VAE, or (``"pixelcnn"``) a PixelCNN prior on a frozen VQ-VAE (the
-    VQ-VAE untrained here: stage one is run by the training code)."""
+    VQ-VAE untrained here: stage one is run by the training code), or (``"vqvae"``) the
+    VQ-VAE alone."""
     schedule = image_schedule(config.num_steps)
+    if config.variant == "vqvae":
+        return build_image_vqvae(config)
     if config.variant == "pixelcnn":
         return pixelcnn_on_frozen_vqvae(build_image_vqvae(config), build_image_pixelcnn(config))
     if config.variant == "two-stage":

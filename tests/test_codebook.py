@@ -7,7 +7,14 @@ import torch
 from torch.distributions import kl_divergence
 
 from pbridge.code_distribution import CodeVector
-from pbridge.codebook import Codebook, categorical_kl, code_logits, code_usage, kmeans
+from pbridge.codebook import (
+    Codebook,
+    EMACodebook,
+    categorical_kl,
+    code_logits,
+    code_usage,
+    kmeans,
+)
 
 
 def brute_force_logits(z_e, codes, tau):
@@ -127,3 +134,63 @@ def test_bad_shapes_are_reported():
         code_logits(torch.zeros(2, 4, 5), torch.zeros(6, 4), -1.0)
     with pytest.raises(ValueError, match="gradient"):
         CodeVector(torch.zeros(2, 5, 6), torch.zeros(6, 4), gradient="reinforce")
+
+
+def test_ema_codebook_update_matches_a_loop_over_cells(float64):
+    """One update: N_k, m_k and e_k = m_k / N~_k (Laplace-smoothed) against a loop over cells."""
+    book = EMACodebook(4, 3, radius=None, decay=0.9, eps=1e-3)
+    start = book.weight.clone()
+    f = torch.randn(5, 3, 6)
+    book.update(f)
+    size, total = torch.ones(4) * 0.9, start * 0.9
+    for b in range(5):
+        for i in range(6):
+            point = f[b, :, i]
+            k = int(((start - point) ** 2).sum(-1).argmin())
+            size[k] += 0.1
+            total[k] += 0.1 * point
+    smoothed = (size + 1e-3) / (size.sum() + 4e-3) * size.sum()
+    torch.testing.assert_close(book.cluster_size, size)
+    torch.testing.assert_close(book.weight, total / smoothed[:, None])
+    assert not any(p.requires_grad for p in book.parameters())
+
+
+def test_ema_codebook_converges_to_cluster_means(float64):
+    """Fed encodings from 3 separated clusters, EMA codes move to the cluster means."""
+    centres = torch.tensor([[4.0, 0.0], [0.0, 4.0], [-4.0, -4.0]])
+    book = EMACodebook(3, 2, radius=None, decay=0.8)
+    book.weight.copy_(centres + 1.0)
+    book.code_sum.copy_(book.weight)
+    for _ in range(60):
+        labels = torch.randint(3, (64,))
+        book.update((centres[labels] + 0.1 * torch.randn(64, 2)).T.unsqueeze(0))
+    torch.testing.assert_close(book.weight, centres, atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("kind", [Codebook, EMACodebook], ids=["gradient", "ema"])
+def test_dead_codes_restart_onto_encodings(kind, float64):
+    """A code no cell ever picks is moved onto an encoding of the batch once its usage average
+    falls below the threshold; codes in use stay where they are (gradient codebook)."""
+    book = kind(3, 2, radius=None, restart_below=0.5, decay=0.5)
+    with torch.no_grad():
+        book.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0], [50.0, 50.0]]))
+    if kind is EMACodebook:
+        book.code_sum.copy_(book.weight)
+    f = torch.tensor([[1.0, 0.0], [-1.0, 0.0]]).repeat(4, 1).T.unsqueeze(0)  # (1, 2, 8)
+    book.update(f)  # usage of code 2: 0.5 * 8/3 = 1.33, alive
+    assert float(book.weight[2, 0].detach()) > 49.9
+    book.update(f)  # 0.67: alive
+    assert float(book.weight[2, 0].detach()) > 49.9
+    book.update(f)  # 0.33 < 0.5: restarted onto one of the encodings
+    moved = book.weight[2].detach()
+    assert min(float((moved - p).norm()) for p in f[0].T) == 0.0
+    torch.testing.assert_close(
+        book.weight[:2].detach(), torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), atol=1e-3, rtol=0
+    )
+
+
+def test_bad_codebook_options_are_reported():
+    with pytest.raises(ValueError, match="restart_below"):
+        Codebook(4, 2, restart_below=0.0)
+    with pytest.raises(ValueError, match="decay"):
+        EMACodebook(4, 2, decay=1.0)

@@ -1,5 +1,6 @@
 """The gated PixelCNN baseline prior: causality by autograd, the one-pass likelihood against the
-one-cell-at-a-time one, and the variant's bound."""
+one-cell-at-a-time one (and so the exact masked-patch NLL), inpainting, and the variant's
+bound."""
 
 import math
 
@@ -10,6 +11,7 @@ from pyro import poutine
 
 from pbridge.data import load_images
 from pbridge.inference.images import test_bits_per_dim as bits_per_dim_of
+from pbridge.masked_patch import central_patch, patch_bits_autoregressive
 from pbridge.pixelcnn import GatedPixelCNN
 from pbridge.presets import build_image_model, image_preset
 
@@ -44,16 +46,32 @@ def test_one_pass_likelihood_equals_the_cell_by_cell_conditionals(float64):
     net = GatedPixelCNN(num_codes=5, channels=8, layers=3).double()
     indices = torch.randint(0, 5, (3, 4, 5))
     one_pass = net.log_prob_per_cell(indices)
+    cells = torch.empty(3, 4, 5)
     for i in range(4):
         for j in range(5):
             scrambled = indices.clone().view(3, -1)
             scrambled[:, i * 5 + j :] = torch.randint(0, 5, scrambled[:, i * 5 + j :].shape)
             log_p = net(scrambled.view(3, 4, 5)).log_softmax(1)[:, :, i, j]
-            cell = log_p.gather(1, indices[:, i, j, None]).squeeze(1)
-            torch.testing.assert_close(one_pass[:, i, j], cell)
+            cells[:, i, j] = log_p.gather(1, indices[:, i, j, None]).squeeze(1)
+    torch.testing.assert_close(one_pass, cells)
     patch = torch.zeros(4, 5, dtype=torch.bool)
     patch[1:3, 1:4] = True
-    assert float(-one_pass[:, patch].sum().detach()) > 0
+    by_cell = -cells[:, patch].sum(-1) / (6 * math.log(2))
+    torch.testing.assert_close(patch_bits_autoregressive(one_pass, patch), by_cell.double())
+
+
+def test_inpainting_keeps_known_cells_and_reports_the_conditionals(float64):
+    """Known cells keep their codes; each hidden cell's reported probabilities are the
+    conditional given the completed grid before it (recomputed in one pass afterwards)."""
+    torch.manual_seed(2)
+    net = GatedPixelCNN(num_codes=6, channels=8, layers=3).double()
+    indices = torch.randint(0, 6, (4, 5, 5))
+    known = ~central_patch((5, 5), 9 / 25).expand(4, 5, 5)
+    completed, probs = net.sample(4, (5, 5), (indices, known))
+    assert torch.equal(completed[known], indices[known])
+    conditionals = net(completed).softmax(1).permute(0, 2, 3, 1)
+    torch.testing.assert_close(probs[~known], conditionals[~known])
+    assert torch.equal(probs[known].argmax(-1), indices[known])
 
 
 def test_pixelcnn_variant_bound_is_decoder_plus_prior_likelihood():

@@ -1,0 +1,226 @@
+"""``pbridge evaluate RUN_DIR``: one protocol for every prior (docs/evaluation.md).
+
+Writes ``eval.json``, ``eval.md`` (a one-row Markdown table), ``inpainting.png`` (rows: items;
+columns: masked input, completions, original) and ``eval_samples.png`` to the run directory.
+
+Measures, on the test split:
+
+- bits/dim: the negative ELBO (bridge: ``chain_steps`` stratified chain steps per image) or the
+  exact NLL bound (PixelCNN over codes + decoder; uniform prior), same discretised likelihood,
+  no dequantisation;
+- masked-patch bits per latent cell (:mod:`pbridge.masked_patch`): Monte Carlo over inpainting
+  draws for every prior, plus the exact autoregressive figure for the PixelCNN;
+- FD-FMNIST of prior samples (decoder means) against the test split, with two reference
+  figures: reconstructions and training images against the same test split
+  (:mod:`pbridge.feature_distance`; Fashion-MNIST only);
+- codebook usage of the guide's codes over the whole test split;
+- sampling time per image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyro
+import torch
+import torch.nn.functional as F
+from torchvision.utils import save_image
+
+from pbridge.codebook import code_usage, gather_codes
+from pbridge.data import load_images
+from pbridge.feature_distance import classifier_accuracy, fd_fmnist, load_classifier
+from pbridge.masked_patch import central_patch, patch_bits_autoregressive, patch_bits_monte_carlo
+from pbridge.models.pixelcnn_prior import PixelCNNVQVAE
+
+from .images import load_image_run, test_bits_per_dim
+from .sampling import sample_posterior, sample_prior
+
+__all__ = ["EvalSettings", "evaluate_run", "results_table"]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How much of the protocol to run.
+
+    Attributes:
+        bpd_items: test images scored for bits/dim.  chain_steps: stratified chain steps per
+            image in the bridge's bound (divides T).
+        num_samples: prior samples for FD-FMNIST and the sampling time.
+        patch_items / patch_draws: test items and inpainting draws per item of the masked-patch
+            estimate.
+        seed: seed of every draw.  batch_size: items per network call when scoring.
+    """
+
+    bpd_items: int = 1000
+    chain_steps: int = 100
+    num_samples: int = 500
+    patch_items: int = 64
+    patch_draws: int = 4
+    seed: int = 0
+    batch_size: int = 250
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if name != "seed" and value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+
+
+def _mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
+    return float(values.mean()), float(values.std() / math.sqrt(values.numel()))
+
+
+def _posterior_codes(variant, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat(
+        [
+            sample_posterior(variant, x[i : i + batch_size]).codes
+            for i in range(0, len(x), batch_size)
+        ]
+    )
+
+
+def _inpainting_grid(variant, x, codes, known, completions, path: Path) -> None:
+    """Rows: items; columns: the data with the patch's pixels grey, completions, the data."""
+    scale = x.shape[-1] // codes.shape[-1]
+    hidden = (~known).repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    hidden = F.pad(hidden, (0, x.shape[-1] - hidden.shape[-1], 0, x.shape[-2] - hidden.shape[-2]))
+    masked = torch.where(hidden[:, None], torch.full_like(x, 0.5), x)
+    book = variant.codebook()
+    decoded = [variant.decoder(gather_codes(c, book)).mean for c in completions]
+    columns = [masked, *decoded, x]
+    grid = torch.stack(columns, dim=1).flatten(0, 1)
+    save_image(grid.cpu(), path, nrow=len(columns))
+
+
+@torch.no_grad()
+def _masked_patch(variant, x: torch.Tensor, settings: EvalSettings, out: Path) -> dict:
+    codes = sample_posterior(variant, x).codes
+    patch = central_patch(tuple(codes.shape[1:])).to(codes.device)
+    known = (~patch).expand_as(codes)
+    draws = [variant.inpaint(codes, known) for _ in range(settings.patch_draws)]
+    probs = torch.stack([p for _, p in draws])
+    bits = patch_bits_monte_carlo(codes, probs, patch)
+    mean, stderr = _mean_and_stderr(bits)
+    result = {
+        "masked_patch_bits_per_cell": mean,
+        "masked_patch_bits_per_cell_stderr": stderr,
+        "patch_cells": int(patch.sum()),
+        "patch_items": x.shape[0],
+        "patch_draws": settings.patch_draws,
+    }
+    if isinstance(variant, PixelCNNVQVAE):
+        exact = patch_bits_autoregressive(variant.prior_net.log_prob_per_cell(codes), patch)
+        mean, stderr = _mean_and_stderr(exact)
+        result["masked_patch_bits_per_cell_exact"] = mean
+        result["masked_patch_bits_per_cell_exact_stderr"] = stderr
+    items = min(8, x.shape[0])
+    completions = [c[:items] for c, _ in draws]
+    _inpainting_grid(variant, x[:items], codes[:items], known[:items], completions, out)
+    return result
+
+
+def _feature_distances(samples, recon, train_x, test_x, test_labels, dataset: str) -> dict:
+    if dataset != "fashion-mnist":
+        return {"fd_fmnist": None, "fd_note": f"FD-FMNIST needs Fashion-MNIST, not {dataset}"}
+    net = load_classifier().to(test_x.device)
+    n = samples.shape[0]
+    return {
+        "fd_fmnist": fd_fmnist(samples, test_x, net),
+        "fd_fmnist_reconstructions": fd_fmnist(recon[:n], test_x, net),
+        "fd_fmnist_train_images": fd_fmnist(train_x[:n], test_x, net),
+        "classifier_test_accuracy": classifier_accuracy(net, test_x, test_labels),
+    }
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    settings: EvalSettings | None = None,
+    device: str = "auto",
+    root: str | Path | None = None,
+) -> dict:
+    """Run the protocol on a trained image run; returns and writes ``eval.json``/``eval.md``."""
+    settings = EvalSettings() if settings is None else settings
+    run = Path(run_dir)
+    config, variant = load_image_run(run, device)
+    dev = next(variant.parameters()).device
+    test = load_images(config.dataset, "test", root)
+    test_x = test.as_float().to(dev)
+    timings: dict[str, float] = {}
+    result: dict = {
+        "variant": config.variant,
+        "dataset": config.dataset,
+        "settings": asdict(settings),
+    }
+    torch.manual_seed(settings.seed)
+    pyro.set_rng_seed(settings.seed)
+    with pyro.validation_enabled(False):
+        start = time.perf_counter()
+        batch = max(1, min(settings.batch_size, settings.bpd_items // 4))  # >= 4 batches: s.e.
+        bpd, bpd_se = test_bits_per_dim(
+            variant, test_x[: settings.bpd_items], batch, settings.chain_steps
+        )
+        result.update(test_bits_per_dim=bpd, test_bits_per_dim_stderr=bpd_se)
+        timings["bits_per_dim"] = time.perf_counter() - start
+
+        codes = _posterior_codes(variant, test_x, settings.batch_size)
+        usage = code_usage(codes, variant.codebook.num_codes)
+        result.update(codes_used=usage.codes_used, perplexity=usage.perplexity)
+
+        start = time.perf_counter()
+        patch_x = test_x[: settings.patch_items]
+        result.update(_masked_patch(variant, patch_x, settings, run / "inpainting.png"))
+        timings["masked_patch"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        samples = sample_prior(variant, settings.num_samples).x_mean
+        seconds = time.perf_counter() - start
+        result["sampling_seconds_per_image"] = seconds / settings.num_samples
+        save_image(samples[:64].cpu(), run / "eval_samples.png")
+
+        start = time.perf_counter()
+        recon = sample_posterior(variant, test_x[: settings.num_samples]).x_mean
+    train_x = load_images(config.dataset, "train", root).as_float()[: settings.num_samples]
+    distances = _feature_distances(
+        samples, recon, train_x.to(dev), test_x, test.labels.to(dev), config.dataset
+    )
+    result.update(distances)
+    timings["feature_distance"] = time.perf_counter() - start
+
+    metrics_file = run / "metrics.json"
+    if metrics_file.is_file():
+        result["train_seconds"] = json.loads(metrics_file.read_text()).get("train_seconds")
+    result["seconds"] = timings
+    (run / "eval.json").write_text(json.dumps(result, indent=2))
+    (run / "eval.md").write_text(results_table({run.name: result}))
+    return result
+
+
+def _cell(value, stderr=None, digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    return text if stderr is None else f"{text} ± {stderr:.{digits}f}"
+
+
+def results_table(results: dict[str, dict]) -> str:
+    """A Markdown table, one row per named ``eval.json`` result."""
+    lines = [
+        "| model | bits/dim | masked-patch bits/cell | FD-FMNIST | codes used | "
+        "train time (s) | sampling (s/image) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        patch = _cell(r["masked_patch_bits_per_cell"], r["masked_patch_bits_per_cell_stderr"])
+        if "masked_patch_bits_per_cell_exact" in r:
+            patch += f" (exact {_cell(r['masked_patch_bits_per_cell_exact'])})"
+        train = r.get("train_seconds")
+        lines.append(
+            f"| {name} | {_cell(r['test_bits_per_dim'], r['test_bits_per_dim_stderr'])} | "
+            f"{patch} | {_cell(r.get('fd_fmnist'), digits=1)} | {r['codes_used']} | "
+            f"{'n/a' if train is None else f'{train:.0f}'} | "
+            f"{r['sampling_seconds_per_image']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
