@@ -20,9 +20,10 @@ plus, in the full-chain estimator, the forward OU kernels z_e^t | z_e^{t-1} as s
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import pyro
 import pyro.distributions as dist
@@ -164,6 +165,7 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
         )
         self.register_buffer("t_proposal", proposal, persistent=False)
         self.steps_per_item = 1
+        self.sampler_options: dict = {"sampler": "ancestral", "steps": None}
 
     # ------------------------------------------------------------------ building blocks
     def encoder_scale(self) -> torch.Tensor:
@@ -182,6 +184,33 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
         finally:
             self.steps_per_item, self.t_proposal = saved
 
+    @contextmanager
+    def sampling(
+        self, sampler: str = "ancestral", steps: int | None = None, **options
+    ) -> Iterator[None]:
+        """Within the block, prior draws and :meth:`inpaint` run the backward chain with
+        :func:`~pbridge.samplers.reverse_sample` (``sampler``, ``steps`` and its keyword
+        ``options``: ``eta``, ``method``) instead of the T-step ancestral chain."""
+        saved = self.sampler_options
+        self.sampler_options = {"sampler": sampler, "steps": steps, **options}
+        try:
+            yield
+        finally:
+            self.sampler_options = saved
+
+    def _draw(
+        self, denoiser: nn.Module | None = None, **extra
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``z_T -> z^0`` by the current sampler (``extra``: more keywords, e.g. ``known``)."""
+        return partial(
+            reverse_sample,
+            self.schedule,
+            self.chain_denoiser() if denoiser is None else denoiser,
+            model_variance=self.settings.model_variance,
+            **self.sampler_options,
+            **extra,
+        )
+
     def chain_denoiser(self) -> nn.Module:
         """eps_theta as the backward chain uses it: the denoiser, ball-projected if
         ``settings.z0_ball`` is set (radius from the current codes, not differentiated)."""
@@ -192,44 +221,33 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
 
     def prior(self, batch_size: int) -> DiffusionPrior:
         """p_theta(z_e^0) with the random-step ``log_prob``."""
-        s = self.settings
+        s, denoiser = self.settings, self.chain_denoiser()
         return DiffusionPrior(
             self.schedule,
-            self.chain_denoiser(),
+            denoiser,
             self.latent_shape,
             batch_size,
             model_variance=s.model_variance,
             proposal=self.t_proposal,
             denoiser_loss=s.denoiser_loss,
             steps_per_item=self.steps_per_item,
+            draw=self._draw(denoiser),
         )
 
     @torch.no_grad()
     def inpaint(
-        self,
-        indices: torch.Tensor,
-        known: torch.Tensor,
-        sampler: str = "ancestral",
-        steps: int | None = None,
+        self, indices: torch.Tensor, known: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Complete the codes ``indices: (B, *cells)`` where ``known`` (bool, same shape) is
         False: the known cells' z_e^0 = e_k + s eps are held by replacement along the backward
-        chain (:func:`~pbridge.samplers.reverse_sample`), the hidden cells' codes drawn from
-        p(z_q^0 | z_e^0). Returns the completed indices and p(z_q^0 = k | z_e^0) at every cell,
-        ``(B, *cells, K)`` (one-hot at known cells)."""
+        chain (:func:`~pbridge.samplers.reverse_sample`, with the options of :meth:`sampling`),
+        the hidden cells' codes drawn from p(z_q^0 | z_e^0). Returns the completed indices and
+        p(z_q^0 = k | z_e^0) at every cell, ``(B, *cells, K)`` (one-hot at known cells)."""
         codes = self.codebook()
         z0_known = gather_codes(indices, codes)
         z0_known = z0_known + self.encoder_scale() * torch.randn_like(z0_known)
         z_T = self.schedule.z_star + math.sqrt(self.schedule.sigma2) * torch.randn_like(z0_known)
-        z0 = reverse_sample(
-            self.schedule,
-            self.chain_denoiser(),
-            z_T,
-            sampler,
-            steps,
-            model_variance=self.settings.model_variance,
-            known=(z0_known, known.unsqueeze(1)),
-        )
+        z0 = self._draw(known=(z0_known, known.unsqueeze(1)))(z_T)
         probs = code_logits(z0, codes, self.settings.tau_p).softmax(-1)
         drawn = torch.distributions.Categorical(probs=probs).sample()
         one_hot = F.one_hot(indices, codes.shape[0]).to(probs)

@@ -72,10 +72,12 @@ class BallProjectedDenoiser(nn.Module):
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         s = self.schedule
-        z0_hat = s.predict_z0(z_t, self.denoiser(z_t, t), t) - s.z_star
+        abar = s.abar_at(t, z_t)  # t may be fractional (the continuous samplers)
+        noise_sd = (s.sigma2 * (1.0 - abar)).sqrt()
+        z0_hat = (z_t - s.z_star - noise_sd * self.denoiser(z_t, t)) / abar.sqrt()
         norm = z0_hat.norm(dim=1, keepdim=True).clamp_min(torch.finfo(z0_hat.dtype).tiny)
-        projected = s.z_star + z0_hat * (self.radius / norm).clamp(max=1.0)
-        return s.noise(z_t, projected, t)
+        projected = z0_hat * (self.radius / norm).clamp(max=1.0)
+        return (z_t - s.z_star - abar.sqrt() * projected) / noise_sd
 
 
 def _steps(t: int, like: torch.Tensor) -> torch.Tensor:
@@ -211,6 +213,8 @@ class DiffusionPrior(TorchDistribution):
             still the bound and the gradient reaching z^0 is the bound's, but the denoiser's own
             parameters get the gradient of ``mean_t(w_t) ||eps - eps_theta||^2 / q(t)``
             (L_simple, not the ELBO), in the same single denoiser pass.
+        draw: ``z_T -> z^0`` used by ``sample`` (e.g. a few-step sampler of
+            :mod:`pbridge.samplers`); ``None``: the T-step ancestral chain (Algorithm 2).
     """
 
     arg_constraints: dict = {}
@@ -227,6 +231,7 @@ class DiffusionPrior(TorchDistribution):
         proposal: torch.Tensor | None = None,
         denoiser_loss: str = "elbo",
         steps_per_item: int = 1,
+        draw: Callable[[torch.Tensor], torch.Tensor] | None = None,
         validate_args: bool | None = None,
     ) -> None:
         if denoiser_loss not in ("elbo", "simple"):
@@ -250,7 +255,7 @@ class DiffusionPrior(TorchDistribution):
             proposal,
             denoiser_loss,
         )
-        self.steps_per_item = steps_per_item
+        self.steps_per_item, self.draw = steps_per_item, draw
         super().__init__(torch.Size([batch_size]), torch.Size(event_shape), validate_args)
 
     def expand(self, batch_shape, _instance=None):
@@ -315,4 +320,6 @@ class DiffusionPrior(TorchDistribution):
         z_T = self.schedule.z_star + math.sqrt(self.schedule.sigma2) * torch.randn(
             shape, dtype=param.dtype, device=param.device
         )
+        if self.draw is not None:
+            return self.draw(z_T)
         return ancestral_sample(self.schedule, self.denoiser, z_T, self.model_variance)[0]

@@ -124,6 +124,20 @@ class OUSchedule:
         values = table.to(device=like.device, dtype=like.dtype)[t]
         return values.reshape(t.shape + (1,) * (like.dim() - t.dim()))
 
+    def abar_at(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """abar at time indices ``t: (B,)``, shaped like :meth:`at`. Integer t: the table.
+        Fractional t (the continuous samplers): abar = exp(-2 theta s) with the OU time s
+        interpolated linearly between s_floor(t) and s_ceil(t)."""
+        if not torch.is_floating_point(t):
+            return self.at(self._abar, t, like)
+        if t.numel() and (float(t.min()) < 0 or float(t.max()) > self.num_steps):
+            raise ValueError(f"time indices must lie in [0, {self.num_steps}], got {t}")
+        times = self.times.to(device=t.device, dtype=torch.float64)
+        low = t.detach().double().floor().long().clamp_max(self.num_steps - 1)
+        s = times[low] + (t.double() - low) * (times[low + 1] - times[low])
+        values = torch.exp(-2.0 * self.theta * s).to(like)
+        return values.reshape(t.shape + (1,) * (like.dim() - t.dim()))
+
     # ------------------------------------------------------------------ closed forms
     def marginal(self, z0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z^t | z^0) = N(z* + sqrt(abar_t)(z^0 - z*), sigma2 (1 - abar_t) I).

@@ -142,3 +142,18 @@ def test_bad_time_index_is_reported():
         s.transition(torch.zeros(2, 2), torch.tensor([0, 1]))
     with pytest.raises(TypeError, match="integer"):
         s.marginal(torch.zeros(2, 2), torch.tensor([1.0, 2.0]))
+
+
+def test_abar_at_fractional_times_interpolates_the_ou_time(float64):
+    """Integer indices give the table; a fractional index gives exp(-2 theta s) at the OU time
+    interpolated between its neighbours (what the continuous samplers pass)."""
+    schedule = image_schedule(50)
+    like = torch.zeros(3, 2)
+    t = torch.tensor([1, 17, 50])
+    torch.testing.assert_close(schedule.abar_at(t.double(), like)[:, 0], schedule.abar[t])
+    half = torch.tensor([16.5])
+    s = 0.5 * (schedule.times[16] + schedule.times[17])
+    expected = torch.exp(-2.0 * schedule.theta * s)
+    torch.testing.assert_close(schedule.abar_at(half, like[:1])[:, 0], expected.reshape(1))
+    with pytest.raises(ValueError, match="time indices"):
+        schedule.abar_at(torch.tensor([50.5]), like[:1])

@@ -170,3 +170,13 @@ def test_ball_projection_stops_the_drift_of_a_biased_denoiser(float64):
     torch.manual_seed(1)
     exact_held, _ = ancestral_sample(schedule, BallProjectedDenoiser(schedule, oracle, 1e6), z_T)
     torch.testing.assert_close(exact_held, exact)
+
+
+def test_ball_projection_accepts_fractional_times(float64):
+    """At an integer-valued float t the projected denoiser equals its integer-t value (the
+    continuous samplers call it with fractional t)."""
+    schedule = image_schedule(100)
+    net = BallProjectedDenoiser(schedule, lambda z, t: 3.0 * torch.ones_like(z), 1.0)
+    z = torch.randn(4, 3, 5)
+    t = torch.tensor([1, 10, 50, 100])
+    torch.testing.assert_close(net(z, t.double()), net(z, t))

@@ -1,0 +1,459 @@
+"""Few-step samplers of the backward chain (docs/maths.md, "Few-step samplers").
+
+Every sampler maps ``z_T: (B, d, *cells)`` to a draw of z^0 with the same denoiser
+``eps_theta(z_t: (B, d, *cells), t: (B,)) -> (B, d, *cells)``:
+
+- ``"ancestral"``: the discrete chain, T steps (Algorithm 2, :func:`bridge_prior.reverse_step`);
+- ``"respaced"``: S <= T DDIM-style steps on a subsequence of the time indices (eq. S1);
+- ``"sde"``: the reverse-time SDE, solved by ``torchsde.sdeint`` (eq. S3);
+- ``"ode"``: the probability-flow ODE, solved by ``torchsde.sdeint`` with zero noise (eq. S4).
+
+The continuous samplers call the denoiser with a *fractional* time index (the OU time mapped
+linearly onto ``schedule.times``), so the denoiser must accept a float ``t`` (the sinusoidal
+embedding of :mod:`pbridge.networks` does; a wrapper that indexes the integer coefficient tables,
+such as :class:`bridge_prior.BallProjectedDenoiser`, does not). :func:`encode_ode` runs the ODE
+forward (z^0 -> z^T). Wrap a denoiser in :class:`CountingDenoiser` to count network evaluations:
+per solver step 1 (``"euler"``; ``"reversible_heun"`` after one at the start), 2 (``"heun"``,
+``"midpoint"``) or 4 (``"srk"``), plus 1 for the final z0_hat.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import warnings
+from collections.abc import Callable
+
+import torch
+import torchsde
+from torch import nn
+
+from .bridge_prior import reverse_step
+from .ou_bridge import OUSchedule
+
+__all__ = [
+    "SAMPLERS",
+    "SDE_METHODS",
+    "ODE_METHODS",
+    "CountingDenoiser",
+    "respaced_times",
+    "reverse_sample",
+    "encode_ode",
+]
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Known = tuple[torch.Tensor, torch.Tensor]
+
+SAMPLERS = ("ancestral", "respaced", "sde", "ode")
+SDE_METHODS = ("euler", "srk", "reversible_heun")
+ODE_METHODS = ("euler", "midpoint", "heun")
+_STRATONOVICH = ("reversible_heun", "midpoint", "heun")
+# Adaptive stepping (``steps=None``): torchsde's step-doubling error control with these
+# tolerances (atol in units of the stationary standard deviation sqrt(sigma2)).
+_ADAPTIVE_RTOL = 1e-4
+_ADAPTIVE_ATOL = 1e-4
+_ADAPTIVE_FIRST_STEPS = 32
+# A fixed step is lengthened by this factor so that rounding never adds a last tiny step.
+_STEP_SLACK = 1.0 + 1e-9
+# Drifts kept by _FlowSDE: the 4 stages of torchsde's diagonal-noise SRK.
+_CACHE_SIZE = 4
+
+
+class CountingDenoiser(nn.Module):
+    """``denoiser`` unchanged, counting its calls in ``calls`` (network evaluations, NFE)."""
+
+    def __init__(self, denoiser: Denoiser) -> None:
+        super().__init__()
+        self.denoiser, self.calls = denoiser, 0
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.denoiser(z_t, t)
+
+
+def respaced_times(num_steps: int, steps: int) -> list[int]:
+    """tau_1 < ... < tau_S: S evenly spaced integers in 1..T, tau_S = T (and tau_1 = 1 if S > 1).
+
+    tau_i = round(1 + (i - 1)(T - 1) / (S - 1)); distinct because the spacing is >= 1 for S <= T.
+    ``steps = T`` gives 1..T; ``steps = 1`` gives [T].
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_steps:
+        raise ValueError(f"steps must be an integer in 1..T = 1..{num_steps}, got {steps!r}")
+    if steps == 1:
+        return [num_steps]
+    return [round(1 + i * (num_steps - 1) / (steps - 1)) for i in range(steps)]
+
+
+def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+
+
+def _indices(t: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.full((like.shape[0],), t, dtype=torch.long, device=like.device)
+
+
+def _impose_known(
+    schedule: OUSchedule,
+    z: torch.Tensor,
+    known: Known | None,
+    abar: float,
+    generator: torch.Generator | None,
+    eps: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``z: (B, d, *cells)`` with the known cells replaced by a draw of q(z | z0_known) (eq. 3).
+
+    The draw is z* + sqrt(abar)(z0_known - z*) + sqrt(sigma2 (1 - abar)) eps, ``eps`` fresh
+    from ``generator`` unless given; at abar = 1 (time 0) the known cells become z0_known exactly.
+    """
+    if known is None:
+        return z
+    z0, mask = known
+    if abar >= 1.0:
+        return torch.where(mask, z0, z)
+    eps = _randn(z, generator) if eps is None else eps
+    zs = schedule.z_star
+    draw = zs + math.sqrt(abar) * (z0 - zs) + math.sqrt(schedule.sigma2 * (1 - abar)) * eps
+    return torch.where(mask, draw, z)
+
+
+def _ancestral(
+    schedule: OUSchedule,
+    denoiser: Denoiser,
+    z: torch.Tensor,
+    model_variance: str,
+    known: Known | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    abar = schedule.abar.tolist()
+    for t in range(schedule.num_steps, 0, -1):
+        mean, var = reverse_step(schedule, denoiser, z, _indices(t, z), model_variance)
+        z = mean + var.sqrt() * _randn(z, generator)
+        z = _impose_known(schedule, z, known, abar[t - 1], generator)
+    return z
+
+
+def _respaced(
+    schedule: OUSchedule,
+    denoiser: Denoiser,
+    z: torch.Tensor,
+    steps: int,
+    eta: float,
+    known: Known | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """DDIM-style steps tau_i -> tau_{i-1} (eq. S1); the last, tau_1 -> 0, is eq. S2."""
+    abar, s2, zs = schedule.abar.tolist(), schedule.sigma2, schedule.z_star
+    times = respaced_times(schedule.num_steps, steps)
+    for cur, prev in zip(reversed(times), reversed([0] + times[:-1]), strict=True):
+        t = _indices(cur, z)
+        eps_hat = denoiser(z, t)
+        z0_hat = schedule.predict_z0(z, eps_hat, t)
+        if prev == 0:
+            mean, var = z0_hat, eta**2 * s2 * float(schedule.beta[1])
+        else:
+            a_cur, a_prev = abar[cur], abar[prev]
+            var = eta**2 * s2 * (1 - a_prev) / (1 - a_cur) * (1 - a_cur / a_prev)
+            direction = math.sqrt(max(s2 * (1 - a_prev) - var, 0.0))
+            mean = zs + math.sqrt(a_prev) * (z0_hat - zs) + direction * eps_hat
+        z = mean + math.sqrt(var) * _randn(z, generator)
+        z = _impose_known(schedule, z, known, abar[prev], generator)
+    return z
+
+
+class _FlowSDE(nn.Module):
+    """The reverse-time SDE (eq. S3) or probability-flow ODE (eq. S4) for ``torchsde.sdeint``.
+
+    The solver's time is u, with OU time s = origin + sign u: sign = -1, origin = s_T integrates
+    backwards in s with increasing u; sign = +1, origin = s_1 is the forward ODE of
+    :func:`encode_ode`. Drift in u: sign (-theta (z - z*) - w eta^2 score(z, s)) with
+    score(z, s) = -eps_theta(z, t(s)) / sqrt(sigma2 (1 - abar(s))), w = 1 (SDE) or 1/2 (ODE);
+    diffusion ``diffusion`` (eta or 0), diagonal. State ``y: (B, n)``, the flattened
+    ``(B, d, *cells)``.
+
+    The drifts at the last few (u, y) are cached (by the identity of ``y``): the contract check
+    that ``sdeint`` runs at its start time then costs no network evaluation (the first solver
+    step reuses it), nor do the repeated stage evaluations of ``"srk"`` (4 per step, not 10).
+    """
+
+    noise_type = "diagonal"
+
+    def __init__(
+        self,
+        schedule: OUSchedule,
+        denoiser: Denoiser,
+        shape: torch.Size,
+        origin: float,
+        sign: float,
+        score_weight: float,
+        diffusion: float,
+        sde_type: str,
+    ) -> None:
+        super().__init__()
+        self.schedule, self.denoiser, self.shape = schedule, denoiser, shape
+        self.origin, self.sign, self.score_weight = origin, sign, score_weight
+        self.diffusion, self.sde_type = diffusion, sde_type
+        self.times = schedule.times.tolist()
+        self._cache: list[tuple[float, torch.Tensor, torch.Tensor]] = []
+
+    def time_index(self, s: float) -> float:
+        """The fractional index t(s): s interpolated linearly on ``schedule.times`` (t(s_k) = k)."""
+        k = min(max(bisect.bisect_right(self.times, s), 1), len(self.times) - 1)
+        lo, hi = self.times[k - 1], self.times[k]
+        return k - 1 + (s - lo) / (hi - lo)
+
+    def f(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        u = float(u)
+        for u_seen, y_seen, out in self._cache:
+            if u_seen == u and y_seen is y:
+                return out
+        sch = self.schedule
+        s = self.origin + self.sign * u
+        z = y.reshape(self.shape)
+        t = torch.full((y.shape[0],), self.time_index(s), dtype=y.dtype, device=y.device)
+        noise_sd = math.sqrt(sch.sigma2 * -math.expm1(-2.0 * sch.theta * s))
+        eps = self.denoiser(z, t)
+        drift = -sch.theta * (z - sch.z_star) + self.score_weight * sch.eta2 / noise_sd * eps
+        out = self.sign * drift.flatten(1)
+        self._cache = [(u, y, out)] + self._cache[: _CACHE_SIZE - 1]
+        return out
+
+    def g(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(y, self.diffusion)
+
+
+def _solve(
+    sde: _FlowSDE,
+    z: torch.Tensor,
+    span: float,
+    steps: int | None,
+    method: str,
+    entropy: int,
+    after_step: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Integrates ``sde`` over u in [0, span] from ``z: (B, d, *cells)``; returns the end state.
+
+    ``steps``: that many equal steps (``None``: adaptive). ``after_step(z, u)``, if given, is
+    applied after every step (then one ``sdeint`` call per step).
+    """
+    y = z.flatten(1)
+    bm = torchsde.BrownianInterval(
+        t0=0.0,
+        t1=span,
+        size=y.shape,
+        dtype=y.dtype,
+        device=y.device,
+        entropy=entropy,
+        levy_area_approximation="space-time" if method == "srk" else "none",
+    )
+    if steps is None:
+        ts = torch.tensor([0.0, span], dtype=y.dtype, device=y.device)
+        with warnings.catch_warnings():
+            # torchsde warns that adaptive Euler may not converge for non-additive noise;
+            # the diffusion here is a constant (additive) and declared diagonal only for speed.
+            warnings.filterwarnings("ignore", message="Numerical solution is not guaranteed")
+            ys = torchsde.sdeint(
+                sde,
+                y,
+                ts,
+                bm=bm,
+                method=method,
+                dt=span / _ADAPTIVE_FIRST_STEPS,
+                adaptive=True,
+                rtol=_ADAPTIVE_RTOL,
+                atol=_ADAPTIVE_ATOL * math.sqrt(sde.schedule.sigma2),
+            )
+        return ys[-1].reshape(z.shape)
+    if after_step is None:
+        ts = torch.tensor([0.0, span], dtype=y.dtype, device=y.device)
+        ys = torchsde.sdeint(sde, y, ts, bm=bm, method=method, dt=span / steps * _STEP_SLACK)
+        return ys[-1].reshape(z.shape)
+    grid = torch.linspace(0.0, span, steps + 1, dtype=y.dtype, device=y.device)
+    for k in range(steps):
+        ts = grid[k : k + 2]
+        # dt twice the interval: exactly one solver step, ending exactly at ts[1].
+        y = torchsde.sdeint(sde, y, ts, bm=bm, method=method, dt=2 * float(ts[1] - ts[0]))[-1]
+        y = after_step(y.reshape(z.shape), float(ts[1])).flatten(1)
+    return y.reshape(z.shape)
+
+
+def _check_state(name: str, z: torch.Tensor) -> None:
+    if z.dim() < 2 or not torch.is_floating_point(z):
+        raise ValueError(
+            f"{name} must be a floating tensor of shape (B, d, *cells), got {tuple(z.shape)} "
+            f"of dtype {z.dtype}"
+        )
+    if not torch.isfinite(z).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+
+
+def _check_known(known: Known | None, z_T: torch.Tensor) -> Known | None:
+    if known is None:
+        return None
+    if not isinstance(known, tuple) or len(known) != 2:
+        raise ValueError(f"known must be a tuple (z0_known, mask), got {type(known).__name__}")
+    z0, mask = known
+    if z0.shape != z_T.shape:
+        raise ValueError(
+            f"z0_known must have the shape of z_T {tuple(z_T.shape)}, got {tuple(z0.shape)}"
+        )
+    expected = (z_T.shape[0], 1, *z_T.shape[2:])
+    if mask.dtype != torch.bool or tuple(mask.shape) != expected:
+        raise ValueError(
+            f"mask must be a bool tensor of shape (B, 1, *cells) = {expected}, got "
+            f"{tuple(mask.shape)} of dtype {mask.dtype}"
+        )
+    return z0.to(z_T), mask.to(z_T.device)
+
+
+def _check_steps_and_method(
+    schedule: OUSchedule, sampler: str, steps: int | None, method: str | None
+) -> str | None:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    T = schedule.num_steps
+    if sampler == "ancestral" and steps not in (None, T):
+        raise ValueError(f"the ancestral sampler runs all T = {T} steps, got steps={steps!r}")
+    if sampler == "respaced":
+        respaced_times(T, T if steps is None else steps)
+    if sampler in ("ancestral", "respaced"):
+        if method is not None:
+            raise ValueError(f"method applies to the 'sde' and 'ode' samplers, got {method!r}")
+        return None
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive integer or None (adaptive), got {steps!r}")
+    allowed = SDE_METHODS if sampler == "sde" else ODE_METHODS
+    method = "euler" if method is None else method
+    if method not in allowed:
+        raise ValueError(
+            f"method for the {sampler!r} sampler must be one of {allowed}, got {method!r}"
+        )
+    return method
+
+
+def _entropy(generator: torch.Generator | None) -> int:
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 2**62, (), generator=generator, device=device))
+
+
+@torch.no_grad()
+def reverse_sample(
+    schedule: OUSchedule,
+    denoiser: Denoiser,
+    z_T: torch.Tensor,
+    sampler: str = "ancestral",
+    steps: int | None = None,
+    *,
+    model_variance: str = "beta_tilde",
+    eta: float = 1.0,
+    method: str | None = None,
+    known: Known | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """z^0 ``(B, d, *cells)`` from ``z_T: (B, d, *cells)`` by one of :data:`SAMPLERS`.
+
+    Args:
+        schedule: the OU bridge.  denoiser: eps_theta (see the module docstring).
+        z_T: start of the backward chain, e.g. a draw of N(z*, sigma2 I).
+        sampler: ``"ancestral"``: the T-step chain p_theta (Algorithm 2) with variance
+            ``model_variance`` (``steps`` must be ``None`` or T).
+            ``"respaced"``: ``steps = S`` (default T) DDIM steps on :func:`respaced_times`, noise
+            fraction ``eta`` in [0, 1] (eq. S1; 0: deterministic). The last step, tau_1 -> 0, has
+            mean z0_hat and variance eta^2 sigma2 beta_1 (eq. S2), so S = T, eta = 1 is the
+            ancestral chain with ``model_variance="beta_tilde"`` draw for draw.
+            ``"sde"`` / ``"ode"``: the reverse-time SDE (eq. S3) / probability-flow ODE (eq. S4)
+            from s_T to s_1 = ``schedule.times[1]``, then z^0 = z0_hat at t = 1 (one more
+            network evaluation). ``steps`` equal steps of (s_T - s_1) / steps; ``None``: adaptive
+            steps with rtol = 1e-4, atol = 1e-4 sqrt(sigma2) (torchsde's step-doubling control;
+            with ``"euler"`` it stays first order and coarse, prefer ``"midpoint"``).
+        model_variance: ``"beta_tilde"`` or ``"beta"``, for ``"ancestral"`` only.
+        eta: the DDIM noise fraction of ``"respaced"``, in [0, 1].
+        method: torchsde solver: :data:`SDE_METHODS` for ``"sde"``, :data:`ODE_METHODS` for
+            ``"ode"`` (default ``"euler"``); ``None`` for the discrete samplers. The noise is
+            additive, so Ito and Stratonovich solvers solve the same SDE. ``"reversible_heun"``
+            amplifies errors where the drift is stiff (data variance << sigma2 near s_1): use
+            it with many steps.
+        known: ``(z0_known: (B, d, *cells), mask: (B, 1, *cells) bool)``, True on known cells:
+            inpainting by replacement. At the start and after every step, at time s, the known
+            cells are set to a draw of q(z^s | z0_known) (eq. 3; for ``"ode"`` with one fixed
+            noise draw, so the ODE stays deterministic); at the end they equal z0_known.
+            For ``"sde"``/``"ode"`` this needs fixed ``steps``.
+        generator: the source of every random draw (for ``"sde"``, of the Brownian path's seed).
+    Returns:
+        z^0, shape and dtype of ``z_T``.
+    """
+    _check_state("z_T", z_T)
+    method = _check_steps_and_method(schedule, sampler, steps, method)
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1], got {eta}")
+    schedule.model_variance_table(model_variance)
+    known = _check_known(known, z_T)
+    T = schedule.num_steps
+    if sampler in ("sde", "ode") and known is not None and steps is None:
+        raise ValueError("inpainting with the 'sde' or 'ode' sampler needs a fixed number of steps")
+
+    # The Brownian path's seed is drawn first, so that inpainting leaves the path unchanged.
+    entropy = _entropy(generator) if sampler == "sde" else 0
+    eps_known = _randn(z_T, generator) if known is not None and sampler == "ode" else None
+    z = _impose_known(schedule, z_T, known, float(schedule.abar[T]), generator, eps_known)
+    if sampler == "ancestral":
+        return _ancestral(schedule, denoiser, z, model_variance, known, generator)
+    if sampler == "respaced":
+        return _respaced(
+            schedule, denoiser, z, T if steps is None else steps, eta, known, generator
+        )
+
+    s_T, s_1 = float(schedule.times[T]), float(schedule.times[1])
+    is_sde = sampler == "sde"
+    sde = _FlowSDE(
+        schedule,
+        denoiser,
+        z.shape,
+        origin=s_T,
+        sign=-1.0,
+        score_weight=1.0 if is_sde else 0.5,
+        diffusion=math.sqrt(schedule.eta2) if is_sde else 0.0,
+        sde_type="stratonovich" if method in _STRATONOVICH else "ito",
+    )
+
+    def after_step(z_new: torch.Tensor, u: float) -> torch.Tensor:
+        abar = math.exp(-2.0 * schedule.theta * (s_T - u))
+        return _impose_known(schedule, z_new, known, abar, generator, eps_known)
+
+    z = _solve(sde, z, s_T - s_1, steps, method, entropy, None if known is None else after_step)
+    t = _indices(1, z)
+    z0 = schedule.predict_z0(z, denoiser(z, t), t)
+    return _impose_known(schedule, z0, known, 1.0, generator)
+
+
+@torch.no_grad()
+def encode_ode(
+    schedule: OUSchedule,
+    denoiser: Denoiser,
+    z0: torch.Tensor,
+    steps: int | None,
+    method: str = "euler",
+) -> torch.Tensor:
+    """z^T ``(B, d, *cells)``: the probability-flow ODE (eq. S4) run forward from z^0.
+
+    Starts at s_1 from the mean z* + sqrt(abar_1)(z^0 - z*) of q(z^1 | z^0) (its noise,
+    of variance sigma2 beta_1, is left out) and integrates to s_T in ``steps`` equal steps of
+    ``method`` (:data:`ODE_METHODS`; ``None`` steps: adaptive). ``reverse_sample(...,
+    "ode", steps)`` of the result gives z^0 back up to the solvers' errors (eq. S5).
+    """
+    _check_state("z0", z0)
+    method = _check_steps_and_method(schedule, "ode", steps, method)
+    T = schedule.num_steps
+    s_T, s_1 = float(schedule.times[T]), float(schedule.times[1])
+    zs = schedule.z_star
+    z1 = zs + math.sqrt(float(schedule.abar[1])) * (z0 - zs)
+    sde = _FlowSDE(
+        schedule,
+        denoiser,
+        z0.shape,
+        origin=s_1,
+        sign=1.0,
+        score_weight=0.5,
+        diffusion=0.0,
+        sde_type="stratonovich" if method in _STRATONOVICH else "ito",
+    )
+    return _solve(sde, z1, s_T - s_1, steps, method, entropy=0)

@@ -1,0 +1,439 @@
+"""Few-step samplers (pbridge/samplers.py) with the exact denoiser of Gaussian data.
+
+For z^0 ~ N(m, c2) per coordinate every sampler is an affine map of z^T plus Gaussian noise, so
+its output law is Gaussian and follows from a scalar recursion written here from the equations
+of docs/maths.md ("Few-step samplers"): the samples are compared with that exact law (tight,
+5 standard errors) and with the data law N(m, c2) (4 standard errors plus the sampler's
+discretisation bias, an allowance stated per setting).
+"""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pbridge.bridge_prior import ancestral_sample
+from pbridge.ou_bridge import OUSchedule, image_schedule, toy_schedule
+from pbridge.samplers import (
+    CountingDenoiser,
+    encode_ode,
+    respaced_times,
+    reverse_sample,
+)
+
+_TOY, _IMAGE = toy_schedule(100, 0.015), image_schedule(1000)
+# (schedule with z* != 0, data means (m - z*) / sigma, data variances c2 / sigma2), shape (2, 3).
+DATA = {
+    "toy": (
+        OUSchedule(_TOY.theta, _TOY.eta2, 0.3, _TOY.deltas),
+        [[5.0, -10.0, 10.0], [10.0, 0.0, -10.0]],
+        [[25.0, 100.0, 400.0], [50.0, 200.0, 100.0]],
+    ),
+    "image": (
+        OUSchedule(_IMAGE.theta, _IMAGE.eta2, 0.5, _IMAGE.deltas),
+        [[1.0, -2.0, 0.5], [2.0, 0.0, -1.0]],
+        [[0.5, 1.0, 2.0], [4.0, 1.0, 2.0]],
+    ),
+}
+
+
+def gaussian_data(name: str) -> tuple[OUSchedule, torch.Tensor, torch.Tensor]:
+    schedule, means, variances = DATA[name]
+    sd = math.sqrt(schedule.sigma2)
+    m = schedule.z_star + sd * torch.tensor(means, dtype=torch.float64)
+    return schedule, m, schedule.sigma2 * torch.tensor(variances, dtype=torch.float64)
+
+
+class GaussianOracle(nn.Module):
+    """E[eps | z^t] when z^0 ~ N(m, c2) coordinate-wise; ``t`` may be fractional.
+
+    t -> s by linear interpolation on ``schedule.times``, abar = exp(-2 theta s),
+    a = sqrt(abar), b2 = sigma2 (1 - abar): z^t ~ N(z* + a (m - z*), a^2 c2 + b2) and
+    E[eps | z^t] = b (z^t - z* - a (m - z*)) / (a^2 c2 + b2).
+    """
+
+    def __init__(self, schedule: OUSchedule, m: torch.Tensor, c2: torch.Tensor) -> None:
+        super().__init__()
+        self.schedule, self.m, self.c2 = schedule, m, c2
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        sch = self.schedule
+        t = t.to(torch.float64)
+        k = t.floor().long().clamp(0, sch.num_steps - 1)
+        times = sch.times
+        s = times[k] + (t - k) * (times[k + 1] - times[k])
+        abar = torch.exp(-2 * sch.theta * s).to(z_t).view(-1, *([1] * (z_t.dim() - 1)))
+        b2 = sch.sigma2 * (1 - abar)
+        mean = sch.z_star + abar.sqrt() * (self.m - sch.z_star)
+        return b2.sqrt() * (z_t - mean) / (abar * self.c2 + b2)
+
+
+def start_draws(schedule, m, c2, n, generator=None):
+    """n draws of q(z^T) = N(z* + sqrt(abar_T)(m - z*), abar_T c2 + sigma2 (1 - abar_T))."""
+    a = float(schedule.abar[-1])
+    mean = schedule.z_star + math.sqrt(a) * (m - schedule.z_star)
+    sd = (a * c2 + schedule.sigma2 * (1 - a)).sqrt()
+    return mean + sd * torch.randn((n, *m.shape), generator=generator, dtype=torch.float64)
+
+
+def exact_law(schedule: OUSchedule, m: float, c2: float, sampler: str, steps=None, eta=1.0):
+    """Mean and variance of z^0 from one sampler with the oracle, z^T ~ q(z^T), in plain floats.
+
+    Each step is z <- A z + B + N(0, q): M <- A M + B, V <- A^2 V + q. The maps are written
+    from docs/maths.md: (4) for "ancestral" (variance beta~_t, beta_1 at t = 1), (S1)-(S2) for
+    "respaced", Euler steps of (S3) / (S4) in u = s_T - s for "sde" / "ode", then z0_hat at t = 1.
+    """
+    zs, s2, theta, eta2 = schedule.z_star, schedule.sigma2, schedule.theta, schedule.eta2
+    times = schedule.times.tolist()
+    T = len(times) - 1
+
+    def abar(t: int) -> float:
+        return math.exp(-2 * theta * times[t])
+
+    def eps(z: float, a: float) -> float:
+        b2 = s2 * (1 - a)
+        return math.sqrt(b2) * (z - zs - math.sqrt(a) * (m - zs)) / (a * c2 + b2)
+
+    def z0_hat(z: float, a: float) -> float:
+        return zs + (z - zs - math.sqrt(s2 * (1 - a)) * eps(z, a)) / math.sqrt(a)
+
+    maps = []  # (z -> mean of the next z, noise variance)
+    if sampler == "ancestral":
+        for t in range(T, 0, -1):
+            a, ap = abar(t), abar(t - 1)
+            alpha, beta = a / ap, 1 - a / ap
+
+            def mu(z, a=a, ap=ap, alpha=alpha, beta=beta):
+                u0, ut = z0_hat(z, a) - zs, z - zs
+                return (
+                    zs
+                    + math.sqrt(ap) * beta / (1 - a) * u0
+                    + math.sqrt(alpha) * (1 - ap) / (1 - a) * ut
+                )
+
+            maps.append((mu, s2 * (beta * (1 - ap) / (1 - a) if t > 1 else beta)))
+    elif sampler == "respaced":
+        taus = respaced_times(T, steps)
+        for cur, prev in zip(reversed(taus), reversed([0] + taus[:-1]), strict=True):
+            ac, ap = abar(cur), abar(prev)
+            if prev == 0:
+                maps.append((lambda z, ac=ac: z0_hat(z, ac), eta**2 * s2 * (1 - abar(1))))
+                continue
+            v = eta**2 * s2 * (1 - ap) / (1 - ac) * (1 - ac / ap)
+            r = math.sqrt(s2 * (1 - ap) - v)
+
+            def ddim(z, ac=ac, ap=ap, r=r):
+                return zs + math.sqrt(ap) * (z0_hat(z, ac) - zs) + r * eps(z, ac)
+
+            maps.append((ddim, v))
+    else:
+        w, q = (1.0, eta2) if sampler == "sde" else (0.5, 0.0)
+        h = (times[T] - times[1]) / steps
+        for k in range(steps):
+            s = times[T] - k * h
+            a = math.exp(-2 * theta * s)
+
+            def euler(z, a=a):
+                return z + h * (theta * (z - zs) - w * eta2 * eps(z, a) / math.sqrt(s2 * (1 - a)))
+
+            maps.append((euler, q * h))
+        maps.append((lambda z: z0_hat(z, abar(1)), 0.0))
+    a_T = abar(T)
+    M, V = zs + math.sqrt(a_T) * (m - zs), a_T * c2 + s2 * (1 - a_T)
+    for mean_map, q in maps:
+        B = mean_map(0.0)
+        A = mean_map(1.0) - B
+        M, V = A * M + B, A * A * V + q
+    return M, V
+
+
+# (sampler, steps, eta) -> discretisation-bias allowance (mean / c, relative variance) per data
+# set: the exact bias of that sampler (``exact_law`` against (m, c2), checked by
+# ``test_exact_law_bias_is_within_the_allowance``) rounded up. O(1/steps) for the Euler solvers
+# and DDIM; the T = 100 toy chain itself is 2-4% narrow.
+SETTINGS = {
+    "ancestral": (("ancestral", None, 1.0), {"toy": (0.005, 0.05), "image": (0.005, 0.015)}),
+    "respaced50_eta1": (("respaced", 50, 1.0), {"toy": (0.005, 0.09), "image": (0.005, 0.19)}),
+    "respaced50_eta0": (("respaced", 50, 0.0), {"toy": (0.005, 0.05), "image": (0.005, 0.1)}),
+    "sde_euler200": (("sde", 200, 1.0), {"toy": (0.025, 0.05), "image": (0.02, 0.05)}),
+    "ode_euler200": (("ode", 200, 1.0), {"toy": (0.03, 0.05), "image": (0.03, 0.03)}),
+}
+N_DRAWS = 20000
+
+
+@pytest.mark.parametrize("data", list(DATA))
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_exact_law_bias_is_within_the_allowance(setting, data, float64):
+    """The allowances above bound the exact discretisation bias (no Monte Carlo here)."""
+    (sampler, steps, eta), allowance = SETTINGS[setting]
+    schedule, m, c2 = gaussian_data(data)
+    for mi, ci in zip(m.flatten().tolist(), c2.flatten().tolist(), strict=True):
+        M, V = exact_law(schedule, mi, ci, sampler, steps, eta)
+        assert abs(M - mi) / math.sqrt(ci) <= allowance[data][0]
+        assert abs(V / ci - 1) <= allowance[data][1]
+
+
+@pytest.mark.parametrize("data", list(DATA))
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_samples_match_the_exact_law_and_the_data(setting, data, float64):
+    """20,000 draws per coordinate: mean and variance against the sampler's exact law within
+    5 standard errors, and against the data's (m, c2) within 4 standard errors + allowance."""
+    (sampler, steps, eta), allowance = SETTINGS[setting]
+    schedule, m, c2 = gaussian_data(data)
+    gen = torch.Generator().manual_seed(1)
+    z_T = start_draws(schedule, m, c2, N_DRAWS, gen)
+    oracle = GaussianOracle(schedule, m, c2)
+    z0 = reverse_sample(schedule, oracle, z_T, sampler, steps, eta=eta, generator=gen)
+    mean, var = z0.mean(0).flatten().tolist(), z0.var(0).flatten().tolist()
+    se_var = math.sqrt(2 / (N_DRAWS - 1))
+    for i, (mi, ci) in enumerate(zip(m.flatten().tolist(), c2.flatten().tolist(), strict=True)):
+        M, V = exact_law(schedule, mi, ci, sampler, steps, eta)
+        assert abs(mean[i] - M) < 5 * math.sqrt(V / N_DRAWS)
+        assert abs(var[i] / V - 1) < 5 * se_var
+        tol_mean, tol_var = allowance[data]
+        assert abs(mean[i] - mi) / math.sqrt(ci) < 4 / math.sqrt(N_DRAWS) + tol_mean
+        assert abs(var[i] / ci - 1) < 4 * se_var + tol_var
+
+
+def deterministic_law(schedule, denoiser, m, c2, **kwargs):
+    """(mean, variance) of a deterministic sampler's output: it is affine in z^T, so two runs,
+    from the mean of q(z^T) and from that mean + 1, give both exactly."""
+    a = float(schedule.abar[-1])
+    start = schedule.z_star + math.sqrt(a) * (m - schedule.z_star)
+    out = reverse_sample(schedule, denoiser, torch.stack([start, start + 1]), **kwargs)
+    return out[0], (out[1] - out[0]) ** 2 * (a * c2 + schedule.sigma2 * (1 - a))
+
+
+@pytest.mark.parametrize(
+    "kwargs, tol_mean, tol_var",
+    [
+        (dict(sampler="ode", steps=50, method="heun"), 0.004, 0.01),
+        (dict(sampler="ode", steps=50, method="midpoint"), 0.004, 0.01),
+        (dict(sampler="ode", steps=None, method="midpoint"), 0.004, 0.01),
+        (dict(sampler="ode", steps=None), 0.03, 0.05),
+        (dict(sampler="respaced", steps=1000, eta=0.0), 0.001, 0.01),
+    ],
+    ids=["heun50", "midpoint50", "midpoint_adaptive", "euler_adaptive", "ddim1000"],
+)
+def test_deterministic_samplers_recover_the_data_law(kwargs, tol_mean, tol_var, float64):
+    """Second-order ODE solvers and all-step DDIM: the exact output law is within a few % of
+    N(m, c2) (image preset, where the final z0_hat shrinks the variance by < 1e-4)."""
+    schedule, m, c2 = gaussian_data("image")
+    mean, var = deterministic_law(schedule, GaussianOracle(schedule, m, c2), m, c2, **kwargs)
+    assert ((mean - m) / c2.sqrt()).abs().max() < tol_mean
+    assert (var / c2 - 1).abs().max() < tol_var
+
+
+@pytest.mark.parametrize("known", [False, True], ids=["plain", "inpainting"])
+def test_respaced_with_all_steps_is_the_ancestral_chain(known, float64):
+    """S = T, eta = 1, beta~ variance: draw for draw the ancestral chain (same generator)."""
+    schedule, m, c2 = gaussian_data("toy")
+    oracle = GaussianOracle(schedule, m, c2)
+    z_T = start_draws(schedule, m, c2, 64)
+    kw = {}
+    if known:
+        mask = torch.rand(64, 1, 3) < 0.5
+        kw["known"] = (start_draws(schedule, m, c2, 64), mask)
+    outs = [
+        reverse_sample(
+            schedule, oracle, z_T, sampler, generator=torch.Generator().manual_seed(3), **kw
+        )
+        for sampler in ("ancestral", "respaced")
+    ]
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-10)
+
+
+def test_ancestral_is_bridge_prior_ancestral_sample(float64):
+    """The "ancestral" sampler is Algorithm 2 of bridge_prior, with the same global RNG draws."""
+    schedule, m, c2 = gaussian_data("toy")
+    oracle = GaussianOracle(schedule, m, c2)
+    z_T = start_draws(schedule, m, c2, 32)
+    torch.manual_seed(5)
+    ours = reverse_sample(schedule, oracle, z_T, "ancestral")
+    torch.manual_seed(5)
+    theirs, _ = ancestral_sample(schedule, oracle, z_T)
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    "method, steps, tol",
+    [("euler", 500, 6e-2), ("heun", 100, 5e-4), ("midpoint", 100, 2e-4)],
+    ids=["euler500", "heun100", "midpoint100"],
+)
+def test_ode_round_trip(method, steps, tol, float64):
+    """encode_ode then the reverse ODE gives z^0 back up to the solvers' errors (in units of c;
+    measured 4.9e-2, 2.0e-4, 6e-5). The target is z^0 shrunk by the final z0_hat,
+    E[z^0 | z^1 = z* + sqrt(abar_1)(z^0 - z*)] = m + abar_1 c2 / (abar_1 c2 + b2) (z^0 - m)
+    with b2 = sigma2 (1 - abar_1): a relative shrinkage of about 2e-4 here."""
+    schedule, m, c2 = gaussian_data("image")
+    oracle = GaussianOracle(schedule, m, c2)
+    z0 = m + c2.sqrt() * torch.randn(256, 2, 3)
+    z_T = encode_ode(schedule, oracle, z0, steps, method)
+    back = reverse_sample(schedule, oracle, z_T, "ode", steps, method=method)
+    a2 = float(schedule.abar[1])
+    target = m + a2 * c2 / (a2 * c2 + schedule.sigma2 * (1 - a2)) * (z0 - m)
+    assert ((back - target) / c2.sqrt()).abs().max() < tol
+
+
+INPAINT = {
+    "ancestral": dict(sampler="ancestral"),
+    "respaced": dict(sampler="respaced", steps=20),
+    "sde": dict(sampler="sde", steps=50),
+    "ode": dict(sampler="ode", steps=50),
+}
+
+
+@pytest.mark.parametrize("name", list(INPAINT))
+def test_inpainting_keeps_known_cells_and_the_law_of_the_others(name, float64):
+    """Known cells end equal to z0_known; the others (independent cells under the oracle) keep
+    the sampler's law: for "sde"/"ode" path for path (the Brownian path and the ODE do not see
+    the known cells), for the discrete chains in law (exact law, 5 standard errors)."""
+    schedule, m, c2 = gaussian_data("toy")
+    oracle = GaussianOracle(schedule, m, c2)
+    kwargs = INPAINT[name]
+    n = 20000 if name in ("ancestral", "respaced") else 2000
+    z_T = start_draws(schedule, m, c2, n)
+    z0_known = start_draws(schedule, m, c2, n)
+    mask = torch.zeros(n, 1, 3, dtype=torch.bool)
+    mask[:, :, 0] = True
+    mask[: n // 2, :, 2] = True
+    z0 = reverse_sample(
+        schedule,
+        oracle,
+        z_T,
+        known=(z0_known, mask),
+        generator=torch.Generator().manual_seed(2),
+        **kwargs,
+    )
+    full = mask.expand_as(z0)
+    assert torch.equal(z0[full], z0_known[full])
+    if name in ("sde", "ode"):
+        plain = reverse_sample(
+            schedule, oracle, z_T, generator=torch.Generator().manual_seed(2), **kwargs
+        )
+        torch.testing.assert_close(z0[~full], plain[~full], rtol=0, atol=1e-7)
+        return
+    unknown = z0[:, :, 1]  # cell 1 is never known
+    for d in range(2):
+        mi, ci = float(m[d, 1]), float(c2[d, 1])
+        M, V = exact_law(schedule, mi, ci, kwargs["sampler"], kwargs.get("steps"))
+        assert abs(float(unknown[:, d].mean()) - M) < 5 * math.sqrt(V / n)
+        assert abs(float(unknown[:, d].var()) / V - 1) < 5 * math.sqrt(2 / (n - 1))
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        (dict(sampler="ancestral"), 100),
+        (dict(sampler="respaced", steps=10), 10),
+        (dict(sampler="sde", steps=20), 21),
+        (dict(sampler="sde", steps=10, method="srk"), 41),
+        (dict(sampler="sde", steps=10, method="reversible_heun"), 12),
+        (dict(sampler="ode", steps=20), 21),
+        (dict(sampler="ode", steps=10, method="heun"), 21),
+        (dict(sampler="ode", steps=10, method="midpoint"), 21),
+        (dict(sampler="sde", steps=20, known=True), 21),
+        (dict(sampler="ode", steps=20, known=True), 21),
+    ],
+    ids=[
+        "ancestral",
+        "respaced",
+        "sde_euler",
+        "sde_srk",
+        "sde_reversible_heun",
+        "ode_euler",
+        "ode_heun",
+        "ode_midpoint",
+        "sde_inpainting",
+        "ode_inpainting",
+    ],
+)
+def test_network_evaluations(kwargs, expected, float64):
+    """CountingDenoiser counts: T, S, and per solver step 1 (Euler, reversible Heun after one
+    start), 2 (Heun, midpoint) or 4 (SRK), + 1 for the final z0_hat of the continuous samplers."""
+    schedule, m, c2 = gaussian_data("toy")
+    counter = CountingDenoiser(GaussianOracle(schedule, m, c2))
+    z_T = start_draws(schedule, m, c2, 8)
+    if kwargs.pop("known", False):
+        kwargs["known"] = (z_T, torch.ones(8, 1, 3, dtype=torch.bool))
+    z0 = reverse_sample(schedule, counter, z_T, **kwargs)
+    assert counter.calls == expected and z0.shape == z_T.shape and torch.isfinite(z0).all()
+
+
+def test_sde_generator_reproducible_and_ode_deterministic(float64):
+    """The same generator seed gives the same SDE draw, another seed another; the ODE ignores it."""
+    schedule, m, c2 = gaussian_data("toy")
+    oracle = GaussianOracle(schedule, m, c2)
+    z_T = start_draws(schedule, m, c2, 16)
+
+    def run(sampler, seed):
+        gen = torch.Generator().manual_seed(seed)
+        return reverse_sample(schedule, oracle, z_T, sampler, 20, generator=gen)
+
+    assert torch.equal(run("sde", 0), run("sde", 0))
+    assert not torch.allclose(run("sde", 0), run("sde", 1))
+    assert torch.equal(run("ode", 0), run("ode", 1))
+
+
+def test_respaced_times():
+    """S evenly spaced indices in 1..T, from 1 to T; S = T gives every index, S = 1 only T."""
+    assert respaced_times(10, 10) == list(range(1, 11))
+    assert respaced_times(10, 1) == [10]
+    taus = respaced_times(1000, 50)
+    assert len(taus) == 50 and taus[0] == 1 and taus[-1] == 1000
+    assert all(b - a in (20, 21) for a, b in zip(taus[:-1], taus[1:], strict=True))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(sampler="dpm"), "'dpm'"),
+        (dict(sampler="respaced", steps=101), "101"),
+        (dict(sampler="respaced", steps=0), "got 0"),
+        (dict(sampler="ancestral", steps=50), "steps=50"),
+        (dict(sampler="sde", steps=-3), "-3"),
+        (dict(sampler="respaced", eta=1.5), "1.5"),
+        (dict(sampler="respaced", eta=-0.1), "-0.1"),
+        (dict(sampler="ode", steps=10, method="srk2"), "'srk2'"),
+        (dict(sampler="respaced", method="euler"), "'euler'"),
+        (dict(model_variance="fixed"), "'fixed'"),
+        (dict(known="mask"), "tuple"),
+        (dict(known="wrong_mask_shape"), r"\(4, 1, 3\)"),
+        (dict(known="float_mask"), "torch.float64"),
+        (dict(known="wrong_z0_shape"), r"\(4, 2, 2\)"),
+        (dict(sampler="sde", known="ok"), "fixed number of steps"),
+    ],
+    ids=[
+        "sampler",
+        "respaced_steps_above_T",
+        "respaced_zero_steps",
+        "ancestral_steps",
+        "negative_steps",
+        "eta_above_1",
+        "eta_below_0",
+        "ode_method",
+        "method_for_discrete",
+        "model_variance",
+        "known_not_tuple",
+        "mask_shape",
+        "mask_dtype",
+        "z0_known_shape",
+        "adaptive_inpainting",
+    ],
+)
+def test_bad_input_raises(kwargs, match, float64):
+    schedule = DATA["toy"][0]
+    z_T = torch.zeros(4, 2, 3)
+    ok_mask = torch.ones(4, 1, 3, dtype=torch.bool)
+    known = {
+        "mask": "mask",
+        "wrong_mask_shape": (z_T, torch.ones(4, 2, 3, dtype=torch.bool)),
+        "float_mask": (z_T, torch.ones(4, 1, 3)),
+        "wrong_z0_shape": (torch.zeros(4, 2, 2), ok_mask),
+        "ok": (z_T, ok_mask),
+    }
+    if "known" in kwargs:
+        kwargs["known"] = known[kwargs["known"]]
+    with pytest.raises(ValueError, match=match):
+        reverse_sample(schedule, lambda z, t: torch.zeros_like(z), z_T, **kwargs)
