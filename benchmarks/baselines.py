@@ -6,14 +6,16 @@ protocol (``pbridge evaluate``) and write docs/results.md.
 Rows: uniform-prior VQ-VAE, VQ-VAE + PixelCNN, two-stage bridge, end-to-end bridge. The step
 counts below give each about the same training wall time, from the step costs measured side by
 side at batch 64 on a 2-core CPU (docs/baselines.md): end to end 0.233 s, VQ-VAE 0.083 s,
-bridge on a frozen VQ-VAE 0.174 s, PixelCNN on a frozen VQ-VAE 0.47 s. Each command runs
-alone, one after the other, so their times are comparable.
+bridge on a frozen VQ-VAE 0.174 s, PixelCNN on a frozen VQ-VAE 0.47 s. The commands run one
+after the other with the same number of torch threads (``OMP_NUM_THREADS``, default 1, so that
+other work on a second core does not disturb the timings), so their times are comparable.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+THREADS = os.environ.get("OMP_NUM_THREADS", "1")
 ROWS = {
     "uniform-prior VQ-VAE": ("vqvae", {"steps": 3600}),
     "VQ-VAE + PixelCNN": ("pixelcnn", {"vqvae-steps": 700, "steps": 500}),
@@ -33,7 +36,7 @@ ROWS = {
 def _pbridge(*args: str) -> None:
     command = [sys.executable, "-m", "pbridge.cli", *args]
     print("$ pbridge " + " ".join(args), flush=True)
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": THREADS})
 
 
 def main() -> None:
@@ -42,6 +45,7 @@ def main() -> None:
     parser.add_argument("--results", default="docs/results.md", help="Markdown file to write")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=400, help="prior samples for FD-FMNIST")
+    parser.add_argument("--items", type=int, default=500, help="test images for bits/dim")
     args = parser.parse_args()
 
     from pbridge.inference.evaluate import results_table
@@ -54,7 +58,15 @@ def main() -> None:
         flags = [f"--{key}={value}" for key, value in options.items()]
         train = ["train", "fashion-mnist", "--preset", "small", "--variant", variant, *flags]
         train += ["--seed", str(args.seed), "--out", str(run), "--no-progress"]
-        evaluate = ["evaluate", str(run), "--samples", str(args.samples), "--seed", str(args.seed)]
+        evaluate = [
+            "evaluate",
+            str(run),
+            "--samples",
+            str(args.samples),
+            "--items",
+            str(args.items),
+        ]
+        evaluate += ["--seed", str(args.seed)]
         _pbridge(*train)
         _pbridge(*evaluate)
         commands += ["pbridge " + " ".join(train), "pbridge " + " ".join(evaluate)]
@@ -66,7 +78,7 @@ def main() -> None:
         "# Results: four priors under one protocol (Fashion-MNIST)",
         "",
         f"Produced by `python benchmarks/baselines.py --out {args.out}` in {minutes:.0f} min on "
-        f"{platform.machine()} with {torch.get_num_threads()} threads (torch "
+        f"{platform.machine()}, {THREADS} torch thread(s) per command (torch "
         f"{torch.__version__}); protocol in [evaluation.md](evaluation.md).",
         "",
         results_table(results),

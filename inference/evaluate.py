@@ -37,7 +37,7 @@ from pbridge.masked_patch import central_patch, patch_bits_autoregressive, patch
 from pbridge.models.pixelcnn_prior import PixelCNNVQVAE
 
 from .images import load_image_run, test_bits_per_dim
-from .sampling import sample_posterior, sample_prior
+from .sampling import bridge_sampler, sample_posterior, sample_prior
 
 __all__ = ["EvalSettings", "evaluate_run", "results_table"]
 
@@ -140,8 +140,11 @@ def evaluate_run(
     settings: EvalSettings | None = None,
     device: str = "auto",
     root: str | Path | None = None,
+    **sampler,
 ) -> dict:
-    """Run the protocol on a trained image run; returns and writes ``eval.json``/``eval.md``."""
+    """Run the protocol on a trained image run; returns and writes ``eval.json``/``eval.md``.
+    ``sampler``: keywords of :func:`~pbridge.inference.sampling.bridge_sampler` (the bridge's
+    sampler for prior draws and inpainting; default the T-step chain)."""
     settings = EvalSettings() if settings is None else settings
     run = Path(run_dir)
     config, variant = load_image_run(run, device)
@@ -153,10 +156,11 @@ def evaluate_run(
         "variant": config.variant,
         "dataset": config.dataset,
         "settings": asdict(settings),
+        "sampler": {"sampler": "ancestral", "steps": None, **sampler},
     }
     torch.manual_seed(settings.seed)
     pyro.set_rng_seed(settings.seed)
-    with pyro.validation_enabled(False):
+    with pyro.validation_enabled(False), bridge_sampler(variant, **sampler):
         start = time.perf_counter()
         batch = max(1, min(settings.batch_size, settings.bpd_items // 4))  # >= 4 batches: s.e.
         bpd, bpd_se = test_bits_per_dim(

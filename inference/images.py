@@ -32,7 +32,7 @@ from pbridge.presets import (
 )
 
 from .run_dir import load_run, start_run, train_in_run
-from .sampling import sample_posterior, sample_prior
+from .sampling import bridge_sampler, sample_posterior, sample_prior
 from .svi import estimate_elbo
 
 __all__ = ["run_images", "test_bits_per_dim", "load_image_run", "sample_image_run"]
@@ -128,12 +128,15 @@ def load_image_run(run_dir: str | Path, device: str = "auto"):
     return load_run(run_dir, ImageConfig.from_dict, build_image_model, device)
 
 
-def sample_image_run(run_dir: str | Path, num: int, device: str = "auto", seed: int = 0) -> dict:
-    """Draw ``num`` prior samples; write ``samples.png`` (a grid) and ``samples.pt`` (codes)."""
+def sample_image_run(
+    run_dir: str | Path, num: int, device: str = "auto", seed: int = 0, **sampler
+) -> dict:
+    """Draw ``num`` prior samples; write ``samples.png`` (a grid) and ``samples.pt`` (codes).
+    ``sampler``: keywords of :func:`~pbridge.inference.sampling.bridge_sampler`."""
     _, variant = load_image_run(run_dir, device)
     torch.manual_seed(seed)
     start = time.perf_counter()
-    with pyro.validation_enabled(False):
+    with pyro.validation_enabled(False), bridge_sampler(variant, **sampler):
         draws = sample_prior(variant, num)
     seconds = time.perf_counter() - start
     run = Path(run_dir)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -15,8 +16,28 @@ from pyro import poutine
 from torch import nn
 
 from pbridge.codebook import code_logits
+from pbridge.samplers import SAMPLERS
 
-__all__ = ["Draws", "sample_prior", "sample_posterior"]
+__all__ = ["Draws", "sample_prior", "sample_posterior", "bridge_sampler"]
+
+
+def bridge_sampler(
+    variant: nn.Module, sampler: str = "ancestral", steps: int | None = None, **options
+) -> AbstractContextManager:
+    """A context in which the variant's prior draws and inpainting use ``sampler`` with
+    ``steps`` (:func:`pbridge.samplers.reverse_sample`; ``options``: ``eta``, ``method``).
+    Variants without a diffusion chain (VQ-VAE, PixelCNN) accept only the default."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    sampling = getattr(variant, "sampling", None)
+    if sampling is None:
+        if sampler != "ancestral" or steps is not None or options:
+            raise ValueError(
+                f"a {type(variant).__name__} has no diffusion chain: the sampler "
+                f"{sampler!r} with steps={steps} does not apply"
+            )
+        return nullcontext()
+    return sampling(sampler, steps, **options)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pbridge.toy import nearest_centroid, sample_walks, transition_accuracy
 
 from .plots import plot_toy_samples, plot_toy_trajectories
 from .run_dir import load_run, start_run, train_in_run
-from .sampling import sample_posterior, sample_prior
+from .sampling import bridge_sampler, sample_posterior, sample_prior
 from .svi import estimate_elbo
 
 __all__ = ["run_toy", "load_toy_run", "score_toy_samples", "sample_toy_run"]
@@ -112,11 +112,14 @@ def load_toy_run(run_dir: str | Path, device: str = "auto"):
     return load_run(run_dir, ToyConfig.from_dict, build_toy_model, device)
 
 
-def sample_toy_run(run_dir: str | Path, num: int, device: str = "auto", seed: int = 0) -> dict:
-    """Draw ``num`` prior samples of a toy run; write ``samples.pt`` and ``samples.png``."""
+def sample_toy_run(
+    run_dir: str | Path, num: int, device: str = "auto", seed: int = 0, **sampler
+) -> dict:
+    """Draw ``num`` prior samples of a toy run; write ``samples.pt`` and ``samples.png``.
+    ``sampler``: keywords of :func:`~pbridge.inference.sampling.bridge_sampler`."""
     _, variant = load_toy_run(run_dir, device)
     torch.manual_seed(seed)
-    with pyro.validation_enabled(False):
+    with pyro.validation_enabled(False), bridge_sampler(variant, **sampler):
         draws = sample_prior(variant, num)
     run = Path(run_dir)
     torch.save(

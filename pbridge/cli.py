@@ -4,8 +4,9 @@ pbridge train DATASET --out RUN_DIR [--steps N] [--seed S] [--device auto|cpu|cu
               [--preset small|paper] [--variant end-to-end|two-stage|pixelcnn|vqvae]
               [--codebook gradient|ema] [--restart-dead-codes U] [--resume]
               [--devices N [--nodes M --rdzv-endpoint HOST:PORT]]
-pbridge sample RUN_DIR [--num N]
+pbridge sample RUN_DIR [--num N] [--sampler ancestral|respaced|sde|ode] [--steps S]
 pbridge evaluate RUN_DIR [--items N] [--samples N] [--patch-items N] [--patch-draws N]
+                 [--sampler ...] [--steps S]
 
 Exit status: 0 done, 2 bad input, 128 + signal number when stopped by SIGINT/SIGTERM (a
 checkpoint was written first).
@@ -121,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--num", type=_positive_int, default=1000, help="number of samples")
     sample.add_argument("--seed", type=int, default=0, help="random seed")
     sample.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _add_sampler_options(sample)
 
     evaluate = sub.add_parser(
         "evaluate",
@@ -147,9 +149,40 @@ def _parser() -> argparse.ArgumentParser:
         "--patch-draws", type=_positive_int, default=4, help="inpainting draws per image"
     )
     evaluate.add_argument("--seed", type=int, default=0, help="random seed")
+    _add_sampler_options(evaluate)
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
     evaluate.add_argument("--root", help="data folder (default: $PBRIDGE_DATA or ~/.cache/pbridge)")
     return parser
+
+
+def _add_sampler_options(parser: argparse.ArgumentParser) -> None:
+    from pbridge.samplers import ODE_METHODS, SAMPLERS, SDE_METHODS
+
+    parser.add_argument(
+        "--sampler",
+        default="ancestral",
+        choices=SAMPLERS,
+        help="bridge: the T-step chain; DDIM-style respaced steps; reverse-time SDE; "
+        "probability-flow ODE (torchsde)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=_positive_int,
+        help="bridge: sampling steps (default T; sde/ode without it: adaptive steps)",
+    )
+    parser.add_argument(
+        "--eta", type=float, help="respaced: DDIM noise fraction in [0, 1] (default 1)"
+    )
+    parser.add_argument(
+        "--method",
+        choices=sorted(set(SDE_METHODS) | set(ODE_METHODS)),
+        help=f"sde: one of {', '.join(SDE_METHODS)}; ode: one of {', '.join(ODE_METHODS)}",
+    )
+
+
+def _sampler_options(args: argparse.Namespace) -> dict:
+    options = {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "method": args.method}
+    return {k: v for k, v in options.items() if v is not None or k == "steps"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,14 +298,18 @@ def _run(args: argparse.Namespace) -> int:
             patch_draws=args.patch_draws,
             seed=args.seed,
         )
-        metrics = evaluate_run(args.run_dir, settings, args.device, args.root)
+        metrics = evaluate_run(
+            args.run_dir, settings, args.device, args.root, **_sampler_options(args)
+        )
     else:
         config_file = Path(args.run_dir) / "config.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"{args.run_dir} is not a run directory: no config.json")
         is_image_run = "dataset" in json.loads(config_file.read_text())
         sample_run = sample_image_run if is_image_run else sample_toy_run
-        metrics = sample_run(args.run_dir, args.num, device=args.device, seed=args.seed)
+        metrics = sample_run(
+            args.run_dir, args.num, device=args.device, seed=args.seed, **_sampler_options(args)
+        )
     if metrics:  # empty on the processes of a data-parallel job other than the first
         print(json.dumps(metrics, indent=2))
     return 0

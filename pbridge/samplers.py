@@ -236,6 +236,7 @@ def _solve(
     applied after every step (then one ``sdeint`` call per step).
     """
     y = z.flatten(1)
+    span = float(torch.tensor(span, dtype=y.dtype))  # the end of ``ts`` in the state's dtype
     bm = torchsde.BrownianInterval(
         t0=0.0,
         t1=span,
