@@ -14,6 +14,7 @@ Measures, on the test split:
   figures: reconstructions and training images against the same test split
   (:mod:`pbridge.feature_distance`; Fashion-MNIST only);
 - codebook usage of the guide's codes over the whole test split;
+- bridge variants: where the bound goes, the chain's bits per latent cell by band of steps t;
 - sampling time per image.
 """
 
@@ -39,7 +40,7 @@ from pbridge.models.pixelcnn_prior import PixelCNNVQVAE
 from .images import load_image_run, test_bits_per_dim
 from .sampling import bridge_sampler, sample_posterior, sample_prior
 
-__all__ = ["EvalSettings", "evaluate_run", "results_table"]
+__all__ = ["EvalSettings", "evaluate_run", "results_table", "chain_bits_by_step"]
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,35 @@ def _masked_patch(variant, x: torch.Tensor, settings: EvalSettings, out: Path) -
     return result
 
 
+CHAIN_BANDS = ((1, 1), (2, 5), (6, 20), (21, 50), (51, 100), (101, 200), (201, 400), (401, 1000))
+
+
+@torch.no_grad()
+def chain_bits_by_step(variant, x: torch.Tensor, per_band: int = 8) -> dict:
+    """Where the bridge's bound goes: the chain terms of the guide's z_e^0 for ``x``, in bits
+    per latent cell, summed over bands of steps t (each band's mean over ``per_band`` evenly
+    spaced steps times its width; t = 1 is -log p(z^0 | z^1), negative when the chain
+    reconstructs z^0 sharply), plus L_T and the guide's log-density log q(z_e^0 | x)."""
+    z0 = sample_posterior(variant, x).z_e
+    prior, num_steps = variant.prior(x.shape[0]), variant.schedule.num_steps
+    cells = z0[0, 0].numel() * math.log(2)
+    bands = {}
+    for low, high in CHAIN_BANDS:
+        if low > num_steps:
+            break
+        high = min(high, num_steps)
+        steps = torch.linspace(low, high, min(per_band, high - low + 1)).round().long()
+        terms = [prior.step_terms(z0, torch.full_like(steps[:1], t).expand(len(x))) for t in steps]
+        bands[f"{low}-{high}"] = float(torch.stack(terms).mean()) * (high - low + 1) / cells
+    s = variant.encoder_scale()
+    log_q = -0.5 * math.log(2 * math.pi * math.e) * z0.shape[1] - float(s.log().sum())
+    return {
+        "chain_bits_per_cell_by_step": bands,
+        "prior_kl_bits_per_cell": float(variant.schedule.prior_kl(z0).mean()) / cells,
+        "guide_log_density_bits_per_cell": log_q / math.log(2),
+    }
+
+
 def _feature_distances(samples, recon, train_x, test_x, test_labels, dataset: str) -> dict:
     if dataset != "fashion-mnist":
         return {"fd_fmnist": None, "fd_note": f"FD-FMNIST needs Fashion-MNIST, not {dataset}"}
@@ -168,6 +198,9 @@ def evaluate_run(
         )
         result.update(test_bits_per_dim=bpd, test_bits_per_dim_stderr=bpd_se)
         timings["bits_per_dim"] = time.perf_counter() - start
+
+        if hasattr(variant, "schedule"):  # the bridge variants
+            result.update(chain_bits_by_step(variant, test_x[: min(200, settings.bpd_items)]))
 
         codes = _posterior_codes(variant, test_x, settings.batch_size)
         usage = code_usage(codes, variant.codebook.num_codes)

@@ -5,6 +5,9 @@ per item), minimised with ``torch.optim.Adam`` and gradient-norm clipping over e
 of the variant: encoder, decoder, codebook and prior train together. Options: a warm-up of the
 latent (KL) terms, ``beta * (log p(z) - log q(z))`` with beta rising linearly from 0 to 1, by a
 ``poutine.scale`` on the unobserved sites of model and guide; bfloat16 autocast of the networks.
+
+A batch is ``x: (B, ...)`` or a tuple ``(x, *more)`` of tensors with B rows each (e.g. class
+labels ``y: (B,)``); model and guide are called as ``model(x, *more)``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pbridge.codebook import CodeUsage, code_usage
 from .distributed import ELBOLoss, World, local_batches, mean_over_processes, step_seed
 
 __all__ = [
+    "Batch",
     "TrainSettings",
     "TrainResult",
     "TrainingInterrupted",
@@ -51,6 +55,19 @@ __all__ = [
     "estimate_elbo",
     "elbo_terms",
 ]
+
+
+Batch = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def _arguments(batch: Batch) -> tuple[torch.Tensor, ...]:
+    """The model's and guide's arguments: ``(x,)`` or the tuple ``(x, *more)`` itself."""
+    return batch if isinstance(batch, tuple) else (batch,)
+
+
+def _rows(batch: Batch, index: torch.Tensor) -> Batch:
+    """The rows ``index`` of every tensor of the batch."""
+    return tuple(t[index] for t in batch) if isinstance(batch, tuple) else batch[index]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,50 +140,56 @@ class _LatentScale(ScaleMessenger):
             super()._process_message(msg)
 
 
-def negative_elbo(variant: nn.Module, x: torch.Tensor, latent_scale: float = 1.0) -> torch.Tensor:
+def negative_elbo(variant: nn.Module, x: Batch, latent_scale: float = 1.0) -> torch.Tensor:
     """The training loss: a one-sample estimate of the negative ELBO per item, plus any surrogate
     terms the guide adds with ``pyro.factor`` (a differentiable scalar). ``latent_scale`` = beta
     weighs the latent sites of model and guide, ``-(log p(x|z) + beta (log p(z) - log q(z)))``."""
     model, guide = variant.model, variant.guide
     if latent_scale != 1.0:
         model, guide = _LatentScale(latent_scale)(model), _LatentScale(latent_scale)(guide)
-    return Trace_ELBO().differentiable_loss(model, guide, x) / x.shape[0]
+    args = _arguments(x)
+    return Trace_ELBO().differentiable_loss(model, guide, *args) / args[0].shape[0]
 
 
 @torch.no_grad()
-def posterior_code_usage(variant: nn.Module, x: torch.Tensor) -> CodeUsage:
+def posterior_code_usage(variant: nn.Module, x: Batch) -> CodeUsage:
     """Codebook usage of the guide's z_q^0 on ``x``."""
-    site = poutine.trace(variant.guide).get_trace(x).nodes["z_q_0"]
+    site = poutine.trace(variant.guide).get_trace(*_arguments(x)).nodes["z_q_0"]
     return code_usage(site["fn"].indices(site["value"]), variant.codebook.num_codes)
 
 
 @torch.no_grad()
-def elbo_terms(variant: nn.Module, x: torch.Tensor) -> dict[str, float]:
+def elbo_terms(variant: nn.Module, x: Batch) -> dict[str, float]:
     """One draw of the ELBO split by site, nats per item: ``log p - log q`` of every latent site
     (``z_e`` sites summed, so the chain and the guide's entropy are one term) and ``log p`` of
     the observation ``x``. Surrogate sites are left out; the values add up to the ELBO."""
     guide = poutine.block(variant.guide, hide=list(getattr(variant, "surrogate_sites", ())))
-    guide_trace = poutine.trace(guide).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(variant.model, trace=guide_trace)).get_trace(x)
+    args = _arguments(x)
+    guide_trace = poutine.trace(guide).get_trace(*args)
+    model_trace = poutine.trace(poutine.replay(variant.model, trace=guide_trace)).get_trace(*args)
     terms: dict[str, float] = {}
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or site_is_subsample(site):
                 continue
             key = "z_e" if name.startswith("z_e_") else name
-            value = sign * float(site["fn"].log_prob(site["value"]).sum()) / x.shape[0]
+            value = sign * float(site["fn"].log_prob(site["value"]).sum()) / args[0].shape[0]
             terms[key] = terms.get(key, 0.0) + value
     return terms
 
 
 @torch.no_grad()
-def estimate_elbo(variant: nn.Module, x: torch.Tensor, repeats: int = 10) -> tuple[float, float]:
+def estimate_elbo(variant: nn.Module, x: Batch, repeats: int = 10) -> tuple[float, float]:
     """The ELBO per item (nats) on ``x``, its mean over ``repeats`` one-sample estimates and the
     standard error of that mean. Surrogate sites named in ``variant.surrogate_sites`` are left out,
     so the figure is the bound itself."""
     guide = poutine.block(variant.guide, hide=list(getattr(variant, "surrogate_sites", ())))
+    args = _arguments(x)
     values = torch.tensor(
-        [-float(Trace_ELBO().loss(variant.model, guide, x)) / x.shape[0] for _ in range(repeats)]
+        [
+            -float(Trace_ELBO().loss(variant.model, guide, *args)) / args[0].shape[0]
+            for _ in range(repeats)
+        ]
     )
     stderr = float(values.std() / repeats**0.5) if repeats > 1 else float("nan")
     return float(values.mean()), stderr
@@ -200,9 +223,14 @@ def _signals_as_flag(flag: dict[str, str | None]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _check_data(variant: nn.Module, data: torch.Tensor) -> None:
+def _check_data(variant: nn.Module, data: Batch) -> None:
+    if isinstance(data, tuple) and not data:
+        raise ValueError("data is an empty tuple; expected x or a tuple (x, *more)")
+    data, *more = _arguments(data)
     if not isinstance(data, torch.Tensor):
-        raise TypeError(f"data must be a torch.Tensor, got {type(data).__name__}")
+        raise TypeError(
+            f"data must be a torch.Tensor or a tuple (x, *more) of them, got {type(data).__name__}"
+        )
     if not torch.is_floating_point(data):
         raise TypeError(f"data must be floating point (e.g. uint8 images / 255), got {data.dtype}")
     if data.shape[0] == 0:
@@ -215,6 +243,12 @@ def _check_data(variant: nn.Module, data: torch.Tensor) -> None:
     if not torch.isfinite(data).all():
         bad = int((~torch.isfinite(data)).flatten(1).any(1).nonzero()[0])
         raise ValueError(f"the training data contain NaN or inf values (first in item {bad})")
+    for i, tensor in enumerate(more, start=1):
+        if not isinstance(tensor, torch.Tensor) or tensor.shape[:1] != data.shape[:1]:
+            got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ValueError(
+                f"data[{i}] must be a tensor with one row per item ({data.shape[0]}), got {got}"
+            )
 
 
 def _rng_states(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -244,12 +278,14 @@ def _loss_and_gradients(
     return loss
 
 
-def non_finite_sites(variant: nn.Module, x: torch.Tensor) -> list[str]:
+def non_finite_sites(variant: nn.Module, x: Batch) -> list[str]:
     """Sample sites of one model/guide draw on ``x`` whose log-density is NaN or infinite,
     as ``"name (guide)"`` / ``"name (model)"`` (surrogate ``pyro.factor`` sites included)."""
+    args = _arguments(x)
     with torch.no_grad():
-        guide_trace = poutine.trace(variant.guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(variant.model, trace=guide_trace)).get_trace(x)
+        guide_trace = poutine.trace(variant.guide).get_trace(*args)
+        model = poutine.replay(variant.model, trace=guide_trace)
+        model_trace = poutine.trace(model).get_trace(*args)
     bad = []
     for role, trace in (("guide", guide_trace), ("model", model_trace)):
         for name, site in trace.nodes.items():
@@ -262,7 +298,7 @@ def non_finite_sites(variant: nn.Module, x: torch.Tensor) -> list[str]:
 
 def train(
     variant: nn.Module,
-    data: torch.Tensor,
+    data: Batch,
     settings: TrainSettings,
     progress: bool = True,
     checkpoint: str | Path | None = None,
@@ -270,7 +306,8 @@ def train(
     extra: dict[str, Any] | None = None,
     world: World | None = None,
 ) -> TrainResult:
-    """Train ``variant`` on ``data: (N, ...)`` (already on the variant's device).
+    """Train ``variant`` on ``data: (N, ...)``, or on ``(x, *more)`` of tensors with N rows each
+    (passed to model and guide as ``model(x, *more)``), already on the variant's device.
 
     With ``world`` of more than one process (:mod:`pbridge.inference.distributed`), the loss
     runs under DistributedDataParallel on this process's shard of each global batch of
@@ -290,10 +327,11 @@ def train(
     then left as it was.
     """
     _check_data(variant, data)
+    x_all = _arguments(data)[0]
     world = world or World()
     distributed = world.size > 1
     if distributed:
-        ids = [data.device.index] if data.device.type == "cuda" else None
+        ids = [x_all.device.index] if x_all.device.type == "cuda" else None
         ddp = DistributedDataParallel(ELBOLoss(variant), device_ids=ids)
     optimiser = torch.optim.Adam(variant.parameters(), lr=settings.lr, foreach=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -304,7 +342,7 @@ def train(
             else 1.0
         ),
     )
-    generator = torch.Generator(device=data.device).manual_seed(settings.seed)
+    generator = torch.Generator(device=x_all.device).manual_seed(settings.seed)
     result = TrainResult()
     first_step = 1
     if resume and checkpoint is not None:
@@ -329,10 +367,10 @@ def train(
             first_step = state["step"] + 1
     if distributed:
         batches = local_batches(
-            data.shape[0], settings.batch_size, world, settings.seed, first_step
+            x_all.shape[0], settings.batch_size, world, settings.seed, first_step
         )
 
-    def loss_of(x: torch.Tensor, beta: float) -> torch.Tensor:
+    def loss_of(x: Batch, beta: float) -> torch.Tensor:
         return ddp(x, beta) if distributed else negative_elbo(variant, x, beta)
 
     def save(step: int) -> None:
@@ -366,30 +404,31 @@ def train(
     with _signals_as_flag(stop):
         for step in bar:
             if distributed:
-                index = next(batches).to(data.device)
+                index = next(batches).to(x_all.device)
                 torch.manual_seed(step_seed(settings.seed, world.rank, step))
             else:
                 index = torch.randint(
-                    data.shape[0], (settings.batch_size,), generator=generator, device=data.device
+                    x_all.shape[0], (settings.batch_size,), generator=generator, device=x_all.device
                 )
-            rng_before = _rng_states(data.device)
+            batch = _rows(data, index)
+            rng_before = _rng_states(x_all.device)
             beta = min(1.0, step / settings.latent_warmup) if settings.latent_warmup else 1.0
-            loss = _loss_and_gradients(loss_of, optimiser, data[index], beta, settings.autocast)
+            loss = _loss_and_gradients(loss_of, optimiser, batch, beta, settings.autocast)
             grad_norm = torch.nn.utils.clip_grad_norm_(variant.parameters(), settings.clip_norm)
             shared = torch.tensor(
-                [float(loss.detach()), float(stop["signal"] is not None)], device=data.device
+                [float(loss.detach()), float(stop["signal"] is not None)], device=x_all.device
             )
             shared = mean_over_processes(shared, world)
             value = float(shared[0])
             if shared[1] > 0 and stop["signal"] is None:
                 stop["signal"] = "a signal to another process"
             if not (math.isfinite(value) and math.isfinite(float(grad_norm))):
-                _set_rng_states(data.device, rng_before)  # replay the same draws, unclipped
+                _set_rng_states(x_all.device, rng_before)  # replay the same draws, unclipped
                 if not math.isfinite(value):
-                    sites = non_finite_sites(variant, data[index])
+                    sites = non_finite_sites(variant, batch)
                     named = ", ".join(sites) or "no single site (the surrogate or a sum)"
                     raise FloatingPointError(f"non-finite loss at step {step}: {named}")
-                _loss_and_gradients(loss_of, optimiser, data[index], beta, settings.autocast)
+                _loss_and_gradients(loss_of, optimiser, batch, beta, settings.autocast)
                 names = [
                     n
                     for n, p in variant.named_parameters()
@@ -403,12 +442,12 @@ def train(
             schedule.step()
             result.losses.append(value)
             if progress and world.is_main and step % 100 == 0:
-                terms = elbo_terms(variant, data[index])
-                usage = posterior_code_usage(variant, data[index])
+                terms = elbo_terms(variant, batch)
+                usage = posterior_code_usage(variant, batch)
                 elbo = sum(terms.values())
                 shown = {
                     "-elbo": -elbo,
-                    "bits/dim": -elbo / (data[0].numel() * math.log(2)),
+                    "bits/dim": -elbo / (x_all[0].numel() * math.log(2)),
                     **terms,
                     "codes": usage.codes_used,
                     "perplexity": usage.perplexity,
