@@ -229,7 +229,8 @@ def _check_data(variant: nn.Module, data: Batch) -> None:
     data, *more = _arguments(data)
     if not isinstance(data, torch.Tensor):
         raise TypeError(
-            f"data must be a torch.Tensor or a tuple (x, *more) of them, got {type(data).__name__}"
+            f"data must be a torch.Tensor, got {type(data).__name__} (x, or a tuple (x, *more) "
+            "of tensors)"
         )
     if not torch.is_floating_point(data):
         raise TypeError(f"data must be floating point (e.g. uint8 images / 255), got {data.dtype}")
@@ -263,15 +264,15 @@ def _set_rng_states(device: torch.device, states: tuple[torch.Tensor, torch.Tens
 
 
 def _loss_and_gradients(
-    loss_of: Callable[[torch.Tensor, float], torch.Tensor],
+    loss_of: Callable[[Batch, float], torch.Tensor],
     optimiser: torch.optim.Optimizer,
-    x: torch.Tensor,
+    x: Batch,
     beta: float,
     bf16: bool,
 ) -> torch.Tensor:
     """The training loss ``loss_of(x, beta)`` (bfloat16 autocast if ``bf16``), its gradients
     left in the parameters' ``.grad``."""
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+    with torch.autocast(_arguments(x)[0].device.type, torch.bfloat16, enabled=bf16):
         loss = loss_of(x, beta)
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
