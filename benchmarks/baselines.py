@@ -67,8 +67,9 @@ def main() -> None:
             str(args.items),
         ]
         evaluate += ["--seed", str(args.seed)]
-        _pbridge(*train)
-        _pbridge(*evaluate)
+        if not (run / "eval.json").is_file():  # a row already scored is kept (rerun to continue)
+            _pbridge(*train)
+            _pbridge(*evaluate)
         commands += ["pbridge " + " ".join(train), "pbridge " + " ".join(evaluate)]
         results[name] = json.loads((run / "eval.json").read_text())
     minutes = (time.perf_counter() - start) / 60

@@ -12,7 +12,14 @@ import torch  # noqa: E402
 
 from pbridge.toy import centroids  # noqa: E402
 
-__all__ = ["plot_toy_trajectories", "plot_toy_samples"]
+__all__ = [
+    "plot_toy_trajectories",
+    "plot_toy_samples",
+    "plot_reverse_chain",
+    "plot_code_usage",
+    "plot_code_entropy",
+    "plot_elbo_trace",
+]
 
 
 def _circle(ax) -> None:
@@ -78,4 +85,91 @@ def plot_toy_samples(x: torch.Tensor, path: str | Path) -> None:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _image(ax, x: torch.Tensor) -> None:
+    """One image ``(C, H, W)`` in [0, 1], grey when C = 1, without ticks."""
+    image = x.squeeze(0) if x.shape[0] == 1 else x.permute(1, 2, 0)
+    ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_reverse_chain(
+    frames: torch.Tensor, times: list[int], path: str | Path, rows: list[str] | None = None
+) -> None:
+    """The backward chain decoded along t: ``frames: (chains, len(times), C, H, W)`` in [0, 1],
+    one row per chain (labelled by ``rows``), one column per time index of ``times``."""
+    chains, columns = frames.shape[:2]
+    fig, axes = plt.subplots(chains, columns, figsize=(1.1 * columns, 1.1 * chains), squeeze=False)
+    for i in range(chains):
+        for j in range(columns):
+            _image(axes[i, j], frames[i, j])
+        if rows is not None:
+            axes[i, 0].set_ylabel(rows[i], fontsize=8)
+    for j, t in enumerate(times):
+        axes[0, j].set_title(f"t = {t}", fontsize=8)
+    fig.suptitle("backward chain z_e^t, decoded through its nearest codes", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_code_usage(counts: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Histogram of code usage: for every named source (e.g. ``"posterior"``, ``"prior"``) the
+    fraction of latent cells on each code, ``(K,)`` counts each."""
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    width = 0.8 / len(counts)
+    for i, (name, c) in enumerate(counts.items()):
+        codes = torch.arange(c.shape[0]) + (i - (len(counts) - 1) / 2) * width
+        freq = c.double() / c.sum().clamp_min(1)
+        ax.bar(codes.numpy(), freq.numpy(), width, label=name)
+    ax.set_xlabel("code k")
+    ax.set_ylabel("fraction of cells")
+    ax.set_title("codebook usage")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_code_entropy(entropy: torch.Tensor, max_entropy: float, path: str | Path) -> None:
+    """Map of the mean entropy (nats) of the code of every latent cell, ``(h, w)`` or ``(L,)``,
+    on a colour scale from 0 to ``max_entropy`` (log K: a uniform kernel)."""
+    grid = entropy if entropy.dim() == 2 else entropy.reshape(1, -1)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    image = ax.imshow(grid.numpy(), cmap="viridis", vmin=0.0, vmax=max_entropy)
+    for (i, j), value in zip(
+        torch.cartesian_prod(torch.arange(grid.shape[0]), torch.arange(grid.shape[1])).tolist(),
+        grid.flatten().tolist(),
+        strict=True,
+    ):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white")
+    fig.colorbar(image, ax=ax, label="entropy of p(z_q^0 | z_e^0), nats")
+    ax.set_xlabel("cell x")
+    ax.set_ylabel("cell y")
+    ax.set_title("per-cell code entropy, posterior")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_elbo_trace(losses: torch.Tensor, path: str | Path, window: int = 50) -> None:
+    """The training loss per SVI step ``(S,)`` (negative ELBO per item, one-sample estimates)
+    and its running mean over ``window`` steps."""
+    steps = torch.arange(1, losses.shape[0] + 1)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(steps.numpy(), losses.numpy(), lw=0.5, alpha=0.4, label="per step")
+    if losses.shape[0] >= window:
+        running = losses.unfold(0, window, 1).mean(-1)
+        label = f"running mean ({window} steps)"
+        ax.plot(steps[window - 1 :].numpy(), running.numpy(), lw=1.5, label=label)
+    ax.set_xlabel("SVI step")
+    ax.set_ylabel("-ELBO per item (nats)")
+    ax.set_yscale("symlog")
+    ax.set_title("training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -35,4 +35,14 @@ __all__ = [
     "chain_model_sites",
     "chain_guide_sites",
     "ancestral_sample",
+    "to_inferencedata",
 ]
+
+
+def __getattr__(name: str):
+    """``pbridge.to_inferencedata`` without importing arviz at ``import pbridge``."""
+    if name == "to_inferencedata":
+        from .inference.analysis import to_inferencedata
+
+        return to_inferencedata
+    raise AttributeError(f"module 'pbridge' has no attribute {name!r}")

@@ -4,9 +4,13 @@ pbridge train DATASET --out RUN_DIR [--steps N] [--seed S] [--device auto|cpu|cu
               [--preset small|paper] [--variant end-to-end|two-stage|pixelcnn|vqvae]
               [--codebook gradient|ema] [--restart-dead-codes U] [--resume]
               [--devices N [--nodes M --rdzv-endpoint HOST:PORT]]
+pbridge train path/to/variant.py --out RUN_DIR [--steps N] [--seed S] [--resume] ...
 pbridge sample RUN_DIR [--num N] [--sampler ancestral|respaced|sde|ode] [--steps S]
 pbridge evaluate RUN_DIR [--items N] [--samples N] [--patch-items N] [--patch-draws N]
                  [--sampler ...] [--steps S]
+pbridge analyze RUN_DIR [--num N] [--items N] [--seed S] [--sampler ...] [--steps S]
+
+docs/cli.md describes every command and option.
 
 Exit status: 0 done, 2 bad input, 128 + signal number when stopped by SIGINT/SIGTERM (a
 checkpoint was written first).
@@ -47,9 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="train a variant end to end and write a run directory",
-        description="Train end to end; writes config.json, checkpoint.pt, metrics.json and plots.",
+        description="Train end to end; writes config.json, checkpoint.pt, metrics.json and plots. "
+        "DATASET may be a variant file path/to/variant.py defining build(config) (and CONFIG): "
+        "see docs/tutorial-variant.md.",
     )
-    train.add_argument("dataset", help=f"what to train on: one of {', '.join(DATASETS)}")
+    train.add_argument(
+        "dataset",
+        help=f"what to train on: one of {', '.join(DATASETS)}, or a variant file ending in .py",
+    )
     train.add_argument("--out", required=True, help="run directory to write")
     train.add_argument("--steps", type=_positive_int, help="SVI steps (default: the preset's)")
     train.add_argument("--seed", type=int, help="random seed (default: the preset's)")
@@ -66,14 +75,14 @@ def _parser() -> argparse.ArgumentParser:
         help="mixed precision: bfloat16 autocast of the networks (for GPUs)",
     )
     train.add_argument(
-        "--preset", default="small", choices=("small", "paper"), help="image network sizes"
+        "--preset", choices=("small", "paper"), help="image network sizes (default: small)"
     )
     train.add_argument(
         "--variant",
-        default="end-to-end",
         choices=("end-to-end", "two-stage", "pixelcnn", "vqvae"),
-        help="image variant: the joint model; a VQ-VAE then the bridge on its frozen encodings; "
-        "a VQ-VAE then a PixelCNN prior on its frozen codes; the VQ-VAE alone (uniform prior)",
+        help="image variant: the joint model (default); a VQ-VAE then the bridge on its frozen "
+        "encodings; a VQ-VAE then a PixelCNN prior on its frozen codes; the VQ-VAE alone "
+        "(uniform prior)",
     )
     train.add_argument(
         "--codebook",
@@ -152,6 +161,25 @@ def _parser() -> argparse.ArgumentParser:
     _add_sampler_options(evaluate)
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
     evaluate.add_argument("--root", help="data folder (default: $PBRIDGE_DATA or ~/.cache/pbridge)")
+
+    analyze = sub.add_parser(
+        "analyze",
+        help="prior and posterior draws of a trained run as arviz InferenceData, with plots",
+        description="Prior, posterior and predictive draws with the test items and the training "
+        "loss, as arviz InferenceData in analysis.nc; analysis_summary.csv (az.summary) and "
+        "reverse_chain.png, code_usage.png, code_entropy.png, elbo_trace.png (docs/analysis.md).",
+    )
+    analyze.add_argument("run_dir", help="a run directory written by `pbridge train`")
+    analyze.add_argument(
+        "--num", type=_positive_int, default=16, help="prior draws, and guide draws per item"
+    )
+    analyze.add_argument(
+        "--items", type=_positive_int, default=8, help="test items for the posterior"
+    )
+    analyze.add_argument("--seed", type=int, default=0, help="random seed")
+    _add_sampler_options(analyze)
+    analyze.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    analyze.add_argument("--root", help="data folder (default: $PBRIDGE_DATA or ~/.cache/pbridge)")
     return parser
 
 
@@ -250,28 +278,25 @@ def _run(args: argparse.Namespace) -> int:
     from pbridge.inference.toy import run_toy, sample_toy_run
     from pbridge.presets import ToyConfig, image_preset
 
-    if args.command == "train":
+    if args.command == "train" and args.dataset.endswith(".py"):
+        metrics = _train_variant_file(args)
+    elif args.command == "train":
         if args.dataset not in DATASETS:
             print(
                 f"pbridge: unknown dataset {args.dataset!r}; expected one of {', '.join(DATASETS)}",
                 file=sys.stderr,
             )
             return 2
-        given = {
-            "steps": args.steps,
-            "seed": args.seed,
-            "latent_warmup": args.latent_warmup,
-            "autocast": args.autocast,
-        }
-        overrides = {k: v for k, v in given.items() if v is not None}
+        overrides = _train_overrides(args)
         progress = not args.no_progress
         if args.dataset == "toy":
             config = ToyConfig()
             config = replace(config, train=replace(config.train, **overrides))
             metrics = run_toy(config, args.out, args.device, progress, resume=args.resume)
         else:
-            config = image_preset(args.dataset, args.preset)
-            config = replace(config, variant=args.variant, train=replace(config.train, **overrides))
+            config = image_preset(args.dataset, args.preset or "small")
+            variant = args.variant or "end-to-end"
+            config = replace(config, variant=variant, train=replace(config.train, **overrides))
             vqvae_options = {
                 "vqvae_steps": args.vqvae_steps,
                 "vqvae_codebook": args.codebook,
@@ -301,6 +326,18 @@ def _run(args: argparse.Namespace) -> int:
         metrics = evaluate_run(
             args.run_dir, settings, args.device, args.root, **_sampler_options(args)
         )
+    elif args.command == "analyze":
+        from pbridge.inference.analysis import analyze_run
+
+        metrics = analyze_run(
+            args.run_dir,
+            args.num,
+            args.items,
+            args.seed,
+            args.device,
+            args.root,
+            **_sampler_options(args),
+        )
     else:
         config_file = Path(args.run_dir) / "config.json"
         if not config_file.is_file():
@@ -313,6 +350,46 @@ def _run(args: argparse.Namespace) -> int:
     if metrics:  # empty on the processes of a data-parallel job other than the first
         print(json.dumps(metrics, indent=2))
     return 0
+
+
+def _train_overrides(args: argparse.Namespace) -> dict:
+    given = {
+        "steps": args.steps,
+        "seed": args.seed,
+        "latent_warmup": args.latent_warmup,
+        "autocast": args.autocast,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _train_variant_file(args: argparse.Namespace) -> dict:
+    """``pbridge train path/to/variant.py``: the file's build(config) and CONFIG; the options
+    of the built-in image variants do not apply."""
+    from pbridge.inference.user_variant import run_user_variant
+
+    built_in = {
+        "--preset": args.preset,
+        "--variant": args.variant,
+        "--codebook": args.codebook,
+        "--restart-dead-codes": args.restart_dead_codes,
+        "--vqvae-steps": args.vqvae_steps,
+    }
+    given = [name for name, value in built_in.items() if value is not None]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} do not apply to a variant file ({args.dataset}): set them in "
+            "its CONFIG"
+        )
+    return run_user_variant(
+        args.dataset,
+        args.out,
+        args.device,
+        not args.no_progress,
+        _train_overrides(args),
+        root=args.root,
+        download=args.download,
+        resume=args.resume,
+    )
 
 
 if __name__ == "__main__":

@@ -52,12 +52,13 @@ def test_uniform_vqvae_scores_log2_k_on_the_patch(tmp_path, capsys):
 @pytest.mark.parametrize("variant", ["two-stage", "pixelcnn"])
 def test_bridge_and_pixelcnn_go_through_the_same_protocol(variant, tmp_path):
     """Both priors go through the same estimator; the PixelCNN also reports its exact
-    teacher-forced figure. Bits per cell lie in (0, a few bits above log2 K)."""
+    teacher-forced figure."""
     _tiny_run(variant, tmp_path)
     settings = EvalSettings(bpd_items=64, num_samples=8, patch_items=8, patch_draws=2)
     sampler = {"sampler": "respaced", "steps": 10} if variant == "two-stage" else {}
     result = evaluate_run(tmp_path, settings, **sampler)
-    assert 0 < result["masked_patch_bits_per_cell"] < 5.0 + 5.0
+    bits = result["masked_patch_bits_per_cell"]
+    assert bits > 0 and math.isfinite(bits) and result["masked_patch_bits_per_cell_stderr"] > 0
     assert ("masked_patch_bits_per_cell_exact" in result) == (variant == "pixelcnn")
     assert result["sampler"]["sampler"] == ("respaced" if variant == "two-stage" else "ancestral")
     table = results_table({variant: result})

@@ -1,4 +1,4 @@
-"""The Python example of README.md runs as written."""
+"""The Python examples of README.md run as written, one after the other."""
 
 import re
 from pathlib import Path
@@ -8,11 +8,15 @@ import pyro
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_python_example_runs():
+def test_readme_python_examples_run():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert blocks, "README.md has no python example"
+    assert len(blocks) == 2, "README.md should have its training and its analysis example"
     pyro.enable_validation(False)
     namespace: dict = {}
-    exec(compile(blocks[0], str(README), "exec"), namespace)
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), namespace)
     prior, posterior = namespace["prior"], namespace["posterior"]
     assert prior.x.shape == (16, 2, 5) and posterior.x_mean.shape == (16, 2, 5)
+    idata = namespace["idata"]
+    assert idata.posterior["z_q_0"].shape == (1, 16, 8, 5)  # (chain, draw, item, cell)
+    assert idata.training["negative_elbo"].shape == (200,)

@@ -1,0 +1,319 @@
+"""``pbridge analyze RUN_DIR``: a trained variant's prior and posterior as arviz InferenceData.
+
+:func:`to_inferencedata` collects, for a variant and test items ``x``
+(docs/analysis.md lists every variable with its dims):
+
+- ``prior``, ``prior_predictive``: draws of the generative model with every site sampled
+  (Algorithm 2 for the bridge): z_e^0, the codes of z_q^0, the label y of a labelled variant,
+  and x with the decoder's mean on z_q^0; one draw per item of a batch of ``num``;
+- ``posterior``: ``num`` guide draws of z_e^0 and z_q^0 for every test item
+  (``pyro.infer.Predictive`` on the guide), the entropy of the model's discrete kernel at z_e^0
+  and the code counts of every draw;
+- ``posterior_predictive``: x | z_q^0 for those draws (``Predictive`` on the model with the
+  latents conditioned on the guide's draws, the observation unconditioned) and its mean;
+- ``observed_data``: the test items (and labels);
+- ``training``: the per-step training loss from the checkpoint (dim ``step``).
+
+:func:`analyze_run` writes it to ``analysis.nc`` (NetCDF) with ``analysis_summary.csv``
+(``az.summary`` of code counts and per-cell entropy) and the plots ``reverse_chain.png``,
+``code_usage.png``, ``code_entropy.png`` and ``elbo_trace.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+import xarray as xr
+from pyro import poutine
+from pyro.infer import Predictive
+from torch import nn
+
+from pbridge.bridge_prior import ancestral_sample
+from pbridge.checkpoint import load_latest_checkpoint
+from pbridge.codebook import code_logits, gather_codes
+from pbridge.data import load_images
+from pbridge.presets import ImageConfig
+from pbridge.toy import sample_walks
+
+from .images import load_image_run
+from .plots import plot_code_entropy, plot_code_usage, plot_elbo_trace, plot_reverse_chain
+from .sampling import bridge_sampler
+from .toy import load_toy_run
+from .user_variant import VARIANT_FILE, load_user_run
+
+__all__ = ["to_inferencedata", "summarise", "reverse_chain_frames", "analyze_run"]
+
+_LATENTS = ("z_e_0", "z_q_0")
+
+
+def _dims(variant: nn.Module) -> tuple[list[str], list[str]]:
+    """Names of the latent cells' dims and of one item's dims."""
+    cells, data = len(variant.latent_shape) - 1, len(variant.data_shape)
+    cell_dims = {1: ["cell"], 2: ["cell_y", "cell_x"]}.get(cells)
+    data_dims = ["channel", "pixel_y", "pixel_x"] if data == 3 else None
+    return (
+        cell_dims or [f"cell_{i}" for i in range(cells)],
+        data_dims or [f"x_dim_{i}" for i in range(data)],
+    )
+
+
+def _indices(z_q: torch.Tensor, codes: torch.Tensor, lead: int) -> torch.Tensor:
+    """Code indices ``(*lead_shape, *cells)`` of code vectors ``(*lead_shape, d, *cells)`` with
+    ``lead`` leading (draw, item) dims."""
+    flat = z_q.flatten(0, lead - 1)
+    return code_logits(flat, codes, 1.0).argmax(-1).view(*z_q.shape[:lead], *flat.shape[2:])
+
+
+def _counts(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """Cells on each code, per draw: ``(draws, ...) -> (draws, K)``."""
+    one_hot = torch.nn.functional.one_hot(indices.flatten(1), num_codes)
+    return one_hot.sum(1)
+
+
+def _entropy(z_e: torch.Tensor, codes: torch.Tensor, tau: float, lead: int) -> torch.Tensor:
+    """Entropy (nats) of softmax(-||z_e - e_k||^2 / tau) per cell: ``(*lead, d, *cells) ->
+    (*lead, *cells)``."""
+    log_p = code_logits(z_e.flatten(0, lead - 1), codes, tau).log_softmax(-1)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    return entropy.view(*z_e.shape[:lead], *entropy.shape[1:])
+
+
+def _numpy(values: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {name: value.detach().cpu().numpy() for name, value in values.items()}
+
+
+def _one_chain(values: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Draws ``(draw, ...)`` as arviz's ``(chain = 1, draw, ...)``."""
+    return {name: value[None] for name, value in _numpy(values).items()}
+
+
+@torch.no_grad()
+def to_inferencedata(
+    variant: nn.Module,
+    x: torch.Tensor,
+    num: int = 16,
+    labels: torch.Tensor | None = None,
+    losses: Sequence[float] | None = None,
+) -> az.InferenceData:
+    """Prior, posterior and predictive draws of a trained ``variant`` (in eval mode) as arviz
+    InferenceData (``az.from_dict``, one chain), with the test items as observed data.
+
+    Args:
+        x: ``(items, *data_shape)`` test items for the posterior.
+        num: prior draws, and guide draws per test item.
+        labels: ``(items,)`` class labels, for (and only for) a variant with
+            ``takes_labels = True``.
+        losses: the per-step training loss (``TrainResult.losses``, the checkpoint's
+            ``"losses"``), stored in the group ``training``; ``None``: no such group.
+    """
+    if num <= 0:
+        raise ValueError(f"num must be a positive integer, got {num}")
+    takes_labels = getattr(variant, "takes_labels", False)
+    if takes_labels != (labels is not None):
+        needs = "needs" if takes_labels else "does not take"
+        raise ValueError(f"a {type(variant).__name__} {needs} labels")
+    if labels is not None and labels.shape != x.shape[:1]:
+        raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(labels.shape)}")
+    codes = variant.codebook()
+    cell_dims, data_dims = _dims(variant)
+    args = (x,) if labels is None else (x, labels)
+    tau = getattr(getattr(variant, "settings", None), "tau_p", None)
+
+    with pyro.validation_enabled(False):
+        placeholder = x.new_zeros((num, *variant.data_shape))
+        trace = poutine.trace(poutine.uncondition(variant.model)).get_trace(placeholder)
+        prior = {n: trace.nodes[n]["value"] for n in (*_LATENTS, "y") if n in trace.nodes}
+        prior_x = trace.nodes["x"]["value"]
+        latents = Predictive(variant.guide, num_samples=num, return_sites=_LATENTS)(*args)
+        # Predictive runs the model twice to set up before its draws: with the latents pinned
+        # to the guide's first draw, those runs do not draw the prior (the whole chain).
+        pinned = {name: value[0] for name, value in latents.items()}
+        if labels is not None:
+            pinned["y"] = labels
+        model = poutine.condition(poutine.uncondition(variant.model), data=pinned)
+        posterior_x = Predictive(model, posterior_samples=latents, return_sites=("x",))(*args)["x"]
+
+    prior_codes = _indices(prior["z_q_0"], codes, 1)
+    post_codes = _indices(latents["z_q_0"], codes, 2)
+    prior_vars = {"z_q_0": prior_codes, "code_count": _counts(prior_codes, codes.shape[0])}
+    post_vars = {"z_q_0": post_codes, "code_count": _counts(post_codes, codes.shape[0])}
+    if "z_e_0" in latents:
+        prior_vars["z_e_0"], post_vars["z_e_0"] = prior["z_e_0"], latents["z_e_0"]
+        if tau is not None:
+            post_vars["code_entropy"] = _entropy(latents["z_e_0"], codes, tau, 2)
+    if "y" in prior:
+        prior_vars["y"] = prior["y"]
+    prior_predictive = {"x": prior_x, "x_mean": variant.decoder(prior["z_q_0"]).mean}
+    post_mean = variant.decoder(latents["z_q_0"].flatten(0, 1)).mean
+    posterior_predictive = {"x": posterior_x, "x_mean": post_mean.view(posterior_x.shape)}
+    observed = {"x": x} if labels is None else {"x": x, "y": labels}
+
+    coords = {"code": np.arange(codes.shape[0]), "item": np.arange(x.shape[0])}
+    dims = {
+        "z_e_0": ["item", "latent_dim", *cell_dims],
+        "z_q_0": ["item", *cell_dims],
+        "code_entropy": ["item", *cell_dims],
+        "code_count": ["code"],
+        "x": ["item", *data_dims],
+        "x_mean": ["item", *data_dims],
+        "y": ["item"],
+    }
+    attrs = {"variant": type(variant).__name__}
+    idata = az.from_dict(
+        posterior=_one_chain(post_vars),
+        posterior_predictive=_one_chain(posterior_predictive),
+        observed_data=_numpy(observed),
+        coords=coords,
+        dims=dims,
+        attrs=attrs,
+    )
+    # A prior draw is one generated item: the same variables without the item dim.
+    prior_dims = {name: [d for d in value if d != "item"] for name, value in dims.items()}
+    prior_side = az.from_dict(
+        prior=_one_chain(prior_vars),
+        prior_predictive=_one_chain(prior_predictive),
+        coords=coords,
+        dims=prior_dims,
+        attrs=attrs,
+    )
+    idata.extend(prior_side)
+    if losses is not None:
+        steps = np.arange(1, len(losses) + 1)
+        loss = xr.DataArray(np.asarray(losses, dtype=np.float64), coords={"step": steps})
+        idata.add_groups(training=xr.Dataset({"negative_elbo": loss}, attrs=attrs))
+    return idata
+
+
+def summarise(idata: az.InferenceData) -> pd.DataFrame:
+    """``az.summary`` (mean, sd, 94% HDI over the draws) of the code counts of the posterior
+    (all test items per draw) and of the prior (per generated item), and of the posterior code
+    entropy of every cell averaged over the test items (when the variant has one)."""
+    posterior = idata.posterior[["code_count"]]
+    if "code_entropy" in idata.posterior:
+        posterior["code_entropy"] = idata.posterior["code_entropy"].mean("item")
+    tables = [
+        az.summary(posterior, kind="stats").rename(index=lambda name: f"posterior {name}"),
+        az.summary(idata.prior[["code_count"]], kind="stats").rename(
+            index=lambda name: f"prior {name}"
+        ),
+    ]
+    return pd.concat(tables)
+
+
+@torch.no_grad()
+def reverse_chain_frames(
+    variant: nn.Module, chains: int, columns: int, labels: torch.Tensor | None = None
+) -> tuple[list[int], torch.Tensor]:
+    """Run ``chains`` backward chains (Algorithm 2, T steps) and decode the states at
+    ``columns`` times from T to 0 through their nearest codes.
+
+    ``labels: (chains,)`` condition a labelled variant's chains (its ``given``). Returns the
+    times and the decoder means ``(chains, columns, *data_shape)``.
+    """
+    schedule, codes = variant.schedule, variant.codebook()
+    times = sorted({round(schedule.num_steps * i / (columns - 1)) for i in range(columns)})[::-1]
+    param = next(variant.parameters())
+    z_T = (
+        schedule.z_star
+        + math.sqrt(schedule.sigma2) * param.new_empty((chains, *variant.latent_shape)).normal_()
+    )
+    given = variant.given(labels) if labels is not None else nullcontext()
+    with given:
+        _, kept = ancestral_sample(
+            schedule, variant.chain_denoiser(), z_T, variant.settings.model_variance, keep=times
+        )
+    states = torch.stack([kept[t] for t in times], dim=1)  # (chains, columns, d, *cells)
+    nearest = code_logits(states.flatten(0, 1), codes, 1.0).argmax(-1)
+    decoded = variant.decoder(gather_codes(nearest, codes)).mean
+    return times, decoded.view(chains, len(times), *decoded.shape[1:])
+
+
+def _load(run: Path, device: str) -> tuple[Any, nn.Module]:
+    """The config and trained variant of any run directory (a variant file's, an image or a
+    toy run)."""
+    if (run / VARIANT_FILE).is_file():
+        return load_user_run(run, device)
+    config_file = run / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{run} is not a run directory: no config.json")
+    if "dataset" in json.loads(config_file.read_text()):
+        return load_image_run(run, device)
+    return load_toy_run(run, device)
+
+
+def analyze_run(
+    run_dir: str | Path,
+    num: int = 16,
+    items: int = 8,
+    seed: int = 0,
+    device: str = "auto",
+    root: str | Path | None = None,
+    **sampler,
+) -> dict[str, Any]:
+    """Analyse a trained run: :func:`to_inferencedata` on ``items`` test items with ``num``
+    draws, written to ``analysis.nc``, with ``analysis_summary.csv`` and the plots. ``sampler``:
+    keywords of :func:`~pbridge.inference.sampling.bridge_sampler` for the prior draws.
+    Returns what was written and a few figures."""
+    if items <= 0:
+        raise ValueError(f"items must be a positive integer, got {items}")
+    run = Path(run_dir)
+    config, variant = _load(run, device)
+    dev = next(variant.parameters()).device
+    torch.manual_seed(seed)
+    pyro.set_rng_seed(seed)
+    if isinstance(config, ImageConfig):
+        test = load_images(config.dataset, "test", root)
+        x, labels = test.as_float()[:items].to(dev), test.labels[:items].to(dev)
+    else:
+        x, _ = sample_walks(items, config.length, config.noise, torch.Generator().manual_seed(seed))
+        x, labels = x.to(dev), None
+    if not getattr(variant, "takes_labels", False):
+        labels = None
+    state, _ = load_latest_checkpoint(run / "checkpoint.pt")
+    with bridge_sampler(variant, **sampler):
+        idata = to_inferencedata(variant, x, num, labels, state.get("losses"))
+    idata.to_netcdf(str(run / "analysis.nc"))
+    summary = summarise(idata)
+    summary.to_csv(run / "analysis_summary.csv")
+
+    written = ["analysis.nc", "analysis_summary.csv", "code_usage.png", "elbo_trace.png"]
+    counts = {
+        "posterior": torch.from_numpy(idata.posterior["code_count"].sum(("chain", "draw")).values),
+        "prior": torch.from_numpy(idata.prior["code_count"].sum(("chain", "draw")).values),
+    }
+    plot_code_usage(counts, run / "code_usage.png")
+    if "training" in idata.groups():
+        plot_elbo_trace(
+            torch.from_numpy(idata.training["negative_elbo"].values), run / "elbo_trace.png"
+        )
+    if "code_entropy" in idata.posterior:
+        entropy = idata.posterior["code_entropy"].mean(("chain", "draw", "item")).values
+        plot_code_entropy(
+            torch.from_numpy(entropy),
+            math.log(variant.codebook.num_codes),
+            run / "code_entropy.png",
+        )
+        written.append("code_entropy.png")
+    if hasattr(variant, "schedule") and len(variant.data_shape) == 3:
+        chains = 10 if getattr(variant, "takes_labels", False) else 8
+        classes = torch.arange(chains, device=dev) if labels is not None else None
+        times, frames = reverse_chain_frames(variant, chains, 9, classes)
+        rows = [f"y = {c}" for c in range(chains)] if classes is not None else None
+        plot_reverse_chain(frames.cpu(), times, run / "reverse_chain.png", rows)
+        written.append("reverse_chain.png")
+    return {
+        "written": written,
+        "groups": idata.groups(),
+        "posterior_codes_used": int((counts["posterior"] > 0).sum()),
+        "prior_codes_used": int((counts["prior"] > 0).sum()),
+    }

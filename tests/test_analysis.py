@@ -1,0 +1,267 @@
+"""Analysis: arviz InferenceData of prior and posterior draws, ``pbridge analyze``, variant files
+trained from the command line, and the class-conditional variant."""
+
+import json
+import math
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pyro
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+import pbridge
+from pbridge.checkpoint import load_checkpoint
+from pbridge.cli import main
+from pbridge.codebook import code_logits, gather_codes
+from pbridge.data import load_images
+from pbridge.inference.analysis import summarise, to_inferencedata
+from pbridge.inference.sampling import bridge_sampler, sample_prior
+from pbridge.inference.svi import train
+from pbridge.inference.user_variant import load_user_run
+from pbridge.models import class_conditional
+from pbridge.presets import build_image_model, image_preset
+
+TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorial-variant.md"
+ITEMS, NUM = 3, 5
+
+
+@pytest.fixture(scope="module")
+def bridge():
+    """A small, untrained digits bridge (T = 20): shapes and numbers, not learning. A wide
+    kernel (tau_p = 4) makes the code entropies of order one."""
+    config = image_preset("digits", "small")
+    bridge = replace(config.bridge, tau_p=4.0)
+    config = replace(config, unet_width=16, num_steps=20, bridge=bridge)
+    torch.manual_seed(0)
+    return build_image_model(config).eval()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_images("digits", "test").as_float()[:ITEMS]
+
+
+def _idata(bridge, x, losses=None):
+    pyro.set_rng_seed(1)
+    return to_inferencedata(bridge, x, NUM, losses=losses)
+
+
+def test_groups_dims_and_shapes_are_those_documented(bridge, digits):
+    idata = _idata(bridge, digits, losses=[3.0, 2.0, 1.5])
+    assert set(idata.groups()) == {
+        "posterior",
+        "posterior_predictive",
+        "observed_data",
+        "prior",
+        "prior_predictive",
+        "training",
+    }
+    d, (h, w), k = 16, (4, 4), 32
+    expected = {
+        ("posterior", "z_e_0"): (
+            ("chain", "draw", "item", "latent_dim", "cell_y", "cell_x"),
+            (1, NUM, ITEMS, d, h, w),
+        ),
+        ("posterior", "z_q_0"): (
+            ("chain", "draw", "item", "cell_y", "cell_x"),
+            (1, NUM, ITEMS, h, w),
+        ),
+        ("posterior", "code_entropy"): (
+            ("chain", "draw", "item", "cell_y", "cell_x"),
+            (1, NUM, ITEMS, h, w),
+        ),
+        ("posterior", "code_count"): (("chain", "draw", "code"), (1, NUM, k)),
+        ("posterior_predictive", "x"): (
+            ("chain", "draw", "item", "channel", "pixel_y", "pixel_x"),
+            (1, NUM, ITEMS, 1, 8, 8),
+        ),
+        ("posterior_predictive", "x_mean"): (
+            ("chain", "draw", "item", "channel", "pixel_y", "pixel_x"),
+            (1, NUM, ITEMS, 1, 8, 8),
+        ),
+        ("observed_data", "x"): (("item", "channel", "pixel_y", "pixel_x"), (ITEMS, 1, 8, 8)),
+        ("prior", "z_e_0"): (
+            ("chain", "draw", "latent_dim", "cell_y", "cell_x"),
+            (1, NUM, d, h, w),
+        ),
+        ("prior", "z_q_0"): (("chain", "draw", "cell_y", "cell_x"), (1, NUM, h, w)),
+        ("prior", "code_count"): (("chain", "draw", "code"), (1, NUM, k)),
+        ("prior_predictive", "x"): (
+            ("chain", "draw", "channel", "pixel_y", "pixel_x"),
+            (1, NUM, 1, 8, 8),
+        ),
+        ("training", "negative_elbo"): (("step",), (3,)),
+    }
+    for (group, name), (dims, shape) in expected.items():
+        value = idata[group][name]
+        assert (value.dims, value.shape) == (dims, shape), (group, name)
+    np.testing.assert_array_equal(idata.training["step"], [1, 2, 3])
+    np.testing.assert_array_equal(idata.training["negative_elbo"], [3.0, 2.0, 1.5])
+    np.testing.assert_array_equal(idata.observed_data["x"], digits.numpy())
+    assert idata.attrs["variant"] == "DiffusionBridgeVQVAE"
+
+
+def test_values_agree_with_independent_computations(bridge, digits):
+    """Codes are the nearest codes of the stored z_q vectors; counts add up to the cells; the
+    entropy is that of torch's Categorical with the model's kernel; the predictive means are the
+    decoder on the stored codes."""
+    idata = _idata(bridge, digits)
+    codes = bridge.codebook().detach()
+    tau = bridge.settings.tau_p
+    post_codes = torch.from_numpy(idata.posterior["z_q_0"].values[0])  # (draw, item, h, w)
+    z_e = torch.from_numpy(idata.posterior["z_e_0"].values[0])  # (draw, item, d, h, w)
+    assert int(post_codes.min()) >= 0 and int(post_codes.max()) < codes.shape[0]
+    counts = idata.posterior["code_count"].values[0]
+    np.testing.assert_array_equal(counts.sum(-1), np.full(NUM, ITEMS * 16))
+    for draw in range(NUM):
+        np.testing.assert_array_equal(
+            counts[draw], np.bincount(post_codes[draw].flatten(), minlength=codes.shape[0])
+        )
+    # the kernel softmax_k(-||z_e - e_k||^2 / tau), per cell, written out
+    sq = (z_e[..., None, :, :, :] - codes[:, :, None, None]).pow(2).sum(-3)  # (.., K, h, w)
+    entropy = torch.distributions.Categorical(logits=(-sq / tau).movedim(-3, -1)).entropy()
+    assert 0.1 < float(entropy.mean()) < math.log(32)
+    np.testing.assert_allclose(idata.posterior["code_entropy"].values[0], entropy, rtol=1e-4)
+    with torch.no_grad():
+        mean = bridge.decoder(gather_codes(post_codes.flatten(0, 1), codes)).mean
+        prior_codes = torch.from_numpy(idata.prior["z_q_0"].values[0])
+        prior_mean = bridge.decoder(gather_codes(prior_codes, codes)).mean
+    np.testing.assert_allclose(
+        idata.posterior_predictive["x_mean"].values[0], mean.view(NUM, ITEMS, 1, 8, 8), atol=1e-6
+    )
+    np.testing.assert_allclose(idata.prior_predictive["x_mean"].values[0], prior_mean, atol=1e-6)
+    # draws of x are the 256-level pixels of the discretised likelihood
+    x = idata.posterior_predictive["x"].values
+    np.testing.assert_allclose(x * 255, np.round(x * 255), atol=1e-4)
+    # the posterior draws differ between draws (z_e^0 = e_k + s eps)
+    assert not np.allclose(z_e[0], z_e[1])
+    # the chain's prior draws are the model's: the same seed through sample_prior gives them
+    pyro.set_rng_seed(1)
+    direct = sample_prior(bridge, NUM)
+    np.testing.assert_allclose(idata.prior["z_e_0"].values[0], direct.z_e, atol=1e-6)
+    np.testing.assert_array_equal(idata.prior["z_q_0"].values[0], direct.codes)
+
+
+def test_round_trips_through_netcdf(bridge, digits, tmp_path):
+    idata = _idata(bridge, digits, losses=[1.0, 0.5])
+    path = tmp_path / "analysis.nc"
+    idata.to_netcdf(str(path))
+    back = az.from_netcdf(str(path))
+    assert set(back.groups()) == set(idata.groups())
+    for group in idata.groups():
+        assert back[group].equals(idata[group]), group
+    summary = summarise(back)
+    rows = [name for name in summary.index if name.startswith("posterior code_count")]
+    assert len(rows) == 32 and "posterior code_entropy[0, 0]" in summary.index
+    counts = back.posterior["code_count"].values[0]
+    np.testing.assert_allclose(summary.loc[rows, "mean"], counts.mean(0), atol=0.01)
+
+
+def test_bad_input_is_refused(bridge, digits, tmp_path, capsys):
+    with pytest.raises(ValueError, match="num must be a positive integer, got 0"):
+        to_inferencedata(bridge, digits, 0)
+    with pytest.raises(ValueError, match="DiffusionBridgeVQVAE does not take labels"):
+        to_inferencedata(bridge, digits, 2, labels=torch.zeros(ITEMS, dtype=torch.long))
+    assert main(["analyze", str(tmp_path / "nothing")]) == 2
+    assert f"{tmp_path / 'nothing'} is not a run directory" in capsys.readouterr().err
+
+
+def test_to_inferencedata_is_exported_from_pbridge():
+    assert pbridge.to_inferencedata is to_inferencedata
+
+
+def _tutorial_variant(tmp_path: Path) -> Path:
+    blocks = re.findall(r"```python\n(.*?)```", TUTORIAL.read_text(), flags=re.S)
+    file = tmp_path / "my_variant.py"
+    file.write_text(next(b for b in blocks if "def build" in b))
+    return file
+
+
+@pytest.mark.slow
+def test_tutorial_variant_trains_and_is_analysed_from_the_command_line(tmp_path, capsys):
+    """The tutorial's variant file, trained by `pbridge train FILE`: the loss falls, the learned
+    prior moves towards the code frequencies of every cell (more than 1/K on the codes in use),
+    and `pbridge analyze` reads the run."""
+    file, run = _tutorial_variant(tmp_path), tmp_path / "run"
+    assert main(["train", str(file), "--steps", "150", "--out", str(run), "--no-progress"]) == 0
+    losses = load_checkpoint(run / "checkpoint.pt")["losses"]
+    assert np.mean(losses[-20:]) < 0.9 * np.mean(losses[:20])  # fell by more than 10%
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["variant"] == "LearnedPriorVQVAE" and math.isfinite(metrics["test_bits_per_dim"])
+    assert (run / "variant.py").read_text() == file.read_text()
+
+    _, variant = load_user_run(run, "cpu")
+    x = load_images("digits", "train").as_float()
+    with torch.no_grad():
+        used = code_logits(variant.encode(x), variant.codebook(), 0.0).argmax(-1)  # (B, h, w)
+        log_prior = variant.prior_logits.log_softmax(-1).flatten(0, 1)  # (cells, K)
+    frequency = torch.nn.functional.one_hot(used.flatten(1), 32).float().mean(0)  # (cells, K)
+    taken = (frequency * log_prior).sum(-1).mean()  # E log p(code) under the codes in use
+    assert taken > math.log(1 / 32) + 0.05, taken  # nats above the uniform prior
+    correlation = torch.corrcoef(torch.stack([frequency.flatten(), log_prior.flatten()]))[0, 1]
+    assert correlation > 0.5, correlation  # the prior learns which codes each cell uses
+
+    capsys.readouterr()
+    assert main(["analyze", str(run), "--num", "4", "--items", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["groups"]) == {
+        "posterior",
+        "posterior_predictive",
+        "observed_data",
+        "prior",
+        "prior_predictive",
+        "training",
+    }
+    idata = az.from_netcdf(str(run / "analysis.nc"))
+    assert "z_e_0" not in idata.posterior and idata.posterior["z_q_0"].shape == (1, 4, 3, 4, 4)
+    for name in ("code_usage.png", "elbo_trace.png", "analysis_summary.csv"):
+        assert (run / name).stat().st_size > 0
+
+
+def test_a_broken_variant_file_is_named(tmp_path, capsys):
+    file = tmp_path / "broken.py"
+    file.write_text("x = 1\n")
+    assert main(["train", str(file), "--out", str(tmp_path / "run")]) == 2
+    assert f"{file} defines no 'build'" in capsys.readouterr().err
+    good = _tutorial_variant(tmp_path)
+    assert main(["train", str(good), "--variant", "two-stage", "--out", str(tmp_path / "r")]) == 2
+    assert "--variant do not apply to a variant file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_class_conditional_samples_are_of_the_requested_class():
+    """Trained for 500 steps on digits, the class-conditional bridge's samples (50 DDIM-style
+    steps) are assigned to the requested class by a logistic regression (96% on the test split)
+    at least 35% of the time; chance is 10%."""
+    torch.manual_seed(0)
+    pyro.set_rng_seed(0)
+    pyro.enable_validation(False)
+    config = class_conditional.CONFIG
+    variant = class_conditional.build(config)
+    data = load_images("digits", "train")
+    x, y = data.as_float(), data.labels
+    variant.initialise_codebook(x[:1024], torch.Generator().manual_seed(0))
+    train(variant, (x, y), replace(config.train, steps=500), progress=False)
+    variant.eval()
+
+    classifier = LogisticRegression(max_iter=2000).fit(x.flatten(1).numpy(), y.numpy())
+    requested = torch.arange(10).repeat_interleave(20)
+    with bridge_sampler(variant, "respaced", 50):
+        samples = variant.sample_class(requested)
+    assigned = torch.from_numpy(classifier.predict(samples.flatten(1).numpy()))
+    accuracy = float((assigned == requested).float().mean())
+    assert accuracy >= 0.35, accuracy
+
+
+def test_class_conditional_chain_needs_valid_labels():
+    variant = class_conditional.build(replace(class_conditional.CONFIG, unet_width=16))
+    with pytest.raises(ValueError, match="labels must lie in 0..9, got 0..12"):
+        with variant.given(torch.tensor([0, 12])):
+            pass
+    with pytest.raises(ValueError, match="needs labels"):
+        variant.chain_denoiser()
