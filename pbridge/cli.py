@@ -157,10 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--patch-draws", type=_positive_int, default=4, help="inpainting draws per image"
     )
-    evaluate.add_argument("--seed", type=int, default=0, help="random seed")
-    _add_sampler_options(evaluate)
-    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    evaluate.add_argument("--root", help="data folder (default: $PBRIDGE_DATA or ~/.cache/pbridge)")
+    _add_draw_options(evaluate)
 
     analyze = sub.add_parser(
         "analyze",
@@ -176,11 +173,17 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument(
         "--items", type=_positive_int, default=8, help="test items for the posterior"
     )
-    analyze.add_argument("--seed", type=int, default=0, help="random seed")
-    _add_sampler_options(analyze)
-    analyze.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    analyze.add_argument("--root", help="data folder (default: $PBRIDGE_DATA or ~/.cache/pbridge)")
+    _add_draw_options(analyze)
     return parser
+
+
+def _add_draw_options(parser: argparse.ArgumentParser) -> None:
+    """Seed, sampler, device and data folder of the commands that draw from a trained run and
+    read its test split."""
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    _add_sampler_options(parser)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--root", help="data folder (default: $PBRIDGE_DATA or ~/.cache/pbridge)")
 
 
 def _add_sampler_options(parser: argparse.ArgumentParser) -> None:

@@ -28,6 +28,14 @@ from pbridge.presets import build_image_model, image_preset
 
 TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorial-variant.md"
 ITEMS, NUM = 3, 5
+GROUPS = {
+    "posterior",
+    "posterior_predictive",
+    "observed_data",
+    "prior",
+    "prior_predictive",
+    "training",
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +61,7 @@ def _idata(bridge, x, losses=None):
 
 def test_groups_dims_and_shapes_are_those_documented(bridge, digits):
     idata = _idata(bridge, digits, losses=[3.0, 2.0, 1.5])
-    assert set(idata.groups()) == {
-        "posterior",
-        "posterior_predictive",
-        "observed_data",
-        "prior",
-        "prior_predictive",
-        "training",
-    }
+    assert set(idata.groups()) == GROUPS
     d, (h, w), k = 16, (4, 4), 32
     expected = {
         ("posterior", "z_e_0"): (
@@ -209,14 +210,7 @@ def test_tutorial_variant_trains_and_is_analysed_from_the_command_line(tmp_path,
     capsys.readouterr()
     assert main(["analyze", str(run), "--num", "4", "--items", "3"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report["groups"]) == {
-        "posterior",
-        "posterior_predictive",
-        "observed_data",
-        "prior",
-        "prior_predictive",
-        "training",
-    }
+    assert set(report["groups"]) == GROUPS
     idata = az.from_netcdf(str(run / "analysis.nc"))
     assert "z_e_0" not in idata.posterior and idata.posterior["z_q_0"].shape == (1, 4, 3, 4, 4)
     for name in ("code_usage.png", "elbo_trace.png", "analysis_summary.csv"):
