@@ -147,6 +147,8 @@ def plot_code_entropy(entropy: torch.Tensor, max_entropy: float, path: str | Pat
     ):
         ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white")
     fig.colorbar(image, ax=ax, label="entropy of p(z_q^0 | z_e^0), nats")
+    ax.set_xticks(range(grid.shape[1]))
+    ax.set_yticks(range(grid.shape[0]))
     ax.set_xlabel("cell x")
     ax.set_ylabel("cell y")
     ax.set_title("per-cell code entropy, posterior")
@@ -157,17 +159,21 @@ def plot_code_entropy(entropy: torch.Tensor, max_entropy: float, path: str | Pat
 
 def plot_elbo_trace(losses: torch.Tensor, path: str | Path, window: int = 50) -> None:
     """The training loss per SVI step ``(S,)`` (negative ELBO per item, one-sample estimates)
-    and its running mean over ``window`` steps."""
+    and its running median over ``window`` steps. The bridge's random-step estimates are
+    heavy-tailed (one chain step, weighted by T), so the median, not the mean, shows the trend,
+    and the axis spans the 2nd to 98th percentiles of the steps."""
     steps = torch.arange(1, losses.shape[0] + 1)
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot(steps.numpy(), losses.numpy(), lw=0.5, alpha=0.4, label="per step")
+    ax.plot(steps.numpy(), losses.numpy(), ".", ms=1.5, alpha=0.4, label="per step")
     if losses.shape[0] >= window:
-        running = losses.unfold(0, window, 1).mean(-1)
-        label = f"running mean ({window} steps)"
-        ax.plot(steps[window - 1 :].numpy(), running.numpy(), lw=1.5, label=label)
+        running = losses.unfold(0, window, 1).median(-1).values
+        label = f"running median ({window} steps)"
+        ax.plot(steps[window - 1 :].numpy(), running.numpy(), lw=1.5, color="C1", label=label)
+    low, high = torch.quantile(losses.double(), torch.tensor([0.02, 0.98], dtype=torch.double))
+    margin = 0.05 * float(high - low) + 1e-9
+    ax.set_ylim(float(low) - margin, float(high) + margin)
     ax.set_xlabel("SVI step")
     ax.set_ylabel("-ELBO per item (nats)")
-    ax.set_yscale("symlog")
     ax.set_title("training loss")
     ax.legend()
     fig.tight_layout()
