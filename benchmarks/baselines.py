@@ -78,7 +78,8 @@ def main() -> None:
     text = [
         "# Results: four priors under one protocol (Fashion-MNIST)",
         "",
-        f"Produced by `python benchmarks/baselines.py --out {args.out}` in {minutes:.0f} min on "
+        f"Produced by `OMP_NUM_THREADS={THREADS} python benchmarks/baselines.py --out {args.out}` "
+        f"in {minutes:.0f} min on "
         f"{platform.machine()}, {THREADS} torch thread(s) per command (torch "
         f"{torch.__version__}); protocol in [evaluation.md](evaluation.md).",
         "",
