@@ -170,8 +170,8 @@ def _write(args, rows: list[dict], floor: float, round_trip: dict) -> None:
     print("\n".join(lines))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label in {r["label"].split(",")[0] for r in rows}:
-        mine = [r for r in rows if r["label"].split(",")[0] == label]
+    for label in {r["label"].rsplit(",", 1)[0] for r in rows}:
+        mine = [r for r in rows if r["label"].rsplit(",", 1)[0] == label]
         ax.plot([r["batched"] for r in mine], [r["fd"] for r in mine], "o-", label=label)
     ax.axhline(floor, color="grey", linestyle=":", label="training images")
     ax.set_xscale("log")
