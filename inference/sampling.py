@@ -1,7 +1,8 @@
 """Prior and posterior draws from a variant, through Pyro's effect handlers.
 
 - Prior (Algorithm 2): the model run with its observation uncondition-ed, so every site is drawn
-  from the generative program: z_e^T -> ... -> z_e^0 -> z_q^0 -> x.
+  from the generative program: z^T -> ... -> z^1 -> z_q^0 -> x (tight; the paper's chain runs
+  to z_e^0 and draws z_q^0 | z_e^0).
 - Posterior: the guide's draw of z_e^0 and z_q^0 for given data, and the decoder's mean on that
   z_q^0 (a reconstruction).
 """
@@ -15,7 +16,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from pbridge.codebook import code_logits
+from pbridge.bridge_prior import BridgeCodePrior
 from pbridge.samplers import SAMPLERS
 
 __all__ = ["Draws", "sample_prior", "sample_posterior", "bridge_sampler"]
@@ -48,8 +49,9 @@ class Draws:
         z_e: ``(N, d, *cells)`` continuous latent z_e^0 (``None`` for variants without one: the
             VQ-VAE and the PixelCNN baseline).
         codes: ``(N, *cells)`` code indices of z_q^0 as drawn by the program.
-        mode_codes: ``(N, *cells)`` the most probable code of every cell given z_e^0 under the
-            model's kernel (the tau -> 0 read-out); ``codes`` when there is no z_e^0.
+        mode_codes: ``(N, *cells)`` the most probable code of every cell given the chain's end
+            (tight: the read-out at z^1; paper: the kernel at z_e^0); ``codes`` for the
+            priors without a chain (VQ-VAE, PixelCNN) and for posterior draws.
         x_mean: decoder mean on z_q^0 ``(N, ...)``.
         x: the program's draw of x (prior) or the data (posterior).
     """
@@ -64,11 +66,14 @@ class Draws:
 def _draws(variant: nn.Module, trace: poutine.Trace, x: torch.Tensor) -> Draws:
     z_e = trace.nodes["z_e_0"]["value"] if "z_e_0" in trace.nodes else None
     z_q_site = trace.nodes["z_q_0"]
-    codes = z_q_site["fn"].indices(z_q_site["value"])
-    if z_e is None:
-        mode_codes = codes
+    fn = z_q_site["fn"]
+    codes = fn.indices(z_q_site["value"])
+    if isinstance(fn, BridgeCodePrior) and fn.readout_logits is not None:
+        mode_codes = fn.readout_logits.argmax(-1)  # the tight bridge's read-out at z^1
+    elif any(name in trace.nodes for name in ("z_e_0", "z_e_1")):
+        mode_codes = fn.logits.argmax(-1)  # p(z_q^0 | the chain's end)
     else:
-        mode_codes = code_logits(z_e, variant.codebook(), variant.settings.tau_p).argmax(-1)
+        mode_codes = codes
     return Draws(
         z_e=z_e,
         codes=codes,

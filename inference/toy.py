@@ -13,8 +13,7 @@ from pathlib import Path
 import pyro
 import torch
 
-from pbridge.bridge_prior import ancestral_sample
-from pbridge.codebook import code_usage
+from pbridge.codebook import code_usage, gather_codes
 from pbridge.presets import ToyConfig, build_toy_model
 from pbridge.toy import nearest_centroid, sample_walks, transition_accuracy
 
@@ -38,8 +37,8 @@ def code_centroids(variant) -> torch.Tensor:
 def score_toy_samples(variant, num: int) -> dict[str, float]:
     """Transition accuracy of ``num`` prior draws, codes mapped to the centroids they decode to.
 
-    ``transition_accuracy`` reads z_q^0 as the most probable code given z_e^0 (the tau -> 0
-    read-out); ``transition_accuracy_sampled_zq`` uses z_q^0 as drawn from p(z_q^0 | z_e^0).
+    ``transition_accuracy`` reads z_q^0 as the most probable code of the read-out at the
+    chain's end; ``transition_accuracy_sampled_zq`` uses z_q^0 as the model draws it.
     """
     draws = sample_prior(variant, num)
     centroid_of = code_centroids(variant)
@@ -123,26 +122,32 @@ def sample_toy_run(
         draws = sample_prior(variant, num)
     run = Path(run_dir)
     torch.save(
-        {"z_e": draws.z_e.cpu(), "codes": draws.mode_codes.cpu(), "x": draws.x_mean.cpu()},
+        {"codes": draws.codes.cpu(), "mode_codes": draws.mode_codes.cpu(), "x": draws.x_mean.cpu()},
         run / "samples.pt",
     )
     plot_toy_samples(draws.x_mean[:16].cpu(), run / "samples.png")
     centroid_of = code_centroids(variant)
-    return {"num": num, "transition_accuracy": transition_accuracy(centroid_of[draws.mode_codes])}
+    return {
+        "num": num,
+        "transition_accuracy": transition_accuracy(centroid_of[draws.mode_codes]),
+        "transition_accuracy_sampled_zq": transition_accuracy(centroid_of[draws.codes]),
+    }
 
 
 def forward_and_reverse_paths(variant, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Latent paths for plots, ``(T+1, N, d, L)`` each: the forward OU process simulated with
     torchsde from the guide's z_e^0 of ``x``, and the model's backward chain from z_e^T."""
     schedule = variant.schedule
-    z0 = sample_posterior(variant, x).z_e
+    posterior = sample_posterior(variant, x)
+    z0 = (
+        posterior.z_e
+        if posterior.z_e is not None
+        else gather_codes(posterior.codes, variant.codebook())
+    )
     sde = schedule.sde()
     forward = sde.simulate(z0.flatten(1), schedule.times, dt=float(schedule.deltas.min()) / 4)
     forward = forward.view(-1, *z0.shape)
-    z_T = schedule.z_star + schedule.sigma2**0.5 * torch.randn_like(z0)
     steps = tuple(range(schedule.num_steps + 1))
-    _, kept = ancestral_sample(
-        schedule, variant.chain_denoiser(), z_T, variant.settings.model_variance, keep=steps
-    )
+    kept = variant.chain_states(schedule.stationary_draw(z0), steps)
     reverse = torch.stack([kept[t] for t in steps])
     return forward, reverse

@@ -1,29 +1,31 @@
-"""The Diffusion-bridge VQ-VAE, end to end, as a Pyro model/guide pair (docs/maths.md, s. 4-5).
+"""The Diffusion-bridge VQ-VAE, end to end, as a Pyro model/guide pair (docs/maths.md).
 
-Model::
+``formulation="tight"`` (the default, docs/maths.md s. 6). Model::
+
+    z_q^0 ~ p_theta(z_q^0)    the bridge over code grids: z^T ~ N(z*, sigma2 I), the backward
+                              chain to z^1, the codes read out by the categorical head at t = 1
+                              (random step: one site, :class:`BridgeCodePrior`; full chain:
+                              sites z_e_T .. z_e_1 and z_q_0 | z_e_1)
+    x | z_q^0 ~ decoder(z_q^0)
+
+Guide: z_q^0 = e_k with k the nearest code to f_phi(x) (a point mass, straight-through to the
+decoder, the VQ commitment/codebook surrogate), then (full chain) the forward kernels from e_k.
+
+``formulation="paper"`` (s. 3-5, the paper as written; kept for comparison). Model::
 
     z_e^0 ~ p_theta(z_e^0)                     (the bridge: full chain or random-step site)
     z_q^0 | z_e^0 ~ Cat(softmax(-||z_e^0 - e_k||^2 / tau_p))   per cell
     x | z_q^0 ~ decoder(z_q^0)
 
-Guide, ``chain_on="encoding"`` (the paper's)::
-
-    z_e^0 | x ~ N(f_phi(x), s^2 I),  z_q^0 | z_e^0 ~ Cat(softmax(-||z_e^0 - e_k||^2 / tau_q))
-
-Guide, ``chain_on="code"`` ("diffuse the code")::
-
-    z_q^0 = e_k with k the nearest code to f_phi(x),  z_e^0 | k ~ N(e_k, s^2 I)
-
-plus, in the full-chain estimator, the forward OU kernels z_e^t | z_e^{t-1} as sites.
+Guide: z_e^0 | x ~ N(f_phi(x), s^2 I),  z_q^0 | z_e^0 ~ Cat(softmax(-||z_e^0 - e_k||^2 / tau_q)),
+then (full chain) the forward kernels from z_e^0.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 
 import pyro
 import pyro.distributions as dist
@@ -33,13 +35,15 @@ from torch import nn
 
 from pbridge.autoencoder import CodebookAutoencoder, nearest_code_sites
 from pbridge.bridge_prior import (
-    BallProjectedDenoiser,
+    BridgeCodePrior,
     DiffusionPrior,
+    StepCostTracker,
     chain_guide_sites,
     chain_model_sites,
     importance_proposal,
 )
 from pbridge.code_distribution import CodeVector
+from pbridge.code_head import CodeHead
 from pbridge.codebook import Codebook, code_logits, gather_codes
 from pbridge.ou_bridge import OUSchedule
 from pbridge.samplers import reverse_sample
@@ -52,46 +56,45 @@ class BridgeSettings:
     """The choices of the bridge VQ-VAE that are not network sizes.
 
     Attributes:
-        tau_p: model temperature of p(z_q^0 | z_e^0); sqrt(tau_p) ~ the code spacing.
-        tau_q: guide temperature of q(z_q^0 | z_e^0); 0 = nearest code (point mass). With
-            ``chain_on="code"`` the guide always takes the nearest code.
-        encoder_scale: s of q(z_e^0 | x) (its initial value when learned).
-        learn_encoder_scale: learn s (one value per latent dimension, bounded below by
-            ``encoder_scale_min``) or keep it fixed.
-        chain_on: ``"encoding"`` (chain on f_phi(x) + noise) or ``"code"`` (on e_k + noise).
+        formulation: ``"tight"`` (chain started at the code, categorical head; docs/maths.md
+            s. 6) or ``"paper"`` (chain on the encoding with spread s, eps head; s. 3-5).
         estimator: ``"random_step"`` (one t per item, O(1) in T) or ``"full_chain"`` (T sites).
-        t_sampling: ``"uniform"`` or ``"importance"`` (q(t) = 0.5 w_t / sum w + 0.5 / T).
-        denoiser_loss: ``"elbo"`` or ``"simple"`` (see :class:`DiffusionPrior`).
-        model_variance: ``"beta_tilde"`` or ``"beta"``.
-        gradient: ``"straight_through"`` or ``"gumbel"`` path through z_q^0.
-        gumbel_temperature: relaxation temperature of the ``"gumbel"`` path.
+        t_sampling: ``"uniform"`` or ``"importance"``: tight, q(t) ~ sqrt(E[L_t^2]) tracked in
+            training (:class:`StepCostTracker`); paper, q(t) = 0.5 w_t / sum w + 0.5 / T.
         spherical_radius: radius of the sphere holding codes and encodings; ``None`` = free.
-        commitment: weight of the VQ commitment + codebook surrogate ||f - e_k||^2 used by
-            ``chain_on="code"`` (not part of the bound).
-        z0_ball: ``None``, or project the denoiser's z0_hat onto the ball around z* of radius
-            ``z0_ball * max_k ||e_k - z*||`` (:class:`BallProjectedDenoiser`), in training and
-            sampling alike.
+        commitment: weight of the VQ commitment surrogate ||f - sg(e_k)||^2 (with the codebook
+            term ||sg(f) - e_k||^2) of the tight guide; not part of the bound.
+        self_condition: tight only: the head sees its own first-pass z0_hat (:class:`CodeHead`).
+        readout_aux: tight only: weight of the head's cross-entropy on the true code, added to
+            the gradient only (never to the reported bound).
+        tau_p / tau_q: paper only: temperatures of p(z_q^0 | z_e^0) and q(z_q^0 | z_e^0)
+            (tau_q = 0: nearest code).
+        encoder_scale: paper only: s of q(z_e^0 | x).
+        denoiser_loss: paper only: ``"elbo"`` or ``"simple"`` (see :class:`DiffusionPrior`).
+        model_variance: paper only: ``"beta_tilde"`` or ``"beta"`` (the tight bound is written
+            for beta~).
+        gradient / gumbel_temperature: paper only: ``"straight_through"`` or ``"gumbel"`` path
+            through z_q^0 and its relaxation temperature.
     """
 
+    formulation: str = "tight"
+    estimator: str = "random_step"
+    t_sampling: str = "importance"
+    spherical_radius: float | None = 1.0
+    commitment: float = 0.25
+    self_condition: bool = True
+    readout_aux: float = 0.1
     tau_p: float = 0.4
     tau_q: float = 0.0
     encoder_scale: float = 0.012
-    learn_encoder_scale: bool = False
-    encoder_scale_min: float = 1e-3
-    chain_on: str = "encoding"
-    estimator: str = "random_step"
-    t_sampling: str = "uniform"
     denoiser_loss: str = "simple"
     model_variance: str = "beta_tilde"
     gradient: str = "straight_through"
     gumbel_temperature: float = 0.5
-    spherical_radius: float | None = 1.0
-    commitment: float = 0.25
-    z0_ball: float | None = None
 
     def __post_init__(self) -> None:
         choices = {
-            "chain_on": ("encoding", "code"),
+            "formulation": ("tight", "paper"),
             "estimator": ("random_step", "full_chain"),
             "t_sampling": ("uniform", "importance"),
             "denoiser_loss": ("elbo", "simple"),
@@ -101,19 +104,22 @@ class BridgeSettings:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.tau_p <= 0:
-            raise ValueError(f"tau_p must be > 0, got {self.tau_p}")
-        if self.tau_q < 0:
-            raise ValueError(f"tau_q must be >= 0, got {self.tau_q}")
+        if self.formulation == "tight" and self.model_variance != "beta_tilde":
+            raise ValueError(
+                "the tight formulation's bound is written for model_variance='beta_tilde'"
+            )
+        for name in ("tau_p", "encoder_scale"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("tau_q", "readout_aux", "commitment"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.gradient == "gumbel" and self.tau_q == 0:
             raise ValueError("the gumbel gradient needs tau_q > 0 (a point mass has no relaxation)")
-        if self.z0_ball is not None and self.z0_ball <= 0:
-            raise ValueError(f"z0_ball must be > 0 or None, got {self.z0_ball}")
-        if not 0 < self.encoder_scale_min < self.encoder_scale:
-            raise ValueError(
-                f"need 0 < encoder_scale_min < encoder_scale, got {self.encoder_scale_min} "
-                f"and {self.encoder_scale}"
-            )
+
+    @property
+    def tight(self) -> bool:
+        return self.formulation == "tight"
 
 
 class DiffusionBridgeVQVAE(CodebookAutoencoder):
@@ -126,7 +132,9 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
     Args:
         encoder: ``x -> (B, d, *cells)``.
         decoder: ``z_q: (B, d, *cells) ->`` a distribution over x with batch shape ``(B,)``.
-        denoiser: eps_theta ``((B, d, *cells), (B,)) -> (B, d, *cells)``.
+        denoiser: the chain's network: tight, h_theta ``((B, 2d or d, *cells), (B,)) ->
+            (B, K, *cells)`` (2d with self-conditioning); paper, eps_theta
+            ``((B, d, *cells), (B,)) -> (B, d, *cells)``.
         codebook: the K codes.
         schedule: the OU bridge.
         data_shape: the shape of one item x (without the batch dimension).
@@ -150,39 +158,31 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
         )
         self.denoiser = denoiser
         self.schedule, self.settings = schedule, settings
-        s = settings
-        # s = s_min + softplus(raw), one value per latent dimension (shared over cells).
-        raw = torch.tensor(s.encoder_scale - s.encoder_scale_min).expm1().log()
-        raw = raw.expand(latent_shape[0]).clone()
-        if s.learn_encoder_scale:
-            self.encoder_scale_raw = nn.Parameter(raw)
-        else:
-            self.register_buffer("encoder_scale_raw", raw)
-        proposal = (
-            importance_proposal(schedule, s.model_variance)
-            if s.t_sampling == "importance"
-            else None
+        importance = settings.t_sampling == "importance"
+        self.step_costs = (
+            StepCostTracker(schedule.num_steps) if settings.tight and importance else None
         )
-        self.register_buffer("t_proposal", proposal, persistent=False)
+        proposal = importance_proposal(schedule, settings.model_variance) if importance else None
+        self.register_buffer("t_proposal", None if settings.tight else proposal, persistent=False)
         self.steps_per_item = 1
         self.sampler_options: dict = {"sampler": "ancestral", "steps": None}
 
     # ------------------------------------------------------------------ building blocks
-    def encoder_scale(self) -> torch.Tensor:
-        """s, shaped ``(d, 1, ..., 1)`` to broadcast over cells."""
-        s = self.settings.encoder_scale_min + F.softplus(self.encoder_scale_raw)
-        return s.view(-1, *([1] * (len(self.latent_shape) - 1)))
+    def encoder_scale(self) -> float:
+        """s of the paper formulation's q(z_e^0 | x)."""
+        return self.settings.encoder_scale
 
     @contextmanager
     def stratified_steps(self, steps_per_item: int) -> Iterator[None]:
-        """Within the block, the random-step estimator uses ``steps_per_item`` stratified steps
-        per item with the uniform proposal (a lower-variance bound for evaluation)."""
-        saved = self.steps_per_item, self.t_proposal
-        self.steps_per_item, self.t_proposal = steps_per_item, None
+        """Within the block, the bound is estimated with ``steps_per_item`` stratified steps per
+        item (tight: plus the read-out term at t = 1) and no importance sampling: a
+        lower-variance bound for evaluation."""
+        saved = self.steps_per_item
+        self.steps_per_item = steps_per_item
         try:
             yield
         finally:
-            self.steps_per_item, self.t_proposal = saved
+            self.steps_per_item = saved
 
     @contextmanager
     def sampling(
@@ -198,57 +198,100 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
         finally:
             self.sampler_options = saved
 
-    def _draw(
-        self, denoiser: nn.Module | None = None, **extra
-    ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``z_T -> z^0`` by the current sampler (``extra``: more keywords, e.g. ``known``)."""
-        return partial(
-            reverse_sample,
+    def chain_denoiser(self) -> nn.Module:
+        """eps_theta as the backward chain uses it: tight, the :class:`CodeHead` on the
+        network; paper, the network itself."""
+        if not self.settings.tight:
+            return self.denoiser
+        return CodeHead(self.schedule, self.denoiser, self.codebook, self.settings.self_condition)
+
+    def draw_chain(self, z_T: torch.Tensor, **extra) -> torch.Tensor:
+        """The backward chain from ``z_T`` by the current sampler (:meth:`sampling`), to z^1
+        (tight) or z^0 (paper); ``extra``: more keywords, e.g. ``known`` or ``record``."""
+        return reverse_sample(
             self.schedule,
-            self.chain_denoiser() if denoiser is None else denoiser,
+            self.chain_denoiser(),
+            z_T,
             model_variance=self.settings.model_variance,
+            to_time=1 if self.settings.tight else 0,
             **self.sampler_options,
             **extra,
         )
 
-    def chain_denoiser(self) -> nn.Module:
-        """eps_theta as the backward chain uses it: the denoiser, ball-projected if
-        ``settings.z0_ball`` is set (radius from the current codes, not differentiated)."""
-        if self.settings.z0_ball is None:
-            return self.denoiser
-        spread = (self.codebook().detach() - self.schedule.z_star).norm(dim=1).max()
-        return BallProjectedDenoiser(self.schedule, self.denoiser, self.settings.z0_ball * spread)
-
-    def prior(self, batch_size: int) -> DiffusionPrior:
-        """p_theta(z_e^0) with the random-step ``log_prob``."""
-        s, denoiser = self.settings, self.chain_denoiser()
+    def prior(self, batch_size: int) -> BridgeCodePrior | DiffusionPrior:
+        """The random-step prior site: over codes (tight) or over z_e^0 (paper)."""
+        s = self.settings
+        stratified = self.steps_per_item > 1
+        if s.tight:
+            tracker = self.step_costs
+            return BridgeCodePrior(
+                self.chain_denoiser(),
+                batch_size,
+                self.latent_shape,
+                draw=self.draw_chain,
+                proposal=None if stratified or tracker is None else tracker.proposal(),
+                tracker=None if stratified else tracker,
+                strata=self.steps_per_item if stratified else None,
+                aux_weight=s.readout_aux,
+            )
         return DiffusionPrior(
             self.schedule,
-            denoiser,
+            self.denoiser,
             self.latent_shape,
             batch_size,
+            draw=self.draw_chain,
             model_variance=s.model_variance,
-            proposal=self.t_proposal,
+            proposal=None if stratified else self.t_proposal,
             denoiser_loss=s.denoiser_loss,
             steps_per_item=self.steps_per_item,
-            draw=self._draw(denoiser),
         )
+
+    def state_logits(self, z: torch.Tensor, t: int) -> torch.Tensor:
+        """Logits ``(B, *cells, K)`` of the discrete state z_q^t attached to ``z = z^t``:
+        tight, the head's p_theta(z_q^t | z^t) (t >= 1); paper, the kernel
+        -||z^t - e_k||^2 / tau_p."""
+        if self.settings.tight:
+            steps = torch.full((z.shape[0],), max(t, 1), dtype=torch.long, device=z.device)
+            return self.chain_denoiser().logits(z, steps)
+        return code_logits(z, self.codebook(), self.settings.tau_p)
+
+    def readout_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits of z_q^0 given the chain's end ``z``: z^1 (tight) or z_e^0 (paper)."""
+        return self.state_logits(z, 1 if self.settings.tight else 0)
+
+    @torch.no_grad()
+    def chain_states(self, z_T: torch.Tensor, times: tuple[int, ...]) -> dict[int, torch.Tensor]:
+        """``{t: z^t}`` of one T-step ancestral backward chain from ``z_T`` at ``times`` (for
+        plots). Tight: the chain ends at z^1 and time 0 holds the code vectors of the
+        read-out's most probable codes."""
+        kept = {self.schedule.num_steps: z_T} if self.schedule.num_steps in times else {}
+
+        def record(t: int, z: torch.Tensor) -> None:
+            if t in times:
+                kept[t] = z
+
+        with self.sampling("ancestral"):
+            end = self.draw_chain(z_T, record=record)
+        if self.settings.tight and 0 in times:
+            kept[0] = gather_codes(self.readout_logits(end).argmax(-1), self.codebook())
+        return kept
 
     @torch.no_grad()
     def inpaint(
         self, indices: torch.Tensor, known: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Complete the codes ``indices: (B, *cells)`` where ``known`` (bool, same shape) is
-        False: the known cells' z_e^0 = e_k + s eps are held by replacement along the backward
-        chain (:func:`~pbridge.samplers.reverse_sample`, with the options of :meth:`sampling`),
-        the hidden cells' codes drawn from p(z_q^0 | z_e^0). Returns the completed indices and
-        p(z_q^0 = k | z_e^0) at every cell, ``(B, *cells, K)`` (one-hot at known cells)."""
+        False: the known cells' z^0 (tight: e_k; paper: e_k + s eps) are held by replacement
+        along the backward chain (:meth:`draw_chain`), the hidden cells' codes drawn from the
+        read-out (:meth:`readout_logits`). Returns the completed indices and the read-out
+        probabilities at every cell, ``(B, *cells, K)`` (one-hot at known cells)."""
         codes = self.codebook()
         z0_known = gather_codes(indices, codes)
-        z0_known = z0_known + self.encoder_scale() * torch.randn_like(z0_known)
-        z_T = self.schedule.z_star + math.sqrt(self.schedule.sigma2) * torch.randn_like(z0_known)
-        z0 = self._draw(known=(z0_known, known.unsqueeze(1)))(z_T)
-        probs = code_logits(z0, codes, self.settings.tau_p).softmax(-1)
+        if not self.settings.tight:
+            z0_known = z0_known + self.encoder_scale() * torch.randn_like(z0_known)
+        z_T = self.schedule.stationary_draw(z0_known)
+        z = self.draw_chain(z_T, known=(z0_known, known.unsqueeze(1)))
+        probs = self.readout_logits(z).softmax(-1)
         drawn = torch.distributions.Categorical(probs=probs).sample()
         one_hot = F.one_hot(indices, codes.shape[0]).to(probs)
         return (
@@ -257,22 +300,30 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
         )
 
     # ------------------------------------------------------------------ Pyro programs
+    def _chain_end_sites(self, batch_size: int, like: torch.Tensor) -> torch.Tensor:
+        """Full chain: sites z_e_T .. z_e_1 (tight) or .. z_e_0 (paper); returns the end."""
+        return chain_model_sites(
+            self.schedule,
+            self.chain_denoiser(),
+            torch.Size(self.latent_shape),
+            batch_size,
+            self.settings.model_variance,
+            like=like,
+            last=1 if self.settings.tight else 0,
+        )
+
     def model(self, x: torch.Tensor) -> None:
         pyro.module("bridge_vqvae", self)
         s, codes = self.settings, self.codebook()
         with pyro.plate("data", x.shape[0]):
             if s.estimator == "full_chain":
-                z_e0 = chain_model_sites(
-                    self.schedule,
-                    self.chain_denoiser(),
-                    torch.Size(self.latent_shape),
-                    x.shape[0],
-                    s.model_variance,
-                    like=codes,
-                )
+                z_end = self._chain_end_sites(x.shape[0], codes)
+                z_q0 = pyro.sample("z_q_0", CodeVector(self.readout_logits(z_end), codes))
+            elif s.tight:
+                z_q0 = pyro.sample("z_q_0", self.prior(x.shape[0]))
             else:
                 z_e0 = pyro.sample("z_e_0", self.prior(x.shape[0]))
-            z_q0 = pyro.sample("z_q_0", CodeVector(code_logits(z_e0, codes, s.tau_p), codes))
+                z_q0 = pyro.sample("z_q_0", CodeVector(self.readout_logits(z_e0), codes))
             pyro.sample("x", self.decoder(z_q0), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
@@ -282,20 +333,19 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
         f = self.encode(x)
         n = len(self.latent_shape)
         with pyro.plate("data", x.shape[0]):
-            if s.chain_on == "encoding":
-                z_e0 = pyro.sample("z_e_0", dist.Normal(f, self.encoder_scale()).to_event(n))
+            if s.tight:
+                z_0 = nearest_code_sites(f, codes, s.commitment)
+            else:
+                z_0 = pyro.sample("z_e_0", dist.Normal(f, self.encoder_scale()).to_event(n))
                 pyro.sample(
                     "z_q_0",
                     CodeVector(
-                        code_logits(z_e0, codes, s.tau_q),
+                        code_logits(z_0, codes, s.tau_q),
                         codes,
-                        straight_through=z_e0,
+                        straight_through=z_0,
                         gradient=s.gradient,
                         temperature=s.gumbel_temperature,
                     ),
                 )
-            else:
-                e_k = nearest_code_sites(f, codes, s.commitment)
-                z_e0 = pyro.sample("z_e_0", dist.Normal(e_k, self.encoder_scale()).to_event(n))
             if s.estimator == "full_chain":
-                chain_guide_sites(self.schedule, z_e0)
+                chain_guide_sites(self.schedule, z_0)

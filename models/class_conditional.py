@@ -4,13 +4,13 @@ paper; the worked example of docs/tutorial-variant.md).
 Model::
 
     y ~ Uniform{0, ..., C - 1}                       (observed in training)
-    z_e^0 | y ~ p_theta(z_e^0 | y)                   (the bridge, eps_theta(z^t, t, y))
-    z_q^0 | z_e^0, x | z_q^0                         as in DiffusionBridgeVQVAE
+    z_q^0 | y ~ p_theta(z_q^0 | y)                   (the bridge, its head h_theta(z^t, t, y))
+    x | z_q^0                                        as in DiffusionBridgeVQVAE
 
 The label enters the denoiser as a learned embedding added to its time embedding (the usual
 class conditioning of diffusion models), so every step of the backward chain sees it.
 
-Guide: the bridge VQ-VAE's ``q(z_e^0, z_q^0 | x)``, which does not read y: the encoding of an
+Guide: the bridge VQ-VAE's ``q(z_q^0 | x)``, which does not read y: the encoding of an
 image already says which digit it is, and the label only has to shape the prior.
 
 Sampling a chosen class is conditioning the model: ``poutine.condition(model, {"y": y})``
@@ -69,8 +69,8 @@ class LabelledTimeEmbedding(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         if self.labels is None:
             raise ValueError(
-                "the class-conditional denoiser was called without labels: call the variant's "
-                "chain_denoiser() inside ClassConditionalBridge.given(y)"
+                "the class-conditional denoiser was called without labels: call the chain "
+                "inside ClassConditionalBridge.given(y)"
             )
         repeats, rest = divmod(t.shape[0], self.labels.shape[0])
         if rest or not repeats:
@@ -79,20 +79,6 @@ class LabelledTimeEmbedding(nn.Module):
                 "multiple of the number of labels"
             )
         return self.embed_time(t) + self.embed_label(self.labels.repeat_interleave(repeats))
-
-
-class _LabelledDenoiser(nn.Module):
-    """A chain denoiser ``(z_t, t) -> eps`` bound to the labels ``y: (B,)`` it was made with."""
-
-    def __init__(
-        self, denoiser: nn.Module, embedding: LabelledTimeEmbedding, labels: torch.Tensor
-    ) -> None:
-        super().__init__()
-        self.denoiser, self.embedding, self.labels = denoiser, embedding, labels
-
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with self.embedding.given(self.labels):
-            return self.denoiser(z_t, t)
 
 
 class ClassConditionalBridge(DiffusionBridgeVQVAE):
@@ -123,9 +109,8 @@ class ClassConditionalBridge(DiffusionBridgeVQVAE):
 
     @contextmanager
     def given(self, y: torch.Tensor) -> Iterator[None]:
-        """Within the block, the backward chain (the prior built by :meth:`prior`, the
-        denoiser of :meth:`chain_denoiser`, :meth:`inpaint`) is that of the classes
-        ``y: (B,)``."""
+        """Within the block, every call of the chain's network (the prior's bound and draws,
+        :meth:`inpaint`, :meth:`chain_states`) is conditioned on the classes ``y: (B,)``."""
         if y.dim() != 1 or y.dtype != torch.long:
             raise ValueError(f"y must be int64 labels (B,), got {y.dtype} {tuple(y.shape)}")
         if y.numel() and not (0 <= int(y.min()) and int(y.max()) < self.num_classes):
@@ -134,16 +119,10 @@ class ClassConditionalBridge(DiffusionBridgeVQVAE):
             )
         saved, self.labels = self.labels, y
         try:
-            yield
+            with self.denoiser.embed_time.given(y):
+                yield
         finally:
             self.labels = saved
-
-    def chain_denoiser(self) -> nn.Module:
-        """The bridge's chain denoiser bound to the labels of :meth:`given`."""
-        if self.labels is None:
-            raise ValueError("the class-conditional chain needs labels: call it inside given(y)")
-        embedding = self.denoiser.embed_time
-        return _LabelledDenoiser(super().chain_denoiser(), embedding, self.labels)
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         # The items' labels, in a plate of their own: the bridge's model opens "data".

@@ -5,14 +5,15 @@ training, sampling and analysis in ``pbridge.inference``.
 """
 
 from .bridge_prior import (
-    BallProjectedDenoiser,
+    BridgeCodePrior,
     DiffusionPrior,
-    ancestral_sample,
+    StepCostTracker,
     chain_guide_sites,
     chain_model_sites,
     reverse_step,
 )
 from .code_distribution import CodeVector
+from .code_head import CodeHead, local_log_likelihood
 from .codebook import Codebook, CodeUsage, categorical_kl, code_logits, code_usage
 from .ou_bridge import OUSDE, OUSchedule, image_schedule, toy_schedule
 
@@ -29,12 +30,14 @@ __all__ = [
     "categorical_kl",
     "code_usage",
     "CodeVector",
+    "CodeHead",
+    "local_log_likelihood",
+    "BridgeCodePrior",
+    "StepCostTracker",
     "DiffusionPrior",
-    "BallProjectedDenoiser",
     "reverse_step",
     "chain_model_sites",
     "chain_guide_sites",
-    "ancestral_sample",
     "to_inferencedata",
 ]
 

@@ -1,18 +1,20 @@
-"""The learned backward chain p_theta(z_e^{0:T}) over the continuous latents (docs/maths.md, s. 3).
+"""The learned backward chain p_theta(z^{0:T}) as Pyro distributions and sites (docs/maths.md).
 
-    z^T ~ N(z*, sigma2 I),   z^{t-1} | z^t ~ N(mu_theta(z^t, t), sigma2 v_t I),
+    z^T ~ N(z*, sigma2 I),   z^{t-1} | z^t ~ N(mu~_t(z^t, z0_hat), sigma2 v_t I).
 
-with mu_theta = mu~_t(z^t, z0_hat) and z0_hat the z^0 implied by the denoiser's noise guess
-eps_theta(z^t, t) (epsilon parametrisation). The denoiser is any module
-``eps_theta(z_t: (B, d, *cells), t: (B,) int64 in 1..T) -> (B, d, *cells)``.
-:class:`BallProjectedDenoiser` wraps one so that z0_hat stays in a ball around z*
-(the latent analogue of DDPM's clipping of x0_hat, made part of the model).
+Two formulations share the chain:
 
-Two ways to put the chain in a Pyro model:
+- :class:`BridgeCodePrior` (the default, "tight", s. 6): the chain starts at the code itself and
+  z0_hat is the mean of a categorical head over the codes (:class:`~pbridge.code_head.CodeHead`);
+  one Pyro site over the code grid z_q^0 whose ``log_prob`` is an unbiased estimate of the bound
+  on log p_theta(z_q^0), and whose ``sample`` runs the chain and reads the codes out at t = 1.
+- :class:`DiffusionPrior` (the paper's literal formulation, s. 3): one site for a continuous
+  z^0 whose ``log_prob`` is the random-step estimate of the chain's bound on log p_theta(z^0);
+  z0_hat from a noise guess eps_theta(z^t, t).
 
-- :func:`chain_model_sites` / :func:`chain_guide_sites`: every step a sample site (full chain);
-- :class:`DiffusionPrior`: one site for z^0 whose ``log_prob`` is the random-step estimate of
-  the chain's bound on log p_theta(z^0) (docs/maths.md eq. 9). Its ``sample`` is Algorithm 2.
+:func:`chain_model_sites` / :func:`chain_guide_sites` put every step of the chain in a Pyro
+program instead (the full-chain estimator). Drawing the chain is
+:func:`pbridge.samplers.reverse_sample`'s job (one engine for every sampler).
 """
 
 from __future__ import annotations
@@ -27,57 +29,23 @@ from pyro.distributions import TorchDistribution
 from torch import nn
 from torch.distributions import constraints
 
+from .code_head import CodeHead, mean_code
+from .codebook import code_logits, gather_codes
 from .ou_bridge import OUSchedule
 
 _NO_SHAPE = torch.Size()
 
 __all__ = [
+    "BridgeCodePrior",
+    "StepCostTracker",
     "DiffusionPrior",
-    "BallProjectedDenoiser",
     "reverse_step",
     "chain_model_sites",
     "chain_guide_sites",
-    "ancestral_sample",
     "importance_proposal",
 ]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class BallProjectedDenoiser(nn.Module):
-    """eps_theta with its implied z0_hat projected onto the ball of radius R around z*.
-
-    Per latent cell (the norm runs over the channel dimension 1)::
-
-        z0_hat = predict_z0(z^t, eps_theta(z^t, t), t)
-        Pi(z0_hat) = z* + (z0_hat - z*) min(1, R / ||z0_hat - z*||)
-        eps'(z^t, t) = (z^t - z* - sqrt(abar_t) (Pi(z0_hat) - z*)) / sqrt(sigma2 (1 - abar_t))
-
-    so the reverse kernel built from eps' has mean mu~_t(z^t, Pi(z0_hat)). Where the codes
-    lie in the ball, the projection only removes guesses no data z^0 can have; it stops the
-    backward chain drifting away from the codes by an accumulation of small biases (docs/images.md).
-    Used in training and in sampling alike, so the ELBO bounds the sampler that is run.
-
-    Args:
-        schedule: the OU bridge.  denoiser: eps_theta.  radius: R, a float or a 0-d tensor.
-    """
-
-    def __init__(
-        self, schedule: OUSchedule, denoiser: Denoiser, radius: float | torch.Tensor
-    ) -> None:
-        super().__init__()
-        if float(radius) <= 0:
-            raise ValueError(f"radius must be > 0, got {float(radius)}")
-        self.schedule, self.denoiser, self.radius = schedule, denoiser, radius
-
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        s = self.schedule
-        abar = s.abar_at(t, z_t)  # t may be fractional (the continuous samplers)
-        noise_sd = (s.sigma2 * (1.0 - abar)).sqrt()
-        z0_hat = (z_t - s.z_star - noise_sd * self.denoiser(z_t, t)) / abar.sqrt()
-        norm = z0_hat.norm(dim=1, keepdim=True).clamp_min(torch.finfo(z0_hat.dtype).tiny)
-        projected = z0_hat * (self.radius / norm).clamp(max=1.0)
-        return (z_t - s.z_star - abar.sqrt() * projected) / noise_sd
 
 
 def _steps(t: int, like: torch.Tensor) -> torch.Tensor:
@@ -105,17 +73,18 @@ def chain_model_sites(
     batch_size: int,
     model_variance: str = "beta_tilde",
     like: torch.Tensor | None = None,
+    last: int = 0,
 ) -> torch.Tensor:
-    """Sample sites ``z_e_T .. z_e_0`` of the backward chain; returns z^0 ``(B, *event_shape)``.
-
-    Call inside the data plate. ``like`` fixes dtype and device.
+    """Sample sites ``z_e_T .. z_e_{last}`` of the backward chain; returns z^{last}
+    ``(B, *event_shape)``. ``last``: 0 (the paper's chain) or 1 (the tight chain, read out at
+    t = 1). Call inside the data plate. ``like`` fixes dtype and device.
     """
     like = torch.zeros(()) if like is None else like
     sd = math.sqrt(schedule.sigma2)
     loc = like.new_full((batch_size, *event_shape), schedule.z_star)
     n = len(event_shape)
     z = pyro.sample(f"z_e_{schedule.num_steps}", dist.Normal(loc, sd).to_event(n))
-    for t in pyro.markov(range(schedule.num_steps, 0, -1)):
+    for t in pyro.markov(range(schedule.num_steps, last, -1)):
         mean, var = reverse_step(schedule, denoiser, z, _steps(t, z), model_variance)
         z = pyro.sample(f"z_e_{t - 1}", dist.Normal(mean, var.sqrt()).to_event(n))
     return z
@@ -129,39 +98,6 @@ def chain_guide_sites(schedule: OUSchedule, z0: torch.Tensor) -> torch.Tensor:
         mean, var = schedule.transition(z, _steps(t, z))
         z = pyro.sample(f"z_e_{t}", dist.Normal(mean, var.sqrt()).to_event(n))
     return z
-
-
-@torch.no_grad()
-def ancestral_sample(
-    schedule: OUSchedule,
-    denoiser: Denoiser,
-    z_T: torch.Tensor,
-    model_variance: str = "beta_tilde",
-    keep: tuple[int, ...] = (),
-) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """Algorithm 2: z^T -> z^{T-1} -> ... -> z^0, the denoiser called with the true t each step.
-
-    Args:
-        z_T: ``(B, d, *cells)`` start of the backward chain.
-        keep: time indices whose states are returned as well (for plots).
-    Returns:
-        z^0 and ``{t: z^t}`` for the requested times.
-    """
-    if z_T.dim() < 2 or not torch.is_floating_point(z_T):
-        raise ValueError(
-            f"z_T must be a floating tensor of shape (B, d, *cells), got {tuple(z_T.shape)} "
-            f"of dtype {z_T.dtype}"
-        )
-    if not torch.isfinite(z_T).all():
-        raise ValueError("z_T contains NaN or inf values")
-    kept = {schedule.num_steps: z_T} if schedule.num_steps in keep else {}
-    z = z_T
-    for t in range(schedule.num_steps, 0, -1):
-        mean, var = reverse_step(schedule, denoiser, z, _steps(t, z), model_variance)
-        z = mean + var.sqrt() * torch.randn_like(z)
-        if t - 1 in keep:
-            kept[t - 1] = z
-    return z, kept
 
 
 def importance_proposal(
@@ -213,8 +149,7 @@ class DiffusionPrior(TorchDistribution):
             still the bound and the gradient reaching z^0 is the bound's, but the denoiser's own
             parameters get the gradient of ``mean_t(w_t) ||eps - eps_theta||^2 / q(t)``
             (L_simple, not the ELBO), in the same single denoiser pass.
-        draw: ``z_T -> z^0`` used by ``sample`` (e.g. a few-step sampler of
-            :mod:`pbridge.samplers`); ``None``: the T-step ancestral chain (Algorithm 2).
+        draw: ``z_T -> z^0`` used by ``sample``: a sampler of :mod:`pbridge.samplers`.
     """
 
     arg_constraints: dict = {}
@@ -227,11 +162,11 @@ class DiffusionPrior(TorchDistribution):
         denoiser: nn.Module,
         event_shape: tuple[int, ...],
         batch_size: int,
+        draw: Callable[[torch.Tensor], torch.Tensor],
         model_variance: str = "beta_tilde",
         proposal: torch.Tensor | None = None,
         denoiser_loss: str = "elbo",
         steps_per_item: int = 1,
-        draw: Callable[[torch.Tensor], torch.Tensor] | None = None,
         validate_args: bool | None = None,
     ) -> None:
         if denoiser_loss not in ("elbo", "simple"):
@@ -315,11 +250,196 @@ class DiffusionPrior(TorchDistribution):
     def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
         if sample_shape != _NO_SHAPE:
             raise NotImplementedError("DiffusionPrior draws one batch per call")
-        shape = self.batch_shape + self.event_shape
         param = next(self.denoiser.parameters())
-        z_T = self.schedule.z_star + math.sqrt(self.schedule.sigma2) * torch.randn(
-            shape, dtype=param.dtype, device=param.device
+        like = param.new_empty(self.batch_shape + self.event_shape)
+        return self.draw(self.schedule.stationary_draw(like))
+
+
+class StepCostTracker(nn.Module):
+    """q(t) proportional to sqrt(E[L_t^2]), tracked during training (Nichol & Dhariwal 2021).
+
+    Buffers (saved in checkpoints, so a resumed run proposes the same steps): ``second_moment``
+    ``(T,)``, a moving average of the squared step term at each t (decay ``decay`` per batch
+    that contains t), and ``seen`` ``(T,)``. Until every t has been seen the proposal is uniform;
+    then ``q(t) = (1 - floor) sqrt(m_t) / sum_s sqrt(m_s) + floor / T``, so 1/q(t) <= T / floor.
+    """
+
+    def __init__(self, num_steps: int, decay: float = 0.99, floor: float = 0.2) -> None:
+        super().__init__()
+        if not 0.0 < decay < 1.0 or not 0.0 < floor <= 1.0:
+            raise ValueError(f"need 0 < decay < 1 and 0 < floor <= 1, got {decay} and {floor}")
+        self.decay, self.floor = decay, floor
+        self.register_buffer("second_moment", torch.zeros(num_steps, dtype=torch.float64))
+        self.register_buffer("seen", torch.zeros(num_steps, dtype=torch.bool))
+
+    def proposal(self) -> torch.Tensor:
+        """q(t) over t = 1..T, ``(T,)`` float64."""
+        T = self.seen.numel()
+        uniform = torch.full_like(self.second_moment, 1.0 / T)
+        if not bool(self.seen.all()):
+            return uniform
+        root = self.second_moment.sqrt()
+        return (1.0 - self.floor) * root / root.sum() + self.floor * uniform
+
+    @torch.no_grad()
+    def update(self, t: torch.Tensor, terms: torch.Tensor) -> None:
+        """Fold in the step terms ``terms: (B,)`` drawn at ``t: (B,)`` in 1..T."""
+        index = (t - 1).to(self.seen.device)
+        sums = torch.zeros_like(self.second_moment).index_add_(0, index, terms.double().pow(2))
+        counts = torch.zeros_like(self.second_moment).index_add_(
+            0, index, torch.ones_like(sums[index])
         )
-        if self.draw is not None:
-            return self.draw(z_T)
-        return ancestral_sample(self.schedule, self.denoiser, z_T, self.model_variance)[0]
+        hit = counts > 0
+        mean = sums / counts.clamp_min(1.0)
+        fresh = hit & ~self.seen
+        moved = self.decay * self.second_moment + (1.0 - self.decay) * mean
+        self.second_moment.copy_(
+            torch.where(fresh, mean, torch.where(hit, moved, self.second_moment))
+        )
+        self.seen |= hit
+
+
+def stratified_steps(
+    num_steps: int, strata: int, batch_size: int, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """t = 1 once, then one uniform t in each of ``strata`` near-equal strata of 2..T.
+
+    Returns t ``(B, 1 + strata)`` and the weights ``(B, 1 + strata)``: 1 for t = 1 and the
+    stratum's size for the others, so that sum(weight * L_t) is unbiased for sum_t L_t.
+    """
+    if not 1 <= strata <= num_steps - 1:
+        raise ValueError(f"strata must be an integer in 1..T-1 = 1..{num_steps - 1}, got {strata}")
+    edges = torch.linspace(2, num_steps + 1, strata + 1, device=device).round().long()
+    low, size = edges[:-1], edges[1:] - edges[:-1]
+    offset = (torch.rand(batch_size, strata, device=device) * size).long().clamp_max(size - 1)
+    t = torch.cat([torch.ones(batch_size, 1, dtype=torch.long, device=device), low + offset], 1)
+    weight = torch.cat([torch.ones(1, device=device), size.float()]).expand(batch_size, -1)
+    return t, weight
+
+
+class BridgeCodePrior(TorchDistribution):
+    """p_theta(z_q^0) of the tight bridge over code grids (docs/maths.md, s. 6).
+
+    The value is a grid of code vectors ``(B, d, *cells)`` (as :class:`CodeVector`'s); the
+    prior reads the index k of every cell and scores it. ``log_prob`` is an unbiased estimate
+    of the bound
+
+        log p(k) >= sum_i E[log softmax(l(z^1, 1))_{i, k_i}]                   (read-out)
+                    - KL(q(z^T | k) || N(z*, sigma2 I))                          (closed form)
+                    - sum_{t=2}^T E[0.5 (SNR_{t-1} - SNR_t) / sigma2 ||e_k - z0_hat(z^t, t)||^2]
+
+    with z^t ~ q(z^t | k) = N(z* + sqrt(abar_t)(e_k - z*), sigma2 (1 - abar_t) I):
+
+    - training (``strata=None``): one t in 1..T per item drawn from ``proposal`` (uniform when
+      ``None``), its term weighted by 1 / q(t);
+    - evaluation (``strata=S``): the read-out term at one z^1 draw (weight 1) and one t in each
+      of S strata of 2..T (:func:`stratified_steps`).
+
+    The gradient of the cross-entropy of the head on the true code at the drawn t, times
+    ``aux_weight``, is added to the gradient (never to the value): the reported bound is exact.
+
+    Args:
+        head: the categorical head (its codebook, schedule and network).
+        batch_size: B.  event_shape: ``(d, *cells)``.
+        draw: ``z_T -> z^1``, the backward chain stopped at t = 1
+            (:func:`pbridge.samplers.reverse_sample` with ``to_time=1``).
+        proposal / tracker / strata / aux_weight: see above; ``tracker`` (a
+            :class:`StepCostTracker`) is updated with the drawn terms in training.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real
+    has_rsample = False
+
+    def __init__(
+        self,
+        head: CodeHead,
+        batch_size: int,
+        event_shape: tuple[int, ...],
+        draw: Callable[[torch.Tensor], torch.Tensor],
+        proposal: torch.Tensor | None = None,
+        tracker: StepCostTracker | None = None,
+        strata: int | None = None,
+        aux_weight: float = 0.0,
+        validate_args: bool | None = None,
+    ) -> None:
+        T = head.schedule.num_steps
+        if proposal is not None and proposal.shape != (T,):
+            raise ValueError(f"proposal must have shape ({T},), got {tuple(proposal.shape)}")
+        if aux_weight < 0:
+            raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
+        self.head, self.draw, self.proposal, self.tracker = head, draw, proposal, tracker
+        self.strata, self.aux_weight = strata, aux_weight
+        self.readout_logits: torch.Tensor | None = None
+        super().__init__(torch.Size([batch_size]), torch.Size(event_shape), validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        if tuple(batch_shape) != tuple(self.batch_shape):
+            raise NotImplementedError("BridgeCodePrior cannot be expanded to a new batch shape")
+        return self
+
+    def indices(self, value: torch.Tensor) -> torch.Tensor:
+        """The code index ``(B, *cells)`` of every cell of a value ``(B, d, *cells)``."""
+        return code_logits(value, self.head.codebook(), 1.0).argmax(-1)
+
+    def step_terms(
+        self, k: torch.Tensor, t: torch.Tensor, eps: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bound's term of step t per item and the head's cross-entropy there, ``(B,)`` each.
+
+        ``k: (B, *cells)`` codes, ``t: (B,)`` in 1..T, z^t = mean of q(z^t | k) +
+        sqrt(sigma2 (1 - abar_t)) ``eps`` (drawn when not given). t = 1: the negative read-out
+        log-probability; t >= 2: 0.5 (SNR_{t-1} - SNR_t) / sigma2 ||e_k - z0_hat||^2.
+        """
+        schedule, codes = self.head.schedule, self.head.codebook()
+        e_k = gather_codes(k, codes)
+        mean, var = schedule.marginal(e_k, t)
+        eps = torch.randn_like(e_k) if eps is None else eps
+        logits = self.head.logits(mean + var.sqrt() * eps, t)
+        cross_entropy = -logits.log_softmax(-1).gather(-1, k.unsqueeze(-1)).flatten(1).sum(-1)
+        sq_err = (e_k - mean_code(logits, codes)).pow(2).flatten(1).sum(-1)
+        weight = schedule.code_step_weight(t.clamp_min(2).cpu()).to(sq_err)
+        return torch.where(t == 1, cross_entropy, weight * sq_err), cross_entropy
+
+    def _draw_steps(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        T = self.head.schedule.num_steps
+        if self.strata is not None:
+            return stratified_steps(T, self.strata, batch, device)
+        q = (
+            torch.full((T,), 1.0 / T, dtype=torch.float64)
+            if self.proposal is None
+            else self.proposal
+        )
+        q = q.to(device)
+        t = torch.multinomial(q, batch, replacement=True)[:, None] + 1
+        return t, 1.0 / q[t - 1]
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        k = self.indices(value)
+        t, weight = self._draw_steps(k.shape[0], k.device)
+        n = t.shape[1]
+        terms, cross_entropy = self.step_terms(k.repeat_interleave(n, 0), t.flatten())
+        terms, weight = terms.view(-1, n), weight.to(terms)
+        e_k = gather_codes(k, self.head.codebook())
+        bound = -self.head.schedule.prior_kl(e_k) - (weight * terms).sum(-1)
+        if torch.is_grad_enabled() and self.tracker is not None and self.strata is None:
+            self.tracker.update(t.flatten(), terms.detach().flatten())
+        if torch.is_grad_enabled() and self.aux_weight > 0:
+            aux = self.aux_weight * cross_entropy.view(-1, n).sum(-1)
+            bound = bound - (aux - aux.detach())
+        return bound
+
+    def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
+        """Codes drawn by the backward chain to z^1 and the categorical read-out there; the read-out
+        logits are kept in ``readout_logits`` ``(B, *cells, K)`` (the most probable codes)."""
+        if sample_shape != _NO_SHAPE:
+            raise NotImplementedError("BridgeCodePrior draws one batch per call")
+        codes = self.head.codebook().detach()
+        like = codes.new_empty(self.batch_shape + self.event_shape)
+        z = self.draw(self.head.schedule.stationary_draw(like))
+        t = torch.ones(z.shape[0], dtype=torch.long, device=z.device)
+        self.readout_logits = self.head.logits(z, t)
+        k = torch.distributions.Categorical(logits=self.readout_logits).sample()
+        return gather_codes(k, codes)

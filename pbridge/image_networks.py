@@ -134,7 +134,9 @@ class _Attention(nn.Module):
 
 
 class UNetDenoiser(nn.Module):
-    """eps_theta(z^t, t): a time-conditioned U-Net for latent grids of any size.
+    """A time-conditioned U-Net for latent grids of any size: ``(B, channels, h, w), (B,) ->
+    (B, out_channels, h, w)`` (eps_theta, or the K logit corrections h_theta of the tight
+    bridge's categorical head).
 
     Levels of widths ``width * m`` for ``m`` in ``channel_mults``; ``blocks`` residual blocks per
     level (the time embedding added in each); stride-2 convolutions down (``ceil(n / 2)``, so
@@ -149,8 +151,10 @@ class UNetDenoiser(nn.Module):
         channel_mults: tuple[int, ...] = (1, 2, 2),
         blocks: int = 1,
         heads: int = 4,
+        out_channels: int | None = None,
     ) -> None:
         super().__init__()
+        out_channels = channels if out_channels is None else out_channels
         time_dim = 4 * width
         self.embed_time = nn.Sequential(
             SinusoidalTimeEmbedding(width),
@@ -182,7 +186,7 @@ class UNetDenoiser(nn.Module):
             if level > 0:
                 self.upsample.append(nn.Conv2d(w, w, 3, padding=1))
         self.out = nn.Sequential(
-            _norm(current), nn.SiLU(), nn.Conv2d(current, channels, 3, padding=1)
+            _norm(current), nn.SiLU(), nn.Conv2d(current, out_channels, 3, padding=1)
         )
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)

@@ -80,37 +80,47 @@ class _TimeResidualBlock(nn.Module):
 
 
 class ResidualMLPDenoiser(nn.Module):
-    """eps_theta(z^t, t) on the flattened latent: ``(B, d, L), (B,) -> (B, d, L)``.
+    """A time-conditioned network on the flattened latent: ``(B, *in_shape), (B,) ->
+    (B, *out_shape)`` (``out_shape`` defaults to ``in_shape``: eps_theta; ``(K, L)``: the
+    correction h_theta of the tight bridge's categorical head).
 
     A residual MLP with the time embedding injected in every block and a zero-initialised output
-    layer (so training starts from eps_theta = 0).
+    layer (so training starts from an output of 0).
     """
 
-    def __init__(self, event_shape: tuple[int, ...], width: int = 256, blocks: int = 3) -> None:
+    def __init__(
+        self,
+        in_shape: tuple[int, ...],
+        width: int = 256,
+        blocks: int = 3,
+        out_shape: tuple[int, ...] | None = None,
+    ) -> None:
         super().__init__()
-        self.event_shape = tuple(event_shape)
-        n = math.prod(self.event_shape)
+        self.in_shape = tuple(in_shape)
+        self.out_shape = self.in_shape if out_shape is None else tuple(out_shape)
         time_dim = width
         self.embed_time = nn.Sequential(
             SinusoidalTimeEmbedding(time_dim), nn.Linear(time_dim, time_dim), nn.SiLU()
         )
-        self.inp = nn.Linear(n, width)
+        self.inp = nn.Linear(math.prod(self.in_shape), width)
         self.blocks = nn.ModuleList(_TimeResidualBlock(width, time_dim) for _ in range(blocks))
-        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, n))
+        self.out = nn.Sequential(
+            nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, math.prod(self.out_shape))
+        )
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if tuple(z_t.shape[1:]) != self.event_shape:
+        if tuple(z_t.shape[1:]) != self.in_shape:
             raise ValueError(
-                f"z_t must have shape (B, {', '.join(map(str, self.event_shape))}), "
+                f"z_t must have shape (B, {', '.join(map(str, self.in_shape))}), "
                 f"got {tuple(z_t.shape)}"
             )
         emb = self.embed_time(t)
         h = self.inp(z_t.flatten(1))
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(h).view_as(z_t)
+        return self.out(h).view(z_t.shape[0], *self.out_shape)
 
 
 class NormalDecoder(nn.Module):

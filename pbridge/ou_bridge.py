@@ -178,20 +178,51 @@ class OUSchedule:
         return mean, self.sigma2 * self.at(self.beta_tilde, t, z_t)
 
     def predict_z0(self, z_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The z^0 implied by z^t and a noise guess (epsilon parametrisation), t in 1..T.
+        """The z^0 implied by z^t and a noise guess (epsilon parametrisation), t in (0, T].
 
-        z^0_hat = z* + (z^t - z* - sqrt(sigma2 (1 - abar_t)) eps) / sqrt(abar_t).
+        z^0_hat = z* + (z^t - z* - sqrt(sigma2 (1 - abar_t)) eps) / sqrt(abar_t)
+        (docs/maths.md eq. 5); ``t`` integer or fractional (:meth:`abar_at`).
         """
-        _check_steps(t, 1, self.num_steps)
-        noise_scale = self.at((self.sigma2 * self._one_minus_abar).sqrt(), t, z_t)
-        return self.z_star + (z_t - self.z_star - noise_scale * eps) / self.at(
-            self._abar.sqrt(), t, z_t
-        )
+        abar = self.abar_at(t, z_t)
+        noise_sd = (self.sigma2 * (1.0 - abar)).sqrt()
+        return self.z_star + (z_t - self.z_star - noise_sd * eps) / abar.sqrt()
+
+    def eps_from_z0(self, z_t: torch.Tensor, z0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`predict_z0`: the eps with z^t = z* + sqrt(abar_t)(z^0 - z*)
+        + sqrt(sigma2 (1 - abar_t)) eps, ``t`` integer or fractional, t > 0."""
+        abar = self.abar_at(t, z_t)
+        noise_sd = (self.sigma2 * (1.0 - abar)).sqrt()
+        return (z_t - self.z_star - abar.sqrt() * (z0 - self.z_star)) / noise_sd
 
     def noise(self, z_t: torch.Tensor, z0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The standard-normal eps with z^t = mean of q(z^t|z^0) + sqrt(sigma2 (1-abar_t)) eps."""
         mean, var = self.marginal(z0, t)
         return (z_t - mean) / var.sqrt()
+
+    def stationary_draw(
+        self, like: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """A draw of z^T ~ N(z*, sigma2 I) with the shape, dtype and device of ``like``: the
+        start of every backward chain (prior draws, samplers, inpainting, plots)."""
+        eps = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+        return self.z_star + math.sqrt(self.sigma2) * eps
+
+    @property
+    def snr(self) -> torch.Tensor:
+        """SNR_t = abar_t / (1 - abar_t) for t = 1..T at index t (index 0: inf), float64."""
+        return self._abar / self._one_minus_abar
+
+    def code_step_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """The weight of ||z^0 - z0_hat||^2 in KL(q(z^{t-1}|z^t,z^0) || p_theta(z^{t-1}|z^t))
+        with the beta~ variances and p's mean mu~_t(z^t, z0_hat), t in 2..T (docs/maths.md eq. 12):
+
+            0.5 (SNR_{t-1} - SNR_t) / sigma2.
+
+        Returns float64 of shape ``t.shape``.
+        """
+        _check_steps(t, 2, self.num_steps)
+        ratio = self._abar[t - 1] * self._beta[t] / (self._one_minus_abar[t - 1])
+        return 0.5 * ratio / self._one_minus_abar[t] / self.sigma2
 
     def epsilon_weight(self, t: torch.Tensor, model_variance: str = "beta") -> torch.Tensor:
         """w_t in KL(q(z^{t-1}|z^t,z^0) || p_theta(z^{t-1}|z^t)) = w_t ||eps - eps_theta||^2 + c_t.

@@ -55,9 +55,7 @@ class ToyConfig:
     num_steps: int = 100
     delta: float = 0.015
     num_samples: int = 2000
-    bridge: BridgeSettings = field(
-        default_factory=lambda: BridgeSettings(chain_on="code", commitment=1.0)
-    )
+    bridge: BridgeSettings = field(default_factory=lambda: BridgeSettings(commitment=1.0))
     train: TrainSettings = field(default_factory=lambda: TrainSettings(steps=2000))
 
     def to_dict(self) -> dict:
@@ -71,6 +69,16 @@ class ToyConfig:
         return cls(**data, bridge=bridge, train=train)
 
 
+def chain_input_channels(bridge: BridgeSettings, latent_dim: int) -> int:
+    """Channels the chain's network reads: z^t, and z0_hat with self-conditioning."""
+    return 2 * latent_dim if bridge.tight and bridge.self_condition else latent_dim
+
+
+def chain_output_channels(bridge: BridgeSettings, latent_dim: int, num_codes: int) -> int:
+    """Channels the chain's network writes: K logit corrections (tight) or eps (paper)."""
+    return num_codes if bridge.tight else latent_dim
+
+
 def build_toy_model(config: ToyConfig) -> DiffusionBridgeVQVAE:
     """The end-to-end bridge VQ-VAE for the toy, with latents ``(d, length)``."""
     d, length = config.latent_dim, config.length
@@ -79,7 +87,12 @@ def build_toy_model(config: ToyConfig) -> DiffusionBridgeVQVAE:
         if d == 2
         else PointwiseMLP(2, d, config.hidden),
         decoder=NormalDecoder(PointwiseMLP(d, 2, config.hidden), config.noise, event_dims=2),
-        denoiser=ResidualMLPDenoiser((d, length), config.denoiser_width, config.denoiser_blocks),
+        denoiser=ResidualMLPDenoiser(
+            (chain_input_channels(config.bridge, d), length),
+            config.denoiser_width,
+            config.denoiser_blocks,
+            out_shape=(chain_output_channels(config.bridge, d, config.num_codes), length),
+        ),
         codebook=Codebook(config.num_codes, d, radius=config.bridge.spherical_radius),
         schedule=toy_schedule(config.num_steps, config.delta),
         data_shape=(2, length),
@@ -133,14 +146,7 @@ class ImageConfig:
     max_train: int | None = None
     eval_items: int | None = 2000
     bridge: BridgeSettings = field(
-        default_factory=lambda: BridgeSettings(
-            chain_on="code",
-            tau_p=0.2,
-            encoder_scale=0.1,
-            commitment=0.25,
-            spherical_radius=2.0,
-            z0_ball=1.2,
-        )
+        default_factory=lambda: BridgeSettings(commitment=0.25, spherical_radius=2.0)
     )
     train: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=3000, batch_size=64, lr=1e-3)
@@ -230,7 +236,15 @@ def build_image_pixelcnn(config: ImageConfig) -> GatedPixelCNN:
 
 
 def build_image_denoiser(config: ImageConfig) -> UNetDenoiser:
-    return UNetDenoiser(config.latent_dim, config.unet_width, config.unet_mults, config.unet_blocks)
+    """The chain's U-Net: h_theta with K outputs (tight) or eps_theta (paper)."""
+    d = config.latent_dim
+    return UNetDenoiser(
+        chain_input_channels(config.bridge, d),
+        config.unet_width,
+        config.unet_mults,
+        config.unet_blocks,
+        out_channels=chain_output_channels(config.bridge, d, config.num_codes),
+    )
 
 
 def build_image_model(config: ImageConfig) -> VQVAE | DiffusionBridgeVQVAE:

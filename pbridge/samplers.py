@@ -3,15 +3,16 @@
 Every sampler maps ``z_T: (B, d, *cells)`` to a draw of z^0 with the same denoiser
 ``eps_theta(z_t: (B, d, *cells), t: (B,)) -> (B, d, *cells)``:
 
-- ``"ancestral"``: the discrete chain, T steps (Algorithm 2, :func:`bridge_prior.reverse_step`);
+- ``"ancestral"``: the discrete chain, T steps (Algorithm 2, :func:`bridge_prior.reverse_step`),
+  the one ancestral loop of the project (prior draws, inpainting, plots);
 - ``"respaced"``: S <= T DDIM-style steps on a subsequence of the time indices (eq. S1);
 - ``"sde"``: the reverse-time SDE, solved by ``torchsde.sdeint`` (eq. S3);
 - ``"ode"``: the probability-flow ODE, solved by ``torchsde.sdeint`` with zero noise (eq. S4).
 
 The continuous samplers call the denoiser with a *fractional* time index (the OU time mapped
 linearly onto ``schedule.times``), so the denoiser must accept a float ``t`` (the sinusoidal
-embedding of :mod:`pbridge.networks` does; a wrapper that indexes the integer coefficient tables,
-such as :class:`bridge_prior.BallProjectedDenoiser`, does not). :func:`encode_ode` runs the ODE
+embedding of :mod:`pbridge.networks` does, and so does :class:`~pbridge.code_head.CodeHead`).
+:func:`encode_ode` runs the ODE
 forward (z^0 -> z^T). Wrap a denoiser in :class:`CountingDenoiser` to count network evaluations:
 per solver step 1 (``"euler"``; ``"reversible_heun"`` after one at the start), 2 (``"heun"``,
 ``"midpoint"``) or 4 (``"srk"``), plus 1 for the final z0_hat.
@@ -43,6 +44,7 @@ __all__ = [
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Known = tuple[torch.Tensor, torch.Tensor]
+Record = Callable[[int, torch.Tensor], None]
 
 SAMPLERS = ("ancestral", "respaced", "sde", "ode")
 SDE_METHODS = ("euler", "srk", "reversible_heun")
@@ -123,12 +125,16 @@ def _ancestral(
     model_variance: str,
     known: Known | None,
     generator: torch.Generator | None,
+    to_time: int,
+    record: Record | None,
 ) -> torch.Tensor:
     abar = schedule.abar.tolist()
-    for t in range(schedule.num_steps, 0, -1):
+    for t in range(schedule.num_steps, to_time, -1):
         mean, var = reverse_step(schedule, denoiser, z, _indices(t, z), model_variance)
         z = mean + var.sqrt() * _randn(z, generator)
         z = _impose_known(schedule, z, known, abar[t - 1], generator)
+        if record is not None:
+            record(t - 1, z)
     return z
 
 
@@ -140,11 +146,14 @@ def _respaced(
     eta: float,
     known: Known | None,
     generator: torch.Generator | None,
+    to_time: int,
 ) -> torch.Tensor:
-    """DDIM-style steps tau_i -> tau_{i-1} (eq. S1); the last, tau_1 -> 0, is eq. S2."""
+    """DDIM-style steps tau_i -> tau_{i-1} (eq. S1) down to ``to_time``; a last step
+    tau_1 -> 0 is eq. S2 (with ``to_time = 1`` and tau_1 = 1 there is none)."""
     abar, s2, zs = schedule.abar.tolist(), schedule.sigma2, schedule.z_star
     times = respaced_times(schedule.num_steps, steps)
-    for cur, prev in zip(reversed(times), reversed([0] + times[:-1]), strict=True):
+    pairs = zip(reversed(times), reversed([to_time] + times[:-1]), strict=True)
+    for cur, prev in ((c, p) for c, p in pairs if c > p):
         t = _indices(cur, z)
         eps_hat = denoiser(z, t)
         z0_hat = schedule.predict_z0(z, eps_hat, t)
@@ -349,8 +358,10 @@ def reverse_sample(
     method: str | None = None,
     known: Known | None = None,
     generator: torch.Generator | None = None,
+    to_time: int = 0,
+    record: Record | None = None,
 ) -> torch.Tensor:
-    """z^0 ``(B, d, *cells)`` from ``z_T: (B, d, *cells)`` by one of :data:`SAMPLERS`.
+    """z^0 (or z^1) ``(B, d, *cells)`` from ``z_T: (B, d, *cells)`` by one of :data:`SAMPLERS`.
 
     Args:
         schedule: the OU bridge.  denoiser: eps_theta (see the module docstring).
@@ -379,11 +390,20 @@ def reverse_sample(
             noise draw, so the ODE stays deterministic); at the end they equal z0_known.
             For ``"sde"``/``"ode"`` this needs fixed ``steps``.
         generator: the source of every random draw (for ``"sde"``, of the Brownian path's seed).
+        to_time: 0 (z^0, the paper's chain) or 1 (z^1, where the tight chain reads its codes
+            out): the ancestral chain stops after step 2, the respaced one at tau_1 = 1 (or
+            steps straight from T to 1 when ``steps = 1``), the SDE/ODE at s_1 without the
+            final z0_hat.
+        record: ``record(t, z^t)`` after every step of the ``"ancestral"`` sampler (plots).
     Returns:
-        z^0, shape and dtype of ``z_T``.
+        z^{to_time}, shape and dtype of ``z_T``.
     """
     _check_state("z_T", z_T)
     method = _check_steps_and_method(schedule, sampler, steps, method)
+    if to_time not in (0, 1):
+        raise ValueError(f"to_time must be 0 or 1, got {to_time!r}")
+    if record is not None and sampler != "ancestral":
+        raise ValueError(f"record applies to the 'ancestral' sampler, got {sampler!r}")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
     schedule.model_variance_table(model_variance)
@@ -397,11 +417,10 @@ def reverse_sample(
     eps_known = _randn(z_T, generator) if known is not None and sampler == "ode" else None
     z = _impose_known(schedule, z_T, known, float(schedule.abar[T]), generator, eps_known)
     if sampler == "ancestral":
-        return _ancestral(schedule, denoiser, z, model_variance, known, generator)
+        return _ancestral(schedule, denoiser, z, model_variance, known, generator, to_time, record)
     if sampler == "respaced":
-        return _respaced(
-            schedule, denoiser, z, T if steps is None else steps, eta, known, generator
-        )
+        steps = T if steps is None else steps
+        return _respaced(schedule, denoiser, z, steps, eta, known, generator, to_time)
 
     s_T, s_1 = float(schedule.times[T]), float(schedule.times[1])
     is_sde = sampler == "sde"
@@ -421,6 +440,8 @@ def reverse_sample(
         return _impose_known(schedule, z_new, known, abar, generator, eps_known)
 
     z = _solve(sde, z, s_T - s_1, steps, method, entropy, None if known is None else after_step)
+    if to_time == 1:
+        return z
     t = _indices(1, z)
     z0 = schedule.predict_z0(z, denoiser(z, t), t)
     return _impose_known(schedule, z0, known, 1.0, generator)
