@@ -38,7 +38,6 @@ from pyro import poutine
 from pyro.infer import Predictive
 from torch import nn
 
-from pbridge.bridge_prior import ancestral_sample
 from pbridge.checkpoint import load_latest_checkpoint
 from pbridge.codebook import code_logits, gather_codes
 from pbridge.data import load_images
@@ -80,11 +79,16 @@ def _counts(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
     return one_hot.sum(1)
 
 
+def _entropy_of(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of softmax(logits) over the last axis: ``(..., K) -> (...)``."""
+    log_p = logits.log_softmax(-1)
+    return -(log_p.exp() * log_p).sum(-1)
+
+
 def _entropy(z_e: torch.Tensor, codes: torch.Tensor, tau: float, lead: int) -> torch.Tensor:
     """Entropy (nats) of softmax(-||z_e - e_k||^2 / tau) per cell: ``(*lead, d, *cells) ->
     (*lead, *cells)``."""
-    log_p = code_logits(z_e.flatten(0, lead - 1), codes, tau).log_softmax(-1)
-    entropy = -(log_p.exp() * log_p).sum(-1)
+    entropy = _entropy_of(code_logits(z_e.flatten(0, lead - 1), codes, tau))
     return entropy.view(*z_e.shape[:lead], *entropy.shape[1:])
 
 
@@ -133,6 +137,7 @@ def to_inferencedata(
         placeholder = x.new_zeros((num, *variant.data_shape))
         trace = poutine.trace(poutine.uncondition(variant.model)).get_trace(placeholder)
         prior = {n: trace.nodes[n]["value"] for n in (*_LATENTS, "y") if n in trace.nodes}
+        readout = getattr(trace.nodes["z_q_0"]["fn"], "readout_logits", None)
         prior_x = trace.nodes["x"]["value"]
         latents = Predictive(variant.guide, num_samples=num, return_sites=_LATENTS)(*args)
         # Predictive runs the model twice to set up before its draws: with the latents pinned
@@ -151,6 +156,8 @@ def to_inferencedata(
         prior_vars["z_e_0"], post_vars["z_e_0"] = prior["z_e_0"], latents["z_e_0"]
         if tau is not None:
             post_vars["code_entropy"] = _entropy(latents["z_e_0"], codes, tau, 2)
+    if readout is not None:  # the tight bridge: the read-out p(z_q^0 | z^1) of each prior draw
+        prior_vars["code_entropy"] = _entropy_of(readout)
     if "y" in prior:
         prior_vars["y"] = prior["y"]
     prior_predictive = {"x": prior_x, "x_mean": variant.decoder(prior["z_q_0"]).mean}
@@ -222,18 +229,13 @@ def reverse_chain_frames(
     """
     schedule, codes = variant.schedule, variant.codebook()
     times = sorted({round(schedule.num_steps * i / (columns - 1)) for i in range(columns)})[::-1]
-    param = next(variant.parameters())
-    z_T = (
-        schedule.z_star
-        + math.sqrt(schedule.sigma2) * param.new_empty((chains, *variant.latent_shape)).normal_()
-    )
+    z_T = schedule.stationary_draw(codes.new_empty((chains, *variant.latent_shape)))
     given = variant.given(labels) if labels is not None else nullcontext()
     with given:
-        _, kept = ancestral_sample(
-            schedule, variant.chain_denoiser(), z_T, variant.settings.model_variance, keep=times
-        )
-    states = torch.stack([kept[t] for t in times], dim=1)  # (chains, columns, d, *cells)
-    nearest = code_logits(states.flatten(0, 1), codes, 1.0).argmax(-1)
+        kept = variant.chain_states(z_T, tuple(times))
+        # z_q^t per state: the head's most probable code (tight), the nearest code (paper).
+        indices = [variant.state_logits(kept[t], t).argmax(-1) for t in times]
+    nearest = torch.stack(indices, dim=1).flatten(0, 1)  # (chains * columns, *cells)
     decoded = variant.decoder(gather_codes(nearest, codes)).mean
     return times, decoded.view(chains, len(times), *decoded.shape[1:])
 

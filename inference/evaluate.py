@@ -128,12 +128,26 @@ CHAIN_BANDS = ((1, 1), (2, 5), (6, 20), (21, 50), (51, 100), (101, 200), (201, 4
 
 @torch.no_grad()
 def chain_bits_by_step(variant, x: torch.Tensor, per_band: int = 8) -> dict:
-    """Where the bridge's bound goes: the chain terms of the guide's z_e^0 for ``x``, in bits
-    per latent cell, summed over bands of steps t (each band's mean over ``per_band`` evenly
-    spaced steps times its width; t = 1 is -log p(z^0 | z^1), negative when the chain
-    reconstructs z^0 sharply), plus L_T and the guide's log-density log q(z_e^0 | x)."""
-    z0 = sample_posterior(variant, x).z_e
+    """Where the bridge's bound goes, in bits per latent cell: the chain terms of the guide's
+    latent for ``x`` summed over bands of steps t (each band's mean over ``per_band`` evenly
+    spaced steps times its width), plus L_T. Tight: the terms of the guide's codes, t = 1 the
+    read-out's -log p(k | z^1). Paper: the terms of the guide's z_e^0, t = 1 is
+    -log p(z^0 | z^1) (negative when the chain reconstructs z^0 sharply), and the guide's
+    log-density log q(z_e^0 | x) besides."""
+    posterior = sample_posterior(variant, x)
     prior, num_steps = variant.prior(x.shape[0]), variant.schedule.num_steps
+    tight = variant.settings.tight
+    if tight:
+        z0 = gather_codes(posterior.codes, variant.codebook())
+
+        def term(t: torch.Tensor) -> torch.Tensor:
+            return prior.step_terms(posterior.codes, t)[0]
+    else:
+        z0 = posterior.z_e
+
+        def term(t: torch.Tensor) -> torch.Tensor:
+            return prior.step_terms(z0, t)
+
     cells = z0[0, 0].numel() * math.log(2)
     bands = {}
     for low, high in CHAIN_BANDS:
@@ -141,15 +155,17 @@ def chain_bits_by_step(variant, x: torch.Tensor, per_band: int = 8) -> dict:
             break
         high = min(high, num_steps)
         steps = torch.linspace(low, high, min(per_band, high - low + 1)).round().long()
-        terms = [prior.step_terms(z0, torch.full_like(steps[:1], t).expand(len(x))) for t in steps]
+        terms = [term(torch.full((len(x),), int(t), device=x.device)) for t in steps]
         bands[f"{low}-{high}"] = float(torch.stack(terms).mean()) * (high - low + 1) / cells
-    s = variant.encoder_scale()
-    log_q = -0.5 * math.log(2 * math.pi * math.e) * z0.shape[1] - float(s.log().sum())
-    return {
+    result = {
         "chain_bits_per_cell_by_step": bands,
         "prior_kl_bits_per_cell": float(variant.schedule.prior_kl(z0).mean()) / cells,
-        "guide_log_density_bits_per_cell": log_q / math.log(2),
     }
+    if not tight:
+        d = z0.shape[1]
+        log_q = -0.5 * math.log(2 * math.pi * math.e) * d - d * math.log(variant.encoder_scale())
+        result["guide_log_density_bits_per_cell"] = log_q / math.log(2)
+    return result
 
 
 def _feature_distances(samples, recon, train_x, test_x, test_labels, dataset: str) -> dict:

@@ -149,7 +149,8 @@ class DiffusionPrior(TorchDistribution):
             still the bound and the gradient reaching z^0 is the bound's, but the denoiser's own
             parameters get the gradient of ``mean_t(w_t) ||eps - eps_theta||^2 / q(t)``
             (L_simple, not the ELBO), in the same single denoiser pass.
-        draw: ``z_T -> z^0`` used by ``sample``: a sampler of :mod:`pbridge.samplers`.
+        draw: ``z_T -> z^0`` used by ``sample``: a sampler of :mod:`pbridge.samplers`
+            (``None``: the prior scores but does not sample).
     """
 
     arg_constraints: dict = {}
@@ -162,7 +163,7 @@ class DiffusionPrior(TorchDistribution):
         denoiser: nn.Module,
         event_shape: tuple[int, ...],
         batch_size: int,
-        draw: Callable[[torch.Tensor], torch.Tensor],
+        draw: Callable[[torch.Tensor], torch.Tensor] | None = None,
         model_variance: str = "beta_tilde",
         proposal: torch.Tensor | None = None,
         denoiser_loss: str = "elbo",
@@ -250,6 +251,8 @@ class DiffusionPrior(TorchDistribution):
     def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
         if sample_shape != _NO_SHAPE:
             raise NotImplementedError("DiffusionPrior draws one batch per call")
+        if self.draw is None:
+            raise ValueError("this DiffusionPrior was built without a draw (a sampler)")
         param = next(self.denoiser.parameters())
         like = param.new_empty(self.batch_shape + self.event_shape)
         return self.draw(self.schedule.stationary_draw(like))
@@ -342,7 +345,8 @@ class BridgeCodePrior(TorchDistribution):
         head: the categorical head (its codebook, schedule and network).
         batch_size: B.  event_shape: ``(d, *cells)``.
         draw: ``z_T -> z^1``, the backward chain stopped at t = 1
-            (:func:`pbridge.samplers.reverse_sample` with ``to_time=1``).
+            (:func:`pbridge.samplers.reverse_sample` with ``to_time=1``); ``None``: the prior
+            scores but does not sample.
         proposal / tracker / strata / aux_weight: see above; ``tracker`` (a
             :class:`StepCostTracker`) is updated with the drawn terms in training.
     """
@@ -356,7 +360,7 @@ class BridgeCodePrior(TorchDistribution):
         head: CodeHead,
         batch_size: int,
         event_shape: tuple[int, ...],
-        draw: Callable[[torch.Tensor], torch.Tensor],
+        draw: Callable[[torch.Tensor], torch.Tensor] | None = None,
         proposal: torch.Tensor | None = None,
         tracker: StepCostTracker | None = None,
         strata: int | None = None,
@@ -436,6 +440,8 @@ class BridgeCodePrior(TorchDistribution):
         logits are kept in ``readout_logits`` ``(B, *cells, K)`` (the most probable codes)."""
         if sample_shape != _NO_SHAPE:
             raise NotImplementedError("BridgeCodePrior draws one batch per call")
+        if self.draw is None:
+            raise ValueError("this BridgeCodePrior was built without a draw (a sampler)")
         codes = self.head.codebook().detach()
         like = codes.new_empty(self.batch_shape + self.event_shape)
         z = self.draw(self.head.schedule.stationary_draw(like))

@@ -1,4 +1,5 @@
-"""The ELBO of the bridge VQ-VAE: closed-form step terms, the two estimators, gradient paths."""
+"""The ELBO of the bridge VQ-VAE, both formulations: closed-form step terms, the two estimators,
+gradient paths. (The tight bound's own identities: tests/test_tight_bound.py.)"""
 
 import math
 from dataclasses import replace
@@ -28,18 +29,34 @@ def small_denoiser(event=(2, 3)):
     return net.double()
 
 
-def small_variant(**settings) -> DiffusionBridgeVQVAE:
+def small_head_network(in_channels=4, cells=2, num_codes=4):
+    """h_theta of a tight variant, with a non-trivial output."""
+    torch.manual_seed(3)
+    net = ResidualMLPDenoiser(
+        (in_channels, cells), width=16, blocks=1, out_shape=(num_codes, cells)
+    )
+    torch.nn.init.normal_(net.out[-1].weight, std=0.3)
+    return net.double()
+
+
+def small_variant(formulation="paper", **settings) -> DiffusionBridgeVQVAE:
     torch.manual_seed(4)
-    base = dict(tau_p=0.5, tau_q=0.0, encoder_scale=0.4, denoiser_loss="elbo")
+    if formulation == "paper":
+        base = dict(tau_p=0.5, tau_q=0.0, encoder_scale=0.4, denoiser_loss="elbo")
+        denoiser = small_denoiser((2, 2))
+    else:
+        base = dict(t_sampling="uniform")
+        in_channels = 2 if settings.get("self_condition") is False else 4
+        denoiser = small_head_network(in_channels)
     return DiffusionBridgeVQVAE(
         encoder=PointwiseMLP(2, 2, 8),
         decoder=NormalDecoder(PointwiseMLP(2, 2, 8), 0.5, event_dims=2),
-        denoiser=small_denoiser((2, 2)),
+        denoiser=denoiser,
         codebook=Codebook(4, 2, radius=1.0),
         schedule=SCHEDULE,
         data_shape=(2, 2),
         latent_shape=(2, 2),
-        settings=BridgeSettings(**{**base, **settings}),
+        settings=BridgeSettings(formulation=formulation, **{**base, **settings}),
     ).double()
 
 
@@ -84,19 +101,33 @@ def _elbo_batches(variant, x, batches):
 @pytest.mark.parametrize(
     "settings",
     [
-        dict(),
-        dict(t_sampling="importance", model_variance="beta"),
-        dict(tau_q=0.3),
-        dict(z0_ball=0.5),
+        dict(formulation="paper"),
+        dict(formulation="paper", t_sampling="importance", model_variance="beta"),
+        dict(formulation="paper", tau_q=0.3),
+        dict(formulation="tight"),
+        dict(formulation="tight", self_condition=False),
+        dict(formulation="tight", t_sampling="importance"),
     ],
-    ids=["uniform", "importance-beta", "soft-guide", "z0-ball"],
+    ids=[
+        "paper-uniform",
+        "paper-importance-beta",
+        "paper-soft-guide",
+        "tight",
+        "tight-no-self-conditioning",
+        "tight-importance",
+    ],
 )
 def test_random_step_mean_equals_full_chain_elbo(settings, float64):
-    """E[random-step ELBO] = E[full-chain ELBO] (every step a site), 5 combined standard errors."""
+    """E[random-step ELBO] = E[full-chain ELBO] (every step a site), 5 combined standard errors.
+    The tight model's importance proposal is the tracked one, updated by each batch before."""
     pyro.enable_validation(False)  # 10^5 items; the shapes are validated in other tests
     x = torch.tensor([[[0.8, -0.2], [0.1, 0.9]]]).expand(40000, 2, 2)
     full = small_variant(estimator="full_chain", **settings)
     rand = small_variant(estimator="random_step", **settings)
+    if rand.step_costs is not None:  # a tracked, non-uniform proposal
+        with torch.enable_grad():
+            _elbo_batches(rand, x[:2000], 1)
+        assert rand.step_costs.seen.all()
     torch.manual_seed(0)
     a, b = _elbo_batches(full, x, 10), _elbo_batches(rand, x, 10)
     se = math.sqrt(a.var() / len(a) + b.var() / len(b))
@@ -125,31 +156,36 @@ def test_simple_denoiser_loss_keeps_the_value_and_the_latent_gradient(float64):
         assert torch.allclose(got, want)
 
 
-def _diffusion_term_grads(variant, x):
+def _prior_term_grads(variant, x):
+    """|d/d encoder| and |d/d codebook| of the prior's log-density of the guide's draw."""
     guide_trace = poutine.trace(variant.guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(variant.model, guide_trace)).get_trace(x)
-    site = model_trace.nodes["z_e_0"]
+    site = model_trace.nodes["z_q_0" if variant.settings.tight else "z_e_0"]
     term = site["fn"].log_prob(site["value"]).sum()
-    enc = torch.autograd.grad(term, list(variant.encoder.parameters()), retain_graph=True)
+    enc = torch.autograd.grad(
+        term, list(variant.encoder.parameters()), retain_graph=True, allow_unused=True
+    )
     (code,) = torch.autograd.grad(term, [variant.codebook.weight], allow_unused=True)
-    enc_norm = sum(float(g.abs().sum()) for g in enc)
+    enc_norm = sum(0.0 if g is None else float(g.abs().sum()) for g in enc)
     return enc_norm, 0.0 if code is None else float(code.abs().sum())
 
 
-def test_diffusion_term_reaches_the_encoder_when_the_chain_runs_on_encodings(float64):
-    enc, code = _diffusion_term_grads(small_variant(chain_on="encoding"), torch.randn(8, 2, 2))
+def test_paper_chain_term_reaches_the_encoder_not_the_codebook(float64):
+    enc, code = _prior_term_grads(small_variant("paper"), torch.randn(8, 2, 2))
     assert enc > 1e-6 and code == 0.0
 
 
-def test_diffusion_term_reaches_the_codebook_when_the_chain_runs_on_codes(float64):
-    enc, code = _diffusion_term_grads(small_variant(chain_on="code"), torch.randn(8, 2, 2))
+def test_tight_prior_term_reaches_the_codebook_not_the_encoder(float64):
+    """The tight prior scores the guide's codes: its gradient moves the codes (and the head),
+    and reaches the encoder only through the codebook surrogate, not through the prior."""
+    enc, code = _prior_term_grads(small_variant("tight"), torch.randn(8, 2, 2))
     assert code > 1e-6 and enc == 0.0
 
 
-@pytest.mark.parametrize("chain_on", ["encoding", "code"])
-def test_joint_loss_trains_every_part(chain_on, float64):
+@pytest.mark.parametrize("formulation", ["paper", "tight"])
+def test_joint_loss_trains_every_part(formulation, float64):
     """One ELBO gradient reaches encoder, decoder, codebook and denoiser together."""
-    variant = small_variant(chain_on=chain_on)
+    variant = small_variant(formulation)
     loss = Trace_ELBO().differentiable_loss(variant.model, variant.guide, torch.randn(8, 2, 2))
     loss.backward()
     for part in ("encoder", "decoder", "codebook", "denoiser"):
@@ -162,6 +198,12 @@ def test_bad_settings_and_data_are_reported():
         BridgeSettings(estimator="two_steps")
     with pytest.raises(ValueError, match="tau_q > 0"):
         BridgeSettings(gradient="gumbel", tau_q=0.0)
+    with pytest.raises(ValueError, match="formulation"):
+        BridgeSettings(formulation="diffuse-the-code")
+    with pytest.raises(ValueError, match="beta_tilde"):
+        BridgeSettings(formulation="tight", model_variance="beta")
+    with pytest.raises(ValueError, match="readout_aux"):
+        BridgeSettings(readout_aux=-0.1)
     variant = small_variant()
     with pytest.raises(ValueError, match=r"\(B, 2, 2\)"):
         variant.guide(torch.zeros(3, 2, 5, dtype=torch.float64))
@@ -170,21 +212,25 @@ def test_bad_settings_and_data_are_reported():
     assert replace(BridgeSettings(), tau_p=1.0).tau_p == 1.0
 
 
-def test_stratified_steps_are_unbiased_and_less_noisy(float64):
-    """steps_per_item = T: every step once per item; same mean as the full chain, and a smaller
-    spread than one random step per item."""
+@pytest.mark.parametrize("formulation", ["paper", "tight"])
+def test_stratified_steps_are_unbiased_and_less_noisy(formulation, float64):
+    """Stratified steps (paper: every step once per item; tight: the read-out and one step in
+    each of T - 1 strata): same mean as the full chain, and a smaller spread than one random
+    step per item."""
     pyro.enable_validation(False)
     x = torch.tensor([[[0.8, -0.2], [0.1, 0.9]]]).expand(40000, 2, 2)
-    full, rand = small_variant(estimator="full_chain"), small_variant()
+    full = small_variant(formulation, estimator="full_chain")
+    rand = small_variant(formulation)
+    strata = SCHEDULE.num_steps - (formulation == "tight")
     torch.manual_seed(1)
     a = _elbo_batches(full, x, 10)
     single = _elbo_batches(rand, x, 10)
-    with rand.stratified_steps(SCHEDULE.num_steps):
+    with rand.stratified_steps(strata):
         b = _elbo_batches(rand, x, 10)
     se = math.sqrt(a.var() / len(a) + b.var() / len(b))
     assert abs(float(a.mean() - b.mean())) < 5 * se
     assert b.std() < single.std()
-    assert rand.steps_per_item == 1 and rand.t_proposal is None  # restored after the block
+    assert rand.steps_per_item == 1  # restored after the block
 
 
 def test_steps_per_item_must_divide_T():
@@ -192,18 +238,18 @@ def test_steps_per_item_must_divide_T():
         DiffusionPrior(SCHEDULE, small_denoiser(), (2, 3), 5, steps_per_item=3)
 
 
-@pytest.mark.parametrize("chain_on", ["encoding", "code"])
-def test_elbo_terms_add_up_to_pyros_elbo(chain_on, float64):
+@pytest.mark.parametrize("formulation", ["paper", "tight"])
+def test_elbo_terms_add_up_to_pyros_elbo(formulation, float64):
     """The per-site split shown in the progress bar sums to Trace_ELBO's value of the same draw
     (the commitment surrogate left out of both)."""
     from pbridge.inference.svi import elbo_terms
 
-    variant = small_variant(chain_on=chain_on)
+    variant = small_variant(formulation)
     x = torch.randn(16, 2, 2)
     pyro.set_rng_seed(5)
     terms = elbo_terms(variant, x)
     pyro.set_rng_seed(5)
     guide = poutine.block(variant.guide, hide=["commitment"])
     elbo = -Trace_ELBO().loss(variant.model, guide, x) / 16
-    assert set(terms) == {"z_e", "z_q_0", "x"}
+    assert set(terms) == ({"z_q_0", "x"} if formulation == "tight" else {"z_e", "z_q_0", "x"})
     assert math.isclose(sum(terms.values()), elbo, rel_tol=1e-9, abs_tol=1e-9)

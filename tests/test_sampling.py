@@ -1,13 +1,19 @@
-"""Ancestral sampling (Algorithm 2) with the exact denoiser of a Gaussian data distribution."""
+"""Ancestral sampling (Algorithm 2) with the exact denoiser of a Gaussian data distribution, and
+the stationary draw z^T every chain starts from."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
 from torch import nn
 
-from pbridge.bridge_prior import BallProjectedDenoiser, DiffusionPrior, ancestral_sample
-from pbridge.ou_bridge import OUSchedule, image_schedule
+from pbridge.bridge_prior import BridgeCodePrior, DiffusionPrior
+from pbridge.code_head import CodeHead
+from pbridge.codebook import Codebook
+from pbridge.networks import ResidualMLPDenoiser
+from pbridge.ou_bridge import OUSchedule, image_schedule, toy_schedule
+from pbridge.samplers import reverse_sample
 
 
 class GaussianOracle(nn.Module):
@@ -41,7 +47,8 @@ SCHEDULES = {
 
 def _moments(schedule, denoiser, n=10000, variance="beta_tilde"):
     torch.manual_seed(0)
-    prior = DiffusionPrior(schedule, denoiser, (2, 3), n, model_variance=variance)
+    draw = partial(reverse_sample, schedule, denoiser, model_variance=variance)
+    prior = DiffusionPrior(schedule, denoiser, (2, 3), n, draw=draw, model_variance=variance)
     z0 = prior.sample()
     return float(z0.mean()), float(z0.var()), z0.numel()
 
@@ -108,75 +115,46 @@ def test_an_off_by_one_time_index_is_detected(float64):
     assert abs(mean - M) > 5 * math.sqrt(V / n) or abs(var / V - 1) > 5 * math.sqrt(2 / n)
 
 
-def test_kept_states_are_the_chain(float64):
-    """States returned by ``keep`` are those of the chain: z^T is the start, z^0 the result."""
+def test_recorded_states_are_the_chain(float64):
+    """``record`` sees every state t = T-1 .. to_time of the chain; the last one is its result,
+    and the chain stopped at t = 1 is the first T - 1 steps of the chain run to 0."""
     schedule = SCHEDULES["ou_zstar"]
     z_T = torch.randn(4, 2, 3)
-    z0, kept = ancestral_sample(schedule, GaussianOracle(schedule, 0.0, 1.0), z_T, keep=(0, 400))
-    assert torch.equal(kept[400], z_T) and torch.equal(kept[0], z0)
+    oracle = GaussianOracle(schedule, 0.0, 1.0)
+    seen: dict[int, torch.Tensor] = {}
+    gen = torch.Generator().manual_seed(3)
+    z0 = reverse_sample(schedule, oracle, z_T, record=seen.__setitem__, generator=gen)
+    assert sorted(seen) == list(range(schedule.num_steps)) and torch.equal(seen[0], z0)
+    z1 = reverse_sample(schedule, oracle, z_T, to_time=1, generator=gen.manual_seed(3))
+    assert torch.equal(z1, seen[1])
 
 
-class ScaledDenoiser(nn.Module):
-    """A biased eps_theta: the oracle's guess times ``factor``."""
+def _capture(store: list):
+    def draw(z_T: torch.Tensor) -> torch.Tensor:
+        store.append(z_T)
+        return z_T
 
-    def __init__(self, oracle: nn.Module, factor: float) -> None:
-        super().__init__()
-        self.oracle, self.factor = oracle, factor
-
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.factor * self.oracle(z_t, t)
+    return draw
 
 
-def test_ball_projection_is_the_nearest_point_of_the_ball(float64):
-    """Inside the ball eps' = eps_theta; outside, z0_hat' is the ball's nearest point to z0_hat
-    (checked against 20,000 random points of the ball)."""
-    schedule = SCHEDULES["ou_zstar"]
-    oracle = ScaledDenoiser(GaussianOracle(schedule, 0.0, 1.0), 0.5)
-    radius = 1.0
-    projected = BallProjectedDenoiser(schedule, oracle, radius)
-    z_t = 2.0 * torch.randn(64, 3, 5)
-    t = torch.randint(1, schedule.num_steps + 1, (64,))
-    z0_hat = schedule.predict_z0(z_t, oracle(z_t, t), t) - schedule.z_star
-    z0_new = schedule.predict_z0(z_t, projected(z_t, t), t) - schedule.z_star
-    inside = z0_hat.norm(dim=1) <= radius
-    assert inside.any() and (~inside).any()
-    torch.testing.assert_close(z0_new.movedim(1, -1)[inside], z0_hat.movedim(1, -1)[inside])
-    assert (z0_new.norm(dim=1) <= radius + 1e-12).all()
-    ball = torch.randn(20000, 3)
-    ball = ball / ball.norm(dim=1, keepdim=True) * torch.rand(20000, 1) ** (1 / 3) * radius
-    outside = z0_hat.movedim(1, -1)[~inside]
-    best_random = torch.cdist(outside, ball).min(dim=1).values
-    ours = (outside - z0_new.movedim(1, -1)[~inside]).norm(dim=1)
-    assert (ours <= best_random + 1e-12).all()
-
-
-def test_ball_projection_stops_the_drift_of_a_biased_denoiser(float64):
-    """An eps_theta half too small sends the chain away from data of norm ~1 (mean norm > 1.8);
-    projecting z0_hat onto the ball of radius 1.5 keeps z^0 within the ball plus the last
-    step's noise, and leaves the exact denoiser's law unchanged."""
-    schedule = image_schedule(200)
-    oracle = GaussianOracle(schedule, 0.0, 1.0 / 8)
-    biased = ScaledDenoiser(oracle, 0.5)
-    z_T = torch.randn(500, 8, 2)
-    torch.manual_seed(1)
-    drifted, _ = ancestral_sample(schedule, biased, z_T)
-    torch.manual_seed(1)
-    held, _ = ancestral_sample(schedule, BallProjectedDenoiser(schedule, biased, 1.5), z_T)
-    last_noise = math.sqrt(schedule.sigma2 * float(schedule.beta[1]) * 8)
-    assert drifted.norm(dim=1).mean() > 1.8
-    assert (held.norm(dim=1) <= 1.5 + 6 * last_noise).all()
-    torch.manual_seed(1)
-    exact, _ = ancestral_sample(schedule, oracle, z_T)
-    torch.manual_seed(1)
-    exact_held, _ = ancestral_sample(schedule, BallProjectedDenoiser(schedule, oracle, 1e6), z_T)
-    torch.testing.assert_close(exact_held, exact)
-
-
-def test_ball_projection_accepts_fractional_times(float64):
-    """At an integer-valued float t the projected denoiser equals its integer-t value (the
-    continuous samplers call it with fractional t)."""
-    schedule = image_schedule(100)
-    net = BallProjectedDenoiser(schedule, lambda z, t: 3.0 * torch.ones_like(z), 1.0)
-    z = torch.randn(4, 3, 5)
-    t = torch.tensor([1, 10, 50, 100])
-    torch.testing.assert_close(net(z, t.double()), net(z, t))
+@pytest.mark.parametrize("prior", ["paper", "tight"])
+@pytest.mark.parametrize("name", ["toy", "ou_zstar"])
+def test_prior_draws_start_from_the_stationary_law(name, prior, float64):
+    """The z^T that a prior's ``sample`` hands to its chain is N(z*, sigma2 I): the mean and
+    standard deviation of 24,000 coordinates within 5 standard errors. On the toy preset
+    (sigma2 = 0.0025) a draw with standard deviation sigma2 instead of sqrt(sigma2) is 20x too
+    narrow and fails."""
+    schedule = toy_schedule() if name == "toy" else SCHEDULES["ou_zstar"]
+    n, store = 4000, []
+    if prior == "paper":
+        net = ResidualMLPDenoiser((2, 3), width=8, blocks=1)
+        DiffusionPrior(schedule, net, (2, 3), n, draw=_capture(store)).sample()
+    else:
+        codebook = Codebook(4, 2, radius=1.0)
+        net = ResidualMLPDenoiser((2, 3), width=8, blocks=1, out_shape=(4, 3))
+        head = CodeHead(schedule, net, codebook, self_condition=False)
+        BridgeCodePrior(head, n, (2, 3), draw=_capture(store)).sample()
+    z_T = store[0]
+    sd, m = math.sqrt(schedule.sigma2), z_T.numel()
+    assert abs(float(z_T.mean()) - schedule.z_star) < 5 * sd / math.sqrt(m)
+    assert abs(float(z_T.std()) / sd - 1) < 5 * math.sqrt(0.5 / m)
