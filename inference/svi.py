@@ -89,8 +89,9 @@ class TrainSettings:
 
     Attributes:
         steps: SVI steps (> 0).  batch_size: items per step.  lr: Adam learning rate.
-        clip_norm: gradient-norm clip.  lr_decay: ``"cosine"`` (to 0 at the last step) or
-        ``"none"``.  seed: seed of parameters, batches and the ELBO's noise.
+        clip_norm: gradient-norm clip.  lr_decay: ``"cosine"`` (step s of S at
+        ``lr (1 + cos(pi (s - 1) / S)) / 2``: lr at step 1, reaching 0 just after the last
+        step) or ``"none"``.  seed: seed of parameters, batches and the ELBO's noise.
         checkpoint_every: steps between checkpoints of a run (0: only at the end).
         latent_warmup: steps over which the weight of the latent terms rises linearly from
             1 / latent_warmup to 1 (0: no warm-up; the loss is the ELBO from the start).

@@ -91,6 +91,21 @@ def test_shards_are_disjoint_and_cover_the_global_batch():
         next(local_batches(64, 15, World(0, 2), seed=3, first_step=1))
 
 
+def test_each_epoch_deals_a_fresh_shuffle_and_a_resumed_stream_continues_it():
+    """64 items, 2 processes, global batches of 16: the 4 steps of an epoch deal every item
+    exactly once across the processes; the next epoch is another shuffle; the stream started at
+    step s equals the full stream from step s on (resumption)."""
+    streams = [local_batches(64, 16, World(rank, 2), seed=3, first_step=1) for rank in (0, 1)]
+    steps = [torch.cat([next(stream) for stream in streams]) for _ in range(12)]
+    epochs = [torch.cat(steps[e * 4 : e * 4 + 4]) for e in range(3)]
+    for order in epochs:
+        assert torch.equal(order.sort().values, torch.arange(64))
+    assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])
+    for first in (2, 5, 8):
+        resumed = [local_batches(64, 16, World(r, 2), seed=3, first_step=first) for r in (0, 1)]
+        assert torch.equal(torch.cat([next(stream) for stream in resumed]), steps[first - 1])
+
+
 def test_a_two_process_checkpoint_resumes_in_one_process(tmp_path):
     """Written by 2 processes at step 4, continued to step 6 by one: the first 4 losses are the
     two-process run's, the last 2 new and finite, and the checkpoint says step 6."""

@@ -2,11 +2,14 @@
 accuracy."""
 
 import hashlib
+import math
 
 import pytest
 import scipy.linalg
 import torch
+from torch import nn
 
+import pbridge.feature_distance as feature_distance
 from pbridge.data import DEBIAN_FASHION_MNIST, load_images
 from pbridge.feature_distance import (
     CLASSIFIER_PATH,
@@ -15,6 +18,7 @@ from pbridge.feature_distance import (
     fd_fmnist,
     frechet_distance,
     load_classifier,
+    train_classifier,
 )
 
 needs_fashion = pytest.mark.skipif(
@@ -68,3 +72,46 @@ def test_stored_classifier_accuracy_and_feature_distances():
     same = fd_fmnist(x[:2000], x[2000:4000], net)
     flipped = fd_fmnist(x[:2000], x[2000:4000].flip(-2), net)
     assert same < 0.1 * flipped
+
+
+class _RecordingClassifier(nn.Module):
+    """Stands in for the classifier in training: records which items it sees and whether each
+    came flipped left-right (an item i is one bright pixel (i + 1) / N at row 3, column 0)."""
+
+    seen: list[torch.Tensor] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right = x[:, 0, 3, 0], x[:, 0, 3, 27]
+        moved_left_right = (left > 0) ^ (right > 0)
+        assert bool(moved_left_right.all()), "an item was moved other than left-right"
+        self.seen.append(torch.stack([left + right, (right > 0).double()], -1))
+        return self.head(x.flatten(1))
+
+
+def test_classifier_training_visits_each_item_once_per_epoch_flipped_at_random(monkeypatch):
+    """512 items, batches of 128, 4 epochs: each epoch shows every item once; each showing is
+    flipped left-right with probability 1/2 independently, so the flips per item over the 4
+    epochs are Binomial(4, 1/2) (frequencies within 5 binomial s.e.) and every batch mixes
+    flipped and unflipped items."""
+    monkeypatch.setattr(_RecordingClassifier, "seen", [])
+    monkeypatch.setattr(feature_distance, "FashionClassifier", _RecordingClassifier)
+    n, epochs = 512, 4
+    images = torch.zeros(n, 1, 28, 28)
+    images[:, 0, 3, 0] = (torch.arange(n) + 1) / n
+    train_classifier(images, torch.arange(n) % 10, epochs=epochs, batch_size=128)
+    batches = _RecordingClassifier.seen
+    assert len(batches) == epochs * n // 128
+    shown = torch.cat(batches)
+    item, flipped = (shown[:, 0] * n).round().long() - 1, shown[:, 1]
+    for epoch in item.view(epochs, n):
+        assert torch.equal(epoch.sort().values, torch.arange(n)), "an epoch repeats items"
+    per_batch = [int(b[:, 1].sum()) for b in batches]
+    assert all(0 < k < 128 for k in per_batch), f"flipped items per batch: {per_batch}"
+    flips = torch.zeros(n).index_add_(0, item, flipped.float()).long()
+    freq = torch.bincount(flips, minlength=epochs + 1) / n
+    binomial = torch.tensor([math.comb(epochs, k) for k in range(epochs + 1)]) / 2**epochs
+    assert torch.all((freq - binomial).abs() < 5 * (binomial * (1 - binomial) / n).sqrt()), freq

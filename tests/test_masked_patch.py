@@ -1,11 +1,13 @@
 """The masked-patch protocol: the patch, the Monte Carlo estimate, the uniform prior's value."""
 
+import itertools
 import math
 
 import pytest
 import torch
 
 from pbridge.masked_patch import central_patch, patch_bits_monte_carlo
+from pbridge.pixelcnn import GatedPixelCNN
 from pbridge.presets import build_image_vqvae, image_preset
 
 
@@ -43,6 +45,47 @@ def test_uniform_prior_scores_log2_k_bits_per_cell():
     assert torch.equal(completed[known], codes[known])
     bits = patch_bits_monte_carlo(codes, probs[None], central_patch((4, 4)))
     torch.testing.assert_close(bits, torch.full((3,), 5.0, dtype=torch.float64))
+
+
+def test_uniform_prior_draws_every_code_equally_often():
+    """The uniform prior's completions: 16,000 hidden cells, each code's frequency within 5
+    binomial s.e. of 1 / K (K = 32); the known cells are kept."""
+    vqvae = build_image_vqvae(image_preset("digits", "small"))
+    codes = torch.randint(0, 32, (4000, 4, 4))
+    known = ~central_patch((4, 4)).expand(4000, 4, 4)
+    completed, _ = vqvae.inpaint(codes, known)
+    assert torch.equal(completed[known], codes[known])
+    freq = torch.bincount(completed[~known], minlength=32) / 16_000
+    assert torch.all((freq - 1 / 32).abs() < 5 * math.sqrt(1 / 32 * 31 / 32 / 16_000)), freq
+
+
+def test_monte_carlo_bits_converge_to_the_patch_marginals(float64):
+    """PixelCNN, 4 x 4 grid, K = 3, the central 2 x 2 patch hidden: the mean over draws of the
+    reported probability of a hidden cell's true code estimates its marginal probability given
+    the visible codes (exact: a sum over the 81 completions of the patch), each within 5 s.e.
+    of the mean over 4,000 draws (+1e-12: the first hidden cell's is the same every draw);
+    the bits per cell within 5 (delta-method) s.e. of -mean_i log2 P_i."""
+    torch.manual_seed(0)
+    net = GatedPixelCNN(num_codes=3, channels=8, layers=2).double()
+    with torch.no_grad():
+        net.head[-1].weight.mul_(20)  # a far from uniform law
+    true = torch.randint(0, 3, (4, 4))
+    patch = central_patch((4, 4))
+    grids = true.repeat(81, 1, 1)
+    grids[:, patch] = torch.tensor(list(itertools.product(range(3), repeat=4)))
+    with torch.no_grad():
+        weight = net.log_prob_per_cell(grids)[:, patch].sum(-1).exp()  # law of the completions
+    assert float(weight.sum()) == pytest.approx(1.0, abs=1e-12)
+    marginal = ((grids[:, patch] == true[patch]) * weight[:, None]).sum(0)  # P_i, (4,)
+    draws = 4000
+    _, probs = net.sample(draws, (4, 4), (true.expand(draws, 4, 4), ~patch.expand(draws, 4, 4)))
+    p_true = probs[:, patch].gather(-1, true[patch].expand(draws, 4)[..., None]).squeeze(-1)
+    mean, se = p_true.mean(0), p_true.std(0) / math.sqrt(draws)
+    assert torch.all((mean - marginal).abs() <= 5 * se + 1e-12), (mean, marginal)
+    bits = patch_bits_monte_carlo(true[None], probs[:, None], patch)
+    exact = -marginal.log2().mean()
+    bits_se = (se / (marginal * math.log(2))).sum() / 4  # correlated cells: the sum bounds it
+    assert abs(float(bits) - float(exact)) < 5 * float(bits_se)
 
 
 def test_bad_probability_shapes_are_reported():

@@ -3,8 +3,10 @@
 import math
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+from torch import nn
 
 from pbridge.checkpoint import load_checkpoint
 from pbridge.data import load_images
@@ -18,6 +20,49 @@ def _variant():
     return build_toy_model(ToyConfig(denoiser_width=32, denoiser_blocks=1))
 
 
+class _Gaussian(nn.Module):
+    """The smallest variant: z_i ~ N(0, 1), x_i ~ N(z_i + a, 1); guide z_i ~ N(w x_i, 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.w = nn.Parameter(torch.zeros(())), nn.Parameter(torch.zeros(()))
+
+    def model(self, x):
+        pyro.module("gaussian", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z + self.a, 1.0), obs=x)
+
+    def guide(self, x):
+        pyro.module("gaussian", self)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(self.w * x, 1.0))
+
+
+class _RareBlowUp(nn.Module):
+    """One draw u ~ U(0, 1) per step (guide and model); when u < 0.1 the observation's mean
+    is NaN (``where="loss"``) or sqrt(a) at a = 0, finite with an infinite gradient in ``a``
+    (``where="gradient"``). Which step blows up depends on the draws alone."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.a, self.where = nn.Parameter(torch.zeros(())), where
+
+    def model(self, x):
+        pyro.module("rare", self)
+        rare = pyro.sample("u", dist.Uniform(0.0, 1.0)) < 0.1
+        if self.where == "loss":
+            loc = torch.where(rare, torch.nan, self.a)
+        else:
+            loc = torch.where(rare, self.a, self.a.detach() + 1).sqrt()
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+    def guide(self, x):
+        pyro.module("rare", self)
+        pyro.sample("u", dist.Uniform(0.0, 1.0))
+
+
 @pytest.mark.filterwarnings("ignore:Encountered NaN")  # Pyro's own warning comes first
 def test_nan_parameter_stops_training_naming_the_step():
     variant = _variant()
@@ -27,6 +72,26 @@ def test_nan_parameter_stops_training_naming_the_step():
     # validation off: the guard, not torch's argument checks, must catch it
     with pyro.validation_enabled(False), pytest.raises(FloatingPointError, match="loss at step 1"):
         train(variant, x, TrainSettings(steps=3, batch_size=8), progress=False)
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+@pytest.mark.parametrize(
+    "where, message",
+    [("loss", "loss at step {}: x (model)"), ("gradient", "gradient at step {} in a")],
+    ids=["loss", "gradient"],
+)
+def test_nan_guard_names_a_draw_dependent_failure(where, message):
+    """The value goes non-finite only for some draws (u < 0.1, one draw per step): over 10 seeds,
+    the guard names the first such step and the site or parameter, which needs the replay to
+    see the same draws (a fresh draw reproduces the failure with probability 0.1)."""
+    x = torch.randn(16)
+    for seed in range(10):
+        torch.manual_seed(seed)
+        first = 1 + next(s for s in range(200) if float(torch.rand(())) < 0.1)
+        torch.manual_seed(seed)
+        with pyro.validation_enabled(False), pytest.raises(FloatingPointError) as failure:
+            train(_RareBlowUp(where), x, TrainSettings(steps=200, batch_size=4), progress=False)
+        assert str(failure.value).endswith(message.format(first)), (seed, str(failure.value))
 
 
 @pytest.mark.parametrize(
@@ -171,3 +236,48 @@ def test_autocast_loss_stays_close_and_trains_with_warmup():
     result = train(variant, x, settings, progress=False)
     assert all(math.isfinite(v) for v in result.losses)
     assert all(p.dtype == torch.float32 for p in variant.parameters())
+
+
+class _RecordingAdam(torch.optim.Adam):
+    """Adam that records the learning rate of every step it takes."""
+
+    rates: list[float] = []
+
+    def step(self, closure=None):
+        self.rates.append(self.param_groups[0]["lr"])
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7], ids=["1-step", "2-steps", "7-steps"])
+@pytest.mark.parametrize("decay", ["cosine", "none"], ids=["cosine", "constant"])
+def test_learning_rate_schedule_step_by_step(decay, steps, monkeypatch):
+    """Step s of S runs at lr * (1 + cos(pi (s - 1) / S)) / 2 (cosine; the set rate at step 1,
+    above 0 at the last step, 0 only after it) or at lr (none)."""
+    monkeypatch.setattr(_RecordingAdam, "rates", [])
+    monkeypatch.setattr(torch.optim, "Adam", _RecordingAdam)
+    lr = 0.01
+    train(_Gaussian(), torch.randn(32), TrainSettings(steps, 8, lr, lr_decay=decay), progress=False)
+    if decay == "cosine":
+        expected = [lr * (1 + math.cos(math.pi * (s - 1) / steps)) / 2 for s in range(1, steps + 1)]
+    else:
+        expected = [lr] * steps
+    assert _RecordingAdam.rates == pytest.approx(expected, rel=1e-12, abs=0.0)
+
+
+@pytest.mark.parametrize("warmup", [0, 1, 4, 9], ids=["none", "1", "4", "longer-than-run"])
+def test_latent_warmup_weights_step_by_step(warmup, monkeypatch):
+    """The weight of the latent terms at step s is min(1, s / W): 1/W, 2/W, ..., 1, 1, ...;
+    1 throughout without a warm-up."""
+    import pbridge.inference.svi as svi
+
+    betas, real_loss = [], svi.negative_elbo
+
+    def recording_loss(variant, x, beta):
+        betas.append(beta)
+        return real_loss(variant, x, beta)
+
+    monkeypatch.setattr(svi, "negative_elbo", recording_loss)
+    settings = TrainSettings(steps=6, batch_size=8, latent_warmup=warmup)
+    train(_Gaussian(), torch.randn(32), settings, progress=False)
+    expected = [min(1.0, s / warmup) if warmup else 1.0 for s in range(1, 7)]
+    assert betas == pytest.approx(expected, rel=1e-12, abs=0.0)

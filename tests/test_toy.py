@@ -1,6 +1,7 @@
 """The toy problem end to end through the command line (a learning check, about a minute)."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -12,16 +13,29 @@ from pbridge.cli import main
 from pbridge.toy import centroids, nearest_centroid, sample_walks, transition_accuracy
 
 
-def test_walks_move_one_centroid_per_step():
+def test_walks_move_one_centroid_per_step(float64):
+    """4,000 walks of length 5: every step moves +-1 mod 8; the law of the walk holds within 5
+    Monte Carlo s.e.: the centroid at every time is uniform over 8 (the chain started uniform
+    stays uniform), the number of +1 moves per walk is Binomial(4, 1/2) (independent fair
+    steps), and the residuals are independent N(0, 0.05^2) in every coordinate and time (their
+    10 x 10 covariance is 0.05^2 I; s.e. 0.05^2 sqrt(2 / N) on the diagonal, 0.05^2 / sqrt(N)
+    off it)."""
+    n, length, noise = 4000, 5, 0.05
     g = torch.Generator().manual_seed(0)
-    x, states = sample_walks(4000, length=5, noise=0.05, generator=g)
-    assert x.shape == (4000, 2, 5) and transition_accuracy(states) == 1.0
+    x, states = sample_walks(n, length=length, noise=noise, generator=g)
+    assert x.shape == (n, 2, length) and transition_accuracy(states) == 1.0
     assert torch.equal(nearest_centroid(x), states)
-    residual = x - centroids()[states].movedim(-1, 1)
-    assert abs(float(residual.std()) - 0.05) < 0.002
-    # both directions, equally often (binomial s.e. 0.004)
-    up = ((states[:, 1:] - states[:, :-1]) % 8 == 1).double().mean()
-    assert abs(float(up) - 0.5) < 0.02
+    at_time = torch.stack([torch.bincount(s, minlength=8) for s in states.T]) / n  # (L, 8)
+    assert torch.all((at_time - 1 / 8).abs() < 5 * math.sqrt(1 / 8 * 7 / 8 / n)), at_time
+    ups = ((states[:, 1:] - states[:, :-1]) % 8 == 1).sum(-1)
+    freq = torch.bincount(ups, minlength=length) / n
+    binomial = torch.tensor([math.comb(length - 1, k) for k in range(length)]) / 2 ** (length - 1)
+    assert torch.all((freq - binomial).abs() < 5 * (binomial * (1 - binomial) / n).sqrt()), freq
+    residual = (x - centroids()[states].movedim(-1, 1)).flatten(1)
+    cov = residual.T @ residual / n
+    var = noise**2
+    se = torch.full_like(cov, var / math.sqrt(n)).fill_diagonal_(var * math.sqrt(2 / n))
+    assert torch.all((cov - var * torch.eye(2 * length)).abs() < 5 * se), cov
 
 
 @pytest.fixture(scope="module")
