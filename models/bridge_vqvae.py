@@ -198,12 +198,17 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
         finally:
             self.sampler_options = saved
 
+    def chain_network(self) -> nn.Module:
+        """The chain's network as the chain calls it (a labelled variant binds its labels)."""
+        return self.denoiser
+
     def chain_denoiser(self) -> nn.Module:
         """eps_theta as the backward chain uses it: tight, the :class:`CodeHead` on the
         network; paper, the network itself."""
+        network = self.chain_network()
         if not self.settings.tight:
-            return self.denoiser
-        return CodeHead(self.schedule, self.denoiser, self.codebook, self.settings.self_condition)
+            return network
+        return CodeHead(self.schedule, network, self.codebook, self.settings.self_condition)
 
     def draw_chain(self, z_T: torch.Tensor, **extra) -> torch.Tensor:
         """The backward chain from ``z_T`` by the current sampler (:meth:`sampling`), to z^1
@@ -236,7 +241,7 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
             )
         return DiffusionPrior(
             self.schedule,
-            self.denoiser,
+            self.chain_network(),
             self.latent_shape,
             batch_size,
             draw=self.draw_chain,

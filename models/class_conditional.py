@@ -69,7 +69,7 @@ class LabelledTimeEmbedding(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         if self.labels is None:
             raise ValueError(
-                "the class-conditional denoiser was called without labels: call the chain "
+                "the class-conditional network was called without labels: build the chain "
                 "inside ClassConditionalBridge.given(y)"
             )
         repeats, rest = divmod(t.shape[0], self.labels.shape[0])
@@ -79,6 +79,20 @@ class LabelledTimeEmbedding(nn.Module):
                 "multiple of the number of labels"
             )
         return self.embed_time(t) + self.embed_label(self.labels.repeat_interleave(repeats))
+
+
+class _LabelledNetwork(nn.Module):
+    """The chain's network ``(z_in, t) -> out`` bound to the labels ``y: (B,)`` it was made with."""
+
+    def __init__(
+        self, network: nn.Module, embedding: LabelledTimeEmbedding, labels: torch.Tensor
+    ) -> None:
+        super().__init__()
+        self.network, self.embedding, self.labels = network, embedding, labels
+
+    def forward(self, z_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with self.embedding.given(self.labels):
+            return self.network(z_in, t)
 
 
 class ClassConditionalBridge(DiffusionBridgeVQVAE):
@@ -109,8 +123,8 @@ class ClassConditionalBridge(DiffusionBridgeVQVAE):
 
     @contextmanager
     def given(self, y: torch.Tensor) -> Iterator[None]:
-        """Within the block, every call of the chain's network (the prior's bound and draws,
-        :meth:`inpaint`, :meth:`chain_states`) is conditioned on the classes ``y: (B,)``."""
+        """Within the block, the chain (the prior built by :meth:`prior`, :meth:`inpaint`,
+        :meth:`chain_states`) is that of the classes ``y: (B,)``."""
         if y.dim() != 1 or y.dtype != torch.long:
             raise ValueError(f"y must be int64 labels (B,), got {y.dtype} {tuple(y.shape)}")
         if y.numel() and not (0 <= int(y.min()) and int(y.max()) < self.num_classes):
@@ -119,10 +133,16 @@ class ClassConditionalBridge(DiffusionBridgeVQVAE):
             )
         saved, self.labels = self.labels, y
         try:
-            with self.denoiser.embed_time.given(y):
-                yield
+            yield
         finally:
             self.labels = saved
+
+    def chain_network(self) -> nn.Module:
+        """The chain's network bound to the labels of :meth:`given` (they travel with the prior
+        built in the block, whose ``log_prob`` Pyro evaluates after the model has run)."""
+        if self.labels is None:
+            raise ValueError("the class-conditional chain needs labels: call it inside given(y)")
+        return _LabelledNetwork(self.denoiser, self.denoiser.embed_time, self.labels)
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         # The items' labels, in a plate of their own: the bridge's model opens "data".

@@ -40,13 +40,35 @@ GROUPS = {
 
 @pytest.fixture(scope="module")
 def bridge():
-    """A small, untrained digits bridge (T = 20): shapes and numbers, not learning. A wide
-    kernel (tau_p = 4) makes the code entropies of order one."""
+    """A small, untrained digits bridge of the paper's formulation (T = 20), whose guide has a
+    continuous z_e^0: shapes and numbers, not learning. A wide kernel (tau_p = 4) makes the
+    code entropies of order one."""
     config = image_preset("digits", "small")
-    bridge = replace(config.bridge, tau_p=4.0)
+    bridge = replace(config.bridge, formulation="paper", tau_p=4.0, encoder_scale=0.1)
     config = replace(config, unet_width=16, num_steps=20, bridge=bridge)
     torch.manual_seed(0)
     return build_image_model(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tight_bridge():
+    """The same with the default (tight) formulation: codes only, read out at z^1."""
+    config = replace(image_preset("digits", "small"), unet_width=16, num_steps=20)
+    torch.manual_seed(0)
+    return build_image_model(config).eval()
+
+
+def test_tight_bridge_records_codes_and_readout_entropy(tight_bridge, digits):
+    """Tight: no continuous z_e^0 in either group; the prior holds the read-out's entropy per
+    cell (within [0, log K]); its codes are sample_prior's under the same seed."""
+    idata = _idata(tight_bridge, digits)
+    assert "z_e_0" not in idata.posterior and "z_e_0" not in idata.prior
+    entropy = idata.prior["code_entropy"]
+    assert entropy.dims == ("chain", "draw", "cell_y", "cell_x") and entropy.shape == (1, NUM, 4, 4)
+    assert float(entropy.min()) >= 0 and float(entropy.max()) <= math.log(32) + 1e-6
+    pyro.set_rng_seed(1)
+    direct = sample_prior(tight_bridge, NUM)
+    np.testing.assert_array_equal(idata.prior["z_q_0"].values[0], direct.codes)
 
 
 @pytest.fixture(scope="module")

@@ -289,8 +289,8 @@ def test_same_seed_same_bits_and_the_run_records_its_environment(tmp_path):
 
 # ---------------------------------------------------------------- the library API
 def test_library_functions_check_shapes_up_front():
-    from pbridge.bridge_prior import ancestral_sample
     from pbridge.ou_bridge import image_schedule
+    from pbridge.samplers import reverse_sample
 
     schedule = image_schedule(10)
     with pytest.raises(
@@ -301,9 +301,9 @@ def test_library_functions_check_shapes_up_front():
         schedule.marginal(torch.zeros(4, 2, 3), torch.ones(4))
     denoiser = build_image_model(image_preset("digits", "small")).denoiser
     with pytest.raises(ValueError, match=r"z_T must be .* got \(16,\)"):
-        ancestral_sample(schedule, denoiser, torch.zeros(16))
+        reverse_sample(schedule, denoiser, torch.zeros(16))
     with pytest.raises(ValueError, match="NaN or inf"):
-        ancestral_sample(schedule, denoiser, torch.full((1, 16, 4, 4), math.nan))
+        reverse_sample(schedule, denoiser, torch.full((1, 16, 4, 4), math.nan))
 
 
 def test_image_gradients_are_bit_identical_across_passes():

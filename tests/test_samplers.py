@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch import nn
 
-from pbridge.bridge_prior import ancestral_sample
 from pbridge.ou_bridge import OUSchedule, image_schedule, toy_schedule
 from pbridge.samplers import (
     CountingDenoiser,
@@ -242,18 +241,6 @@ def test_respaced_with_all_steps_is_the_ancestral_chain(known, float64):
         for sampler in ("ancestral", "respaced")
     ]
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-10)
-
-
-def test_ancestral_is_bridge_prior_ancestral_sample(float64):
-    """The "ancestral" sampler is Algorithm 2 of bridge_prior, with the same global RNG draws."""
-    schedule, m, c2 = gaussian_data("toy")
-    oracle = GaussianOracle(schedule, m, c2)
-    z_T = start_draws(schedule, m, c2, 32)
-    torch.manual_seed(5)
-    ours = reverse_sample(schedule, oracle, z_T, "ancestral")
-    torch.manual_seed(5)
-    theirs, _ = ancestral_sample(schedule, oracle, z_T)
-    assert torch.equal(ours, theirs)
 
 
 @pytest.mark.parametrize(
