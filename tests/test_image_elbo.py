@@ -33,7 +33,7 @@ def test_every_preset_has_the_papers_latent_grid(dataset, preset):
     guide = poutine.trace(variant.guide).get_trace(x)
     model = poutine.trace(poutine.replay(variant.model, trace=guide)).get_trace(x)
     grid = grids[dataset]
-    assert guide.nodes["z_e_0"]["value"].shape == (2, config.latent_dim, grid, grid)
+    assert guide.nodes["z_q_0"]["value"].shape == (2, config.latent_dim, grid, grid)
     assert model.nodes["z_q_0"]["value"].shape == (2, config.latent_dim, grid, grid)
     assert model.nodes["x"]["fn"].batch_shape == (2,)
     assert math.isfinite(float(negative_elbo(variant, x).detach()))
@@ -70,27 +70,22 @@ def _logistic_log_pmf(x, loc, log_scale):
 
 
 def test_bits_per_dim_is_the_hand_summed_bound(float64):
-    """A tiny full-chain model (T = 5, z* != 0, z0_hat projected): the reported bits/dim equals
-    -(sum of every log-density of the drawn chain, written out by hand) / (D log 2)."""
+    """A tiny full-chain model (T = 5, z* != 0, self-conditioned head, tight formulation): the
+    reported bits/dim equals -(sum of every log-density of the drawn chain, written out by hand:
+    the forward kernels from the code, the backward Gaussian kernels with mean mu~(z^t, z0_hat),
+    the categorical read-out at z^1, the decoder) / (D log 2)."""
     pyro.enable_validation(False)
     torch.manual_seed(0)
-    d, T = 3, 5
+    d, T, K = 3, 5, 6
     schedule = OUSchedule(1.5, 0.5, -0.4, torch.full((T,), 0.05, dtype=torch.float64))
-    settings = BridgeSettings(
-        chain_on="code",
-        estimator="full_chain",
-        tau_p=0.3,
-        encoder_scale=0.2,
-        spherical_radius=1.0,
-        z0_ball=1.1,
-    )
-    denoiser = UNetDenoiser(d, width=8, channel_mults=(1,))
-    torch.nn.init.normal_(denoiser.out[-1].weight, std=0.5)
+    settings = BridgeSettings(estimator="full_chain", spherical_radius=1.0)
+    network = UNetDenoiser(2 * d, width=8, channel_mults=(1,), out_channels=K)
+    torch.nn.init.normal_(network.out[-1].weight, std=0.5)
     variant = DiffusionBridgeVQVAE(
         ResNetEncoder(1, d, 1),
         DiscretizedLogisticDecoder(ResNetDecoder(d, 2, 1)),
-        denoiser,
-        Codebook(6, d, radius=1.0),
+        network,
+        Codebook(K, d, radius=1.0),
         schedule,
         (1, 8, 8),
         (d, 4, 4),
@@ -106,35 +101,38 @@ def test_bits_per_dim_is_the_hand_summed_bound(float64):
     pyro.set_rng_seed(7)
     with torch.no_grad():
         draws = poutine.trace(variant.guide).get_trace(x).nodes
-        z = [draws[f"z_e_{t}"]["value"] for t in range(T + 1)]
+        z = [None] + [draws[f"z_e_{t}"]["value"] for t in range(1, T + 1)]
         codes = variant.codebook()
         f = variant.encode(x)
         k = ((f[:, None] - codes[None, :, :, None, None]) ** 2).sum(2).argmin(1)  # (B, 4, 4)
         e_k = codes[k].movedim(-1, 1)
+        z[0] = e_k
         s2, z_star = schedule.sigma2, schedule.z_star
         beta, abar = schedule.beta, schedule.abar
-        radius = 1.1 * (codes - z_star).norm(dim=1).max()
 
-        log_q = _normal_log_pdf(z[0], e_k, settings.encoder_scale**2)
+        def head_logits(z_t, t):  # (B, K, 4, 4), the self-conditioned two-pass head
+            mean = z_star + abar[t].sqrt() * (codes[None, :, :, None, None] - z_star)
+            local = -((z_t[:, None] - mean) ** 2).sum(2) / (2 * s2 * (1 - abar[t]))
+            steps = torch.full((6,), t)
+            first = local + network(torch.cat([z_t, torch.zeros_like(z_t)], 1), steps)
+            z0_first = torch.einsum("bkhw,kd->bdhw", first.softmax(1), codes)
+            return local + network(torch.cat([z_t, z0_first], 1), steps)
+
+        log_q = torch.zeros(6)
         for t in range(1, T + 1):
             mean = z_star + (1 - beta[t]).sqrt() * (z[t - 1] - z_star)
             log_q += _normal_log_pdf(z[t], mean, s2 * beta[t])
 
         log_p = _normal_log_pdf(z[T], z_star, s2)
-        for t in range(T, 0, -1):
-            steps = torch.full((6,), t)
-            eps_hat = denoiser(z[t], steps)
-            z0_hat = (z[t] - z_star - (s2 * (1 - abar[t])).sqrt() * eps_hat) / abar[t].sqrt()
-            z0_hat = z0_hat * (radius / z0_hat.norm(dim=1, keepdim=True)).clamp(max=1)
+        for t in range(T, 1, -1):
+            z0_hat = torch.einsum("bkhw,kd->bdhw", head_logits(z[t], t).softmax(1), codes)
             mean = z_star + (
-                abar[t - 1].sqrt() * beta[t] * z0_hat
+                abar[t - 1].sqrt() * beta[t] * (z0_hat - z_star)
                 + (1 - beta[t]).sqrt() * (1 - abar[t - 1]) * (z[t] - z_star)
             ) / (1 - abar[t])
-            var = beta[t] * (1 - abar[t - 1]) / (1 - abar[t]) if t > 1 else beta[1]
+            var = beta[t] * (1 - abar[t - 1]) / (1 - abar[t])
             log_p += _normal_log_pdf(z[t - 1], mean, s2 * var)
-        sq_dist = ((z[0][:, None] - codes[None, :, :, None, None]) ** 2).sum(2)  # (B, K, 4, 4)
-        log_p_codes = torch.log_softmax(-sq_dist / settings.tau_p, 1)
-        log_p += log_p_codes.gather(1, k[:, None]).sum((1, 2, 3))
+        log_p += head_logits(z[1], 1).log_softmax(1).gather(1, k[:, None]).sum((1, 2, 3))
         loc, log_scale = variant.decoder.net(e_k).chunk(2, dim=1)
         log_p += _logistic_log_pmf(x, loc, log_scale.clamp_min(-7.0))
         hand = -float((log_p - log_q).mean()) / (64 * math.log(2))
