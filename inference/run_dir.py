@@ -383,15 +383,15 @@ def load_run(
             f"{run} has no checkpoint yet: its training has not reached its first checkpoint "
             "(still running, or stopped before it; continue with `pbridge train ... --resume`)"
         )
-    variant = build(config)
     state, used = load_latest_checkpoint(checkpoint)
+    check_config_matches(data, state, run / CONFIG_FILE, used)
+    variant = build(config)
     if state.get("variant") != type(variant).__name__:
         raise ValueError(
             f"{used} was written by a {state.get('variant')} run, but config.json builds a "
             f"{type(variant).__name__}"
         )
     check_state_fits(variant, state["model"], str(used))
-    check_config_matches(data, state, run / CONFIG_FILE, used)
     steps = getattr(getattr(config, "train", None), "steps", None)
     if steps is not None and state.get("step", steps) < steps:
         warnings.warn(

@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     from pbridge.checkpoint import CorruptCheckpointError
     from pbridge.inference.svi import TrainingInterrupted
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # pbridge's warnings as one line each
+        warnings.filterwarnings("always", module=r"pbridge\.")
         warnings.showwarning = _one_line_warning
         try:
             launch = args.command == "train" and (args.devices > 1 or args.nodes > 1)
@@ -273,8 +274,12 @@ def _one_line(err: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines()) or repr(err)
 
 
-def _one_line_warning(message, category, *args, **kwargs) -> None:
+def _warn(message: object) -> None:
     print(f"pbridge: warning: {message}", file=sys.stderr)
+
+
+def _one_line_warning(message, category, *args, **kwargs) -> None:
+    _warn(message)
 
 
 def _launch_data_parallel(args: argparse.Namespace, argv: list[str]) -> int:
@@ -385,10 +390,9 @@ def _evaluate(args: argparse.Namespace) -> dict:
     result = evaluate_run(args.run_dir, settings, args.device, args.root, **_sampler_options(args))
     bpd, stderr = result.get("test_bits_per_dim"), result.get("test_bits_per_dim_stderr")
     if bpd is not None and stderr is not None and stderr > abs(bpd) / 4:
-        warnings.warn(
+        _warn(
             f"test bits/dim {bpd:.2f} +- {stderr:.2f}: noise dominates the estimate; raise "
-            "--items (and --chain-steps) for a figure to compare",
-            stacklevel=1,
+            "--items (and --chain-steps) for a figure to compare"
         )
     return result
 
@@ -534,12 +538,11 @@ def _resumed_config(args: argparse.Namespace):
         raise ValueError(
             f"--extend-steps: --steps {args.steps} must exceed the {done} steps {out} has done"
         )
-    warnings.warn(
+    _warn(
         f"extending {out} from {planned} to {args.steps} steps: the cosine learning-rate "
         f"schedule is recomputed for {args.steps} steps from step {done + 1} on (config.json is "
         f"updated), so the result differs from a run trained for {args.steps} steps from the "
-        "start",
-        stacklevel=1,
+        "start"
     )
     return replace(config, train=replace(config.train, steps=args.steps))
 
