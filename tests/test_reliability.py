@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -516,11 +517,11 @@ def test_item7_a_failed_start_leaves_no_directory(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_item7_a_noisy_bits_per_dim_is_flagged(run, capsys, monkeypatch):
-    monkeypatch.setattr("pbridge.cli._check_drawing", lambda args: "image")
+def test_item7_a_noisy_bits_per_dim_is_flagged(tmp_path, capsys, monkeypatch):
+    (tmp_path / "config.json").write_text(json.dumps(image_preset("digits", "small").to_dict()))
     noisy = {"test_bits_per_dim": -33.4, "test_bits_per_dim_stderr": 34.9}
     monkeypatch.setattr("pbridge.inference.evaluate.evaluate_run", lambda *a, **k: noisy)
-    assert main(["evaluate", str(run)]) == 0
+    assert main(["evaluate", str(tmp_path)]) == 0
     assert "noise dominates the estimate" in capsys.readouterr().err
 
 
@@ -558,7 +559,7 @@ def test_item9_a_read_only_run_is_refused_before_sampling(run, capsys, monkeypat
             def read_only(*args, **kwargs):
                 raise PermissionError(13, "Permission denied")
 
-            monkeypatch.setattr("pbridge.inference.run_dir.tempfile.mkstemp", read_only)
+            monkeypatch.setattr(tempfile, "mkstemp", read_only)
         err = _refused(["sample", run], capsys)
     finally:
         run.chmod(0o755)
