@@ -43,6 +43,7 @@ from .run_dir import (
 )
 from .sampling import bridge_sampler, sample_posterior, sample_prior
 from .svi import estimate_elbo
+from .user_variant import VARIANT_FILE, load_user_run
 
 __all__ = ["run_images", "test_bits_per_dim", "load_image_run", "sample_image_run"]
 
@@ -152,7 +153,10 @@ def run_images(
 
 
 def load_image_run(run_dir: str | Path, device: str = "auto"):
-    """The config and trained variant of an image run directory."""
+    """The config and trained variant of an image run directory (a variant file's run is
+    rebuilt from its copy of the file)."""
+    if (Path(run_dir) / VARIANT_FILE).is_file():
+        return load_user_run(run_dir, device)
     return load_run(run_dir, ImageConfig.from_dict, build_image_model, device)
 
 

@@ -227,7 +227,7 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     run = Path(run_dir)
     path = run / CONFIG_FILE
     if not run.is_dir():
-        raise FileNotFoundError(f"{run} is not a run directory: it does not exist")
+        raise FileNotFoundError(f"{run} is not a run directory: no {CONFIG_FILE} (no such folder)")
     if not path.is_file():
         raise FileNotFoundError(f"{run} is not a run directory: no {CONFIG_FILE}")
     try:

@@ -337,12 +337,7 @@ def _run(args: argparse.Namespace) -> int:
         from pbridge.inference.toy import sample_toy_run
 
         kind = _check_drawing(args)
-        if kind == "variant-file":
-            raise ValueError(
-                f"{args.run_dir} is a run of a variant file: its samples.png is written by "
-                "`pbridge train`; `pbridge analyze` draws from its prior"
-            )
-        sample_run = sample_image_run if kind == "image" else sample_toy_run
+        sample_run = sample_toy_run if kind == "toy" else sample_image_run
         metrics = sample_run(
             args.run_dir, args.num, device=args.device, seed=args.seed, **_sampler_options(args)
         )
@@ -380,11 +375,18 @@ def _evaluate(args: argparse.Namespace) -> dict:
     )
     kind = _check_drawing(args)
     if kind == "variant-file":
-        raise ValueError(
-            f"{args.run_dir} is a run of a variant file: `pbridge evaluate` scores the built-in "
-            "variants; its metrics.json holds test bits/dim and codebook usage, and `pbridge "
-            "analyze` works on it"
-        )
+        from pbridge.inference.user_variant import load_user_run
+
+        variant = load_user_run(args.run_dir, "cpu")[1]
+        needed = ("inpaint", "encoder_scale") if hasattr(variant, "schedule") else ("inpaint",)
+        missing = [name for name in needed if not hasattr(variant, name)]
+        if missing:
+            raise ValueError(
+                f"the variant of {args.run_dir} ({type(variant).__name__}) has no "
+                f"{', '.join(missing)}, which `pbridge evaluate` needs (masked-patch and chain "
+                "figures); its metrics.json holds test bits/dim and codebook usage, and `pbridge "
+                "analyze` works on it"
+            )
     if kind == "toy":
         return evaluate_toy_run(args.run_dir, settings, args.device, **_sampler_options(args))
     result = evaluate_run(args.run_dir, settings, args.device, args.root, **_sampler_options(args))
