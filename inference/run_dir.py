@@ -39,6 +39,7 @@ __all__ = [
     "CHECKPOINT_FILE",
     "start_run",
     "check_out_dir",
+    "is_run_dir",
     "check_writable",
     "check_resume",
     "write_run_files",
@@ -109,9 +110,11 @@ def environment() -> dict[str, Any]:
     }
 
 
-def is_run_dir(path: Path) -> bool:
-    """A directory holding a run: its ``config.json`` or a checkpoint."""
-    return any((path / name).exists() for name in (CONFIG_FILE, CHECKPOINT_FILE, "vqvae.pt"))
+def is_run_dir(path: Path, checkpoints_only: bool = False) -> bool:
+    """A directory holding a run: its ``config.json`` or a checkpoint (``checkpoints_only``:
+    a checkpoint, i.e. work that can be resumed)."""
+    names = (CHECKPOINT_FILE, "vqvae.pt") + (() if checkpoints_only else (CONFIG_FILE,))
+    return any((path / name).exists() or previous_path(path / name).exists() for name in names)
 
 
 def check_out_dir(out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> None:

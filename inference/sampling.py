@@ -139,15 +139,19 @@ def _available_bytes(device: torch.device) -> int | None:
     return None
 
 
-def check_memory_for_draws(variant: nn.Module, num: int, device: torch.device) -> None:
+def check_memory_for_draws(
+    num: int,
+    data_shape: tuple[int, ...],
+    latent_shape: tuple[int, ...],
+    num_codes: int,
+    device: torch.device,
+) -> None:
     """Refuse ``num`` prior draws whose results alone (x and its mean, z_e, z_q, the codes'
-    logits, twice over for the work in between) would not fit in the device's free memory."""
-    cells = math.prod(variant.latent_shape[1:])
-    per_item = 4 * (
-        2 * math.prod(variant.data_shape)
-        + 2 * math.prod(variant.latent_shape)
-        + cells * (variant.codebook.num_codes + 4)
-    )
+    logits, twice over for the work in between) would not fit in the device's free memory;
+    ``latent_shape = (d, *cells)``."""
+    cells = math.prod(latent_shape[1:])
+    per_item = 4 * (2 * math.prod(data_shape) + 2 * math.prod(latent_shape))
+    per_item += 4 * cells * (num_codes + 4)
     needed, available = 2 * num * per_item, _available_bytes(device)
     if available is not None and needed > available:
         raise ValueError(
@@ -162,7 +166,8 @@ def sample_prior(variant: nn.Module, num: int) -> Draws:
     if num <= 0:
         raise ValueError(f"num must be a positive integer, got {num}")
     param = next(variant.parameters())
-    check_memory_for_draws(variant, num, param.device)
+    num_codes = variant.codebook.num_codes
+    check_memory_for_draws(num, variant.data_shape, variant.latent_shape, num_codes, param.device)
     shape_x = variant.data_shape
     placeholder = torch.zeros((num, *shape_x), dtype=param.dtype, device=param.device)
     trace = poutine.trace(poutine.uncondition(variant.model)).get_trace(placeholder)

@@ -354,11 +354,36 @@ def _check_drawing(args: argparse.Namespace) -> str:
 
     check_sampler_options(args.sampler, args.steps, args.eta, args.method)
     kind = run_kind(args.run_dir)
-    num_steps = read_config(args.run_dir).get("num_steps")
+    config = read_config(args.run_dir)
+    num_steps = config.get("num_steps")
     if kind != "variant-file" and isinstance(num_steps, int):
         check_sampler_options(args.sampler, args.steps, args.eta, args.method, num_steps)
+    draws = args.samples if args.command == "evaluate" else args.num
+    _check_memory(config, kind, draws, args.device)
     check_writable(args.run_dir)
     return kind
+
+
+def _check_memory(config: dict, kind: str, num: int, device: str) -> None:
+    """``num`` prior draws of the run fit in memory, estimated from its config.json (a variant
+    file's shapes are known only once it is built: checked then)."""
+    from pbridge.inference.sampling import check_memory_for_draws
+    from pbridge.inference.svi import resolve_device
+
+    try:
+        d, k = int(config["latent_dim"]), int(config["num_codes"])
+        if kind == "toy":
+            length = int(config["length"])
+            data, latent = (2, length), (d, length)
+        elif kind == "image":
+            channels, height, width = IMAGE_DATASETS[config["dataset"]]
+            scale = 2 ** int(config["downsamples"])
+            data, latent = (channels, height, width), (d, height // scale, width // scale)
+        else:
+            return
+    except (KeyError, TypeError, ValueError):
+        return  # a config.json that does not read is named when the run is loaded
+    check_memory_for_draws(num, data, latent, k, resolve_device(device))
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
@@ -403,13 +428,13 @@ def _train(args: argparse.Namespace) -> dict:
     """``pbridge train``: every check first (flags, the run directory, a resumed run's config),
     then the run; a fresh run that fails before its first checkpoint leaves no directory."""
     from pbridge.inference.images import run_images
-    from pbridge.inference.run_dir import CHECKPOINT_FILE, RUN_FILES
+    from pbridge.inference.run_dir import is_run_dir
     from pbridge.inference.toy import run_toy
     from pbridge.inference.user_variant import run_user_variant
 
     config = _check_train(args)
     out, progress = Path(args.out), not args.no_progress
-    existed = out.exists()
+    existed, had_run = out.exists(), out.is_dir() and is_run_dir(out)
     options = {"resume": args.resume, "overwrite": args.overwrite}
     try:
         if args.dataset.endswith(".py"):
@@ -429,14 +454,23 @@ def _train(args: argparse.Namespace) -> dict:
         return run_images(
             config, out, args.device, progress, root=args.root, download=args.download, **options
         )
-    except Exception:
-        started = not args.resume and out.is_dir()
-        if started and not any((out / n).exists() for n in (CHECKPOINT_FILE, "vqvae.pt")):
-            for name in RUN_FILES:  # written by this failed start: nothing to resume from
-                (out / name).unlink(missing_ok=True)
-            if not existed and not any(out.iterdir()):
-                out.rmdir()
+    except BaseException:  # Ctrl-C included
+        if not had_run and out.is_dir() and not is_run_dir(out, checkpoints_only=True):
+            _discard_failed_start(out, remove_folder=not existed)
         raise
+
+
+def _discard_failed_start(out: Path, remove_folder: bool) -> None:
+    """Remove what a new run wrote before failing without a checkpoint: nothing to resume."""
+    from pbridge.inference.run_dir import RUN_FILES
+
+    try:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        if remove_folder and not any(out.iterdir()):
+            out.rmdir()
+    except OSError:
+        pass  # the error being raised says more
 
 
 def _check_train(args: argparse.Namespace):
@@ -452,6 +486,19 @@ def _check_train(args: argparse.Namespace):
         )
     if variant_file:
         _check_variant_file_flags(args)
+    elif args.dataset == "toy":
+        image_only = {
+            "--preset": args.preset,
+            "--variant": args.variant,
+            "--codebook": args.codebook,
+            "--restart-dead-codes": args.restart_dead_codes,
+            "--vqvae-steps": args.vqvae_steps,
+            "--root": args.root,
+        }
+        given = [name for name, value in image_only.items() if value is not None]
+        if given or args.download:
+            given += ["--download"] if args.download else []
+            raise ValueError(f"{', '.join(given)} apply to image data sets, not to toy")
     if args.extend_steps and not (args.resume and args.steps):
         raise ValueError("--extend-steps goes with --resume and --steps N (the new total)")
     if os.environ.get("RANK", "0") == "0":  # the process that writes

@@ -580,6 +580,24 @@ def test_item9_an_absurd_number_of_draws_is_refused_up_front(run, capsys):
     assert "1000000000 draws need at least" in err
 
 
+def test_absurd_draws_in_evaluate_are_refused_before_anything_is_written(run, capsys):
+    before = _snapshot(run)
+    assert "draws need at least" in _refused(["evaluate", run, "--samples", 10**9], capsys)
+    assert _snapshot(run) == before
+
+
+def test_flags_that_do_not_apply_are_refused(tmp_path, capsys):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "thesis.tex").write_text("mine")
+    for argv, named in [
+        (["train", "toy", "--preset", "paper", "--out", tmp_path / "a"], "--preset apply to image"),
+        (["train", "toy", "--out", busy], "is not empty and holds no run"),
+    ]:
+        assert named in _refused(argv, capsys)
+    assert not (tmp_path / "a").exists() and [p.name for p in busy.iterdir()] == ["thesis.tex"]
+
+
 def test_item9_the_nan_guard_is_one_line_and_a_fresh_run_leaves_nothing(
     tmp_path, capsys, monkeypatch
 ):
