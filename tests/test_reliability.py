@@ -586,7 +586,7 @@ def test_absurd_draws_in_evaluate_are_refused_before_anything_is_written(run, ca
     assert _snapshot(run) == before
 
 
-def test_flags_that_do_not_apply_are_refused(tmp_path, capsys):
+def test_flags_that_do_not_apply_are_refused(tmp_path, capsys, no_training):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "thesis.tex").write_text("mine")
