@@ -512,8 +512,8 @@ def test_item7_sampling_an_unfinished_run_warns(run, capsys):
 
 def test_item7_a_failed_start_leaves_no_directory(tmp_path, capsys):
     out = tmp_path / "new"
-    args = ["train", "fashion-mnist", "--root", tmp_path / "no-data", "--out", out]
-    assert "Fashion-MNIST not found" in _refused(args, capsys)
+    args = ["train", "cifar10", "--root", tmp_path / "no-data", "--out", out]
+    assert "CIFAR-10 not found" in _refused(args, capsys)
     assert not out.exists()
 
 
@@ -533,7 +533,7 @@ def test_item7_the_checkpoint_has_the_mode_of_the_other_files(trained_toy):
 def test_item8_a_failed_start_over_a_run_leaves_it_intact(run, capsys):
     before = _snapshot(run)
     for extra in ([], ["--overwrite"]):
-        args = ["train", "fashion-mnist", "--root", run / "no-data", "--out", run, *extra]
+        args = ["train", "cifar10", "--root", run / "no-data", "--out", run, *extra]
         _refused(args, capsys)
         assert _snapshot(run) == before
     assert main(["sample", str(run), "--num", "4"]) == 0
