@@ -13,6 +13,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import pyro
 import pytest
@@ -374,8 +375,12 @@ def _snapshot(folder):
 
 
 def _refused(argv, capsys, status=2):
-    """Run the command line; it must exit with ``status`` and one line on stderr."""
+    """Run the command line; it must exit with ``status`` and one line on stderr, and leave
+    every folder named in ``argv`` byte-identical."""
+    folders = [Path(a) for a in argv if isinstance(a, Path) and a.is_dir()]
+    before = [_snapshot(folder) for folder in folders]
     assert main([str(a) for a in argv]) == status
+    assert [_snapshot(folder) for folder in folders] == before
     err = capsys.readouterr().err.strip()
     assert err.startswith("pbridge: ") and "\n" not in err and "Traceback" not in err, err
     return err
