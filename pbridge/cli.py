@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,6 +34,13 @@ __all__ = ["main"]
 from pbridge.data import DATASETS as IMAGE_DATASETS
 
 DATASETS = ("toy", *IMAGE_DATASETS)
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..2**32 - 1, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -62,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", required=True, help="run directory to write")
     train.add_argument("--steps", type=_positive_int, help="SVI steps (default: the preset's)")
-    train.add_argument("--seed", type=int, help="random seed (default: the preset's)")
+    train.add_argument("--seed", type=_seed, help="random seed (default: the preset's)")
     train.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     train.add_argument(
         "--latent-warmup",
@@ -145,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("run_dir", help="a run directory written by `pbridge train`")
     sample.add_argument("--num", type=_positive_int, default=1000, help="number of samples")
-    sample.add_argument("--seed", type=int, default=0, help="random seed")
+    sample.add_argument("--seed", type=_seed, default=0, help="random seed")
     sample.add_argument("--device", default="auto", help="auto, cpu or cuda")
     _add_sampler_options(sample)
 
@@ -196,7 +204,7 @@ def _parser() -> argparse.ArgumentParser:
 def _add_draw_options(parser: argparse.ArgumentParser) -> None:
     """Seed, sampler, device and data folder of the commands that draw from a trained run and
     read its test split."""
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--seed", type=_seed, default=0, help="random seed")
     _add_sampler_options(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--root", help="data folder (default: $PBRIDGE_DATA or ~/.cache/pbridge)")
@@ -270,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 def _one_line(err: BaseException) -> str:
     """The message of ``err`` on one line, without the trace shapes Pyro appends to errors
     raised inside a model."""
-    text = str(err).split("\nTrace Shapes:")[0].strip()
+    text = re.split(r"\n\s*Trace Shapes:", str(err))[0].strip()
     return " ".join(line.strip() for line in text.splitlines()) or repr(err)
 
 
@@ -358,6 +366,9 @@ def _check_drawing(args: argparse.Namespace) -> str:
     num_steps = config.get("num_steps")
     if kind != "variant-file" and isinstance(num_steps, int):
         check_sampler_options(args.sampler, args.steps, args.eta, args.method, num_steps)
+        chain_steps = getattr(args, "chain_steps", None)
+        if chain_steps is not None and num_steps % chain_steps:
+            raise ValueError(f"--chain-steps {chain_steps} must divide the chain's T = {num_steps}")
     draws = args.samples if args.command == "evaluate" else args.num
     _check_memory(config, kind, draws, args.device)
     check_writable(args.run_dir)

@@ -495,6 +495,26 @@ def test_item6_sampler_options_are_refused_before_loading_without_a_trace_dump(
         assert named in _refused(["sample", run, *options], capsys)
 
 
+def test_item6_pyro_trace_dumps_are_cut_from_the_message(run, capsys):
+    err = _refused(["evaluate", run, "--chain-steps", 7], capsys)
+    assert "--chain-steps 7 must divide the chain's T = 100" in err
+    with pytest.raises(SystemExit, match="2"):  # the parser's usage line and its error
+        main(["train", "toy", "--seed", "-1", "--out", str(run)])
+    assert "--seed: must be an integer in 0..2**32 - 1, got -1" in capsys.readouterr().err
+
+    from pyro import poutine
+
+    from pbridge.cli import _one_line
+
+    def model():
+        pyro.sample("z", pyro.distributions.Normal(0.0, 1.0))
+        raise ValueError("steps_per_item must divide T = 100, got 7")
+
+    with pytest.raises(ValueError, match="Trace Shapes") as raised:
+        poutine.trace(model).get_trace()
+    assert _one_line(raised.value) == "steps_per_item must divide T = 100, got 7"
+
+
 def test_item7_a_run_without_a_checkpoint_yet_says_so(run, capsys):
     (run / "checkpoint.pt").unlink()
     err = _refused(["sample", run], capsys)
