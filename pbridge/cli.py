@@ -245,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     one line, 130 / 143 stopped by SIGINT / SIGTERM)."""
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    from torch import OutOfMemoryError
+
     from pbridge.checkpoint import CorruptCheckpointError
     from pbridge.inference.svi import TrainingInterrupted
 
@@ -270,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             CorruptCheckpointError,
             FloatingPointError,
             MemoryError,
+            OutOfMemoryError,  # CUDA's
         ) as err:
             print(f"pbridge: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
             return 2
