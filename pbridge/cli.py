@@ -2,7 +2,8 @@
 
 pbridge train DATASET --out RUN_DIR [--steps N] [--seed S] [--device auto|cpu|cuda]
               [--preset small|paper] [--variant end-to-end|two-stage|pixelcnn|vqvae]
-              [--codebook gradient|ema] [--restart-dead-codes U] [--resume]
+              [--codebook gradient|ema] [--restart-dead-codes U]
+              [--overwrite | --resume [--steps N --extend-steps]]
               [--devices N [--nodes M --rdzv-endpoint HOST:PORT]]
 pbridge train path/to/variant.py --out RUN_DIR [--steps N] [--seed S] [--resume] ...
 pbridge sample RUN_DIR [--num N] [--sampler ancestral|respaced|sde|ode] [--steps S]
@@ -12,8 +13,9 @@ pbridge analyze RUN_DIR [--num N] [--items N] [--seed S] [--sampler ...] [--step
 
 docs/cli.md describes every command and option.
 
-Exit status: 0 done, 2 bad input, 128 + signal number when stopped by SIGINT/SIGTERM (a
-checkpoint was written first).
+Every command checks its inputs before it writes anything, so a command that refuses leaves
+the run directory as it was. Exit status: 0 done; 2 bad input, or a failure named in one line;
+128 + signal number when stopped by SIGINT/SIGTERM (in training, after writing a checkpoint).
 """
 
 from __future__ import annotations
