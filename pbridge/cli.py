@@ -278,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         ) as err:
             print(f"pbridge: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
             return 2
+        except RuntimeError as err:
+            if "can't allocate memory" not in str(err):  # torch's CPU allocator; else a bug
+                raise
+            print(f"pbridge: out of memory: {_one_line(err)}", file=sys.stderr)
+            return 2
 
 
 def _one_line(err: BaseException) -> str:

@@ -623,6 +623,14 @@ def test_flags_that_do_not_apply_are_refused(tmp_path, capsys, no_training):
     assert not (tmp_path / "a").exists() and [p.name for p in busy.iterdir()] == ["thesis.tex"]
 
 
+def test_running_out_of_memory_while_sampling_is_one_line(run, capsys, monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8")
+
+    monkeypatch.setattr("pbridge.inference.toy.sample_prior", exhausted)
+    assert "pbridge: out of memory: " in _refused(["sample", run, "--num", "4"], capsys)
+
+
 def test_item9_the_nan_guard_is_one_line_and_a_fresh_run_leaves_nothing(
     tmp_path, capsys, monkeypatch
 ):
