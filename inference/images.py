@@ -6,7 +6,6 @@ The run directory holds ``config.json``, ``checkpoint.pt``, ``metrics.json``,
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -31,11 +30,25 @@ from pbridge.presets import (
     build_image_vqvae,
 )
 
-from .run_dir import load_run, start_run, train_in_run
+from .run_dir import (
+    CHECKPOINT_FILE,
+    atomic_write,
+    check_resume,
+    check_writable,
+    load_run,
+    start_run,
+    train_in_run,
+    write_json,
+    write_run_files,
+)
 from .sampling import bridge_sampler, sample_posterior, sample_prior
 from .svi import estimate_elbo
+from .user_variant import VARIANT_FILE, load_user_run
 
 __all__ = ["run_images", "test_bits_per_dim", "load_image_run", "sample_image_run"]
+
+SAMPLES_IN_GRID = 1024
+"""At most this many draws in ``samples.png`` (``samples.pt`` holds them all)."""
 
 
 @torch.no_grad()
@@ -64,9 +77,12 @@ def run_images(
     root: str | Path | None = None,
     download: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, float]:
     """Train the image bridge VQ-VAE end to end, score it on the test split, write the run
-    (``resume``: continue from the run directory's checkpoint)."""
+    (``resume``: continue from the run directory's checkpoint; ``overwrite``: replace the run
+    it holds). Nothing is written before the data, the directory and the checkpoints are
+    checked."""
     start = time.perf_counter()
     out, dev, world = start_run(out_dir, config, device)
     train_x = load_images(config.dataset, "train", root, download).as_float()
@@ -74,9 +90,22 @@ def run_images(
     train_x, test_x = train_x[: config.max_train].to(dev), test_x[: config.eval_items].to(dev)
 
     generator = torch.Generator(device=dev).manual_seed(config.train.seed)
-    if config.variant in ("two-stage", "pixelcnn"):
+    two_stage = config.variant in ("two-stage", "pixelcnn")
+    if two_stage:
         vqvae = build_image_vqvae(config).to(dev)
         vqvae.initialise_codebook(train_x[:1024], generator)
+    else:  # end to end, or the VQ-VAE alone
+        variant = build_image_model(config).to(dev)
+        variant.initialise_codebook(train_x[:1024], generator)
+    if resume:
+        if two_stage:
+            check_resume(vqvae, out / "vqvae.pt", config)
+            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+                check_resume(build_image_model(config), out / CHECKPOINT_FILE, config)
+        else:
+            check_resume(variant, out / CHECKPOINT_FILE, config)
+    write_run_files(out, config, world, resume, overwrite)
+    if two_stage:
         vqvae_settings = replace(config.train, steps=config.vqvae_steps)
         stage_one = train_in_run(
             vqvae, train_x, vqvae_settings, out / "vqvae.pt", config, progress, resume, world
@@ -88,10 +117,8 @@ def run_images(
             variant = bridge_on_frozen_vqvae(
                 vqvae, denoiser, image_schedule(config.num_steps), config.bridge
             )
-    else:  # end to end, or the VQ-VAE alone
+    else:
         stage_one = None
-        variant = build_image_model(config).to(dev)
-        variant.initialise_codebook(train_x[:1024], generator)
     result = train_in_run(
         variant, train_x, config.train, out / "checkpoint.pt", config, progress, resume, world
     )
@@ -106,8 +133,10 @@ def run_images(
         prior = sample_prior(variant, 64)
         sample_seconds = time.perf_counter() - sample_start
     usage = code_usage(posterior.codes, variant.codebook.num_codes)
-    save_image(torch.cat([test_x[:32], posterior.x_mean[:32]]).cpu(), out / "reconstructions.png")
-    save_image(prior.x_mean.cpu(), out / "samples.png")
+    with atomic_write(out / "reconstructions.png") as tmp:
+        save_image(torch.cat([test_x[:32], posterior.x_mean[:32]]).cpu(), tmp)
+    with atomic_write(out / "samples.png") as tmp:
+        save_image(prior.x_mean.cpu(), tmp)
     metrics = {
         "test_bits_per_dim": bpd,
         "test_bits_per_dim_stderr": bpd_se,
@@ -119,12 +148,15 @@ def run_images(
         "sampling_seconds_per_image": sample_seconds / 64,
         "seconds": time.perf_counter() - start,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(out / "metrics.json", metrics)
     return metrics
 
 
 def load_image_run(run_dir: str | Path, device: str = "auto"):
-    """The config and trained variant of an image run directory."""
+    """The config and trained variant of an image run directory (a variant file's run is
+    rebuilt from its copy of the file)."""
+    if (Path(run_dir) / VARIANT_FILE).is_file():
+        return load_user_run(run_dir, device)
     return load_run(run_dir, ImageConfig.from_dict, build_image_model, device)
 
 
@@ -133,13 +165,16 @@ def sample_image_run(
 ) -> dict:
     """Draw ``num`` prior samples; write ``samples.png`` (a grid) and ``samples.pt`` (codes).
     ``sampler``: keywords of :func:`~pbridge.inference.sampling.bridge_sampler`."""
-    _, variant = load_image_run(run_dir, device)
+    run = Path(run_dir)
+    _, variant = load_image_run(run, device)
+    check_writable(run)
     torch.manual_seed(seed)
     start = time.perf_counter()
     with pyro.validation_enabled(False), bridge_sampler(variant, **sampler):
         draws = sample_prior(variant, num)
     seconds = time.perf_counter() - start
-    run = Path(run_dir)
-    save_image(draws.x_mean.cpu(), run / "samples.png")
-    torch.save({"codes": draws.codes.cpu(), "x": draws.x_mean.cpu()}, run / "samples.pt")
+    with atomic_write(run / "samples.png") as tmp:
+        save_image(draws.x_mean[:SAMPLES_IN_GRID].cpu(), tmp)
+    with atomic_write(run / "samples.pt") as tmp:
+        torch.save({"codes": draws.codes.cpu(), "x": draws.x_mean.cpu()}, tmp)
     return {"num": num, "seconds_per_image": seconds / num}

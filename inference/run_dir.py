@@ -1,11 +1,25 @@
-"""What every run directory shares: seeding, ``config.json``, checkpointed training, loading."""
+"""What every run directory shares: seeding, ``config.json``, checkpointed training, loading.
+
+A command checks everything before it writes: :func:`check_out_dir` (may this directory be
+written?), :func:`read_config` (is ``config.json`` readable and of the right types?),
+:func:`check_resume` (does the checkpoint fit the variant and its config?) and
+:func:`check_writable`; only then does :func:`write_run_files` write ``config.json`` and
+``environment.json``. A command that refuses leaves the run directory as it was.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import platform
 import subprocess
-from collections.abc import Callable
+import tempfile
+import types
+import typing
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +29,58 @@ import torchsde
 from torch import nn
 
 import pbridge
-from pbridge.checkpoint import check_state_fits, load_latest_checkpoint
+from pbridge.checkpoint import check_state_fits, load_latest_checkpoint, previous_path
 
 from .distributed import World, world_from_environment
 from .svi import TrainResult, TrainSettings, resolve_device, train
 
-__all__ = ["start_run", "train_in_run", "load_run", "environment"]
+__all__ = [
+    "CONFIG_FILE",
+    "CHECKPOINT_FILE",
+    "start_run",
+    "check_out_dir",
+    "is_run_dir",
+    "check_writable",
+    "check_resume",
+    "write_run_files",
+    "atomic_write",
+    "write_json",
+    "read_config",
+    "config_from_dict",
+    "run_kind",
+    "train_in_run",
+    "load_run",
+    "environment",
+]
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+RUN_FILES = (
+    "config.json",
+    "environment.json",
+    "checkpoint.pt",
+    "checkpoint.pt.prev",
+    "vqvae.pt",
+    "vqvae.pt.prev",
+    "metrics.json",
+    "variant.py",
+    "trajectories.png",
+    "reconstructions.png",
+    "samples.png",
+    "samples.pt",
+    "eval.json",
+    "eval.md",
+    "inpainting.png",
+    "eval_samples.png",
+    "analysis.nc",
+    "analysis_summary.csv",
+    "reverse_chain.png",
+    "code_usage.png",
+    "code_entropy.png",
+    "elbo_trace.png",
+)
+"""Every file a pbridge command writes into a run directory (removed by ``--overwrite``)."""
 
 
 def _git(*args: str) -> str | None:
@@ -50,25 +110,233 @@ def environment() -> dict[str, Any]:
     }
 
 
-def start_run(out_dir: str | Path, config: Any, device: str) -> tuple[Path, torch.device, World]:
-    """Create the run directory, write ``config.json`` and ``environment.json`` (versions and
-    git commit), seed torch and Pyro with ``config.train.seed``; return the directory, the
-    resolved device and the data-parallel world (from torchrun's environment; one process
-    otherwise). Under torchrun each process takes the GPU of its local rank and only process 0
-    writes files."""
+def is_run_dir(path: Path, checkpoints_only: bool = False) -> bool:
+    """A directory holding a run: its ``config.json`` or a checkpoint (``checkpoints_only``:
+    a checkpoint, i.e. work that can be resumed)."""
+    names = (CHECKPOINT_FILE, "vqvae.pt") + (() if checkpoints_only else (CONFIG_FILE,))
+    return any((path / name).exists() or previous_path(path / name).exists() for name in names)
+
+
+def check_out_dir(out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse (``ValueError`` naming the directory) to start a run where it would lose work:
+    an existing file; a directory that holds a run, unless ``resume`` (continue it) or
+    ``overwrite`` (replace it); a non-empty directory that holds no run; ``resume`` of a
+    missing or empty directory. Writes nothing."""
     out = Path(out_dir)
+    if resume and overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces it: give one of them")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a run directory")
+    holds_run = out.is_dir() and is_run_dir(out)
+    if resume:
+        if not holds_run:
+            what = "does not exist" if not out.exists() else "holds no run (no config.json)"
+            raise ValueError(f"cannot resume {out}: it {what}; check the path, or drop --resume")
+        if not (out / CONFIG_FILE).is_file():
+            raise ValueError(f"cannot resume {out}: it has a checkpoint but no {CONFIG_FILE}")
+        return
+    if holds_run and not overwrite:
+        raise ValueError(
+            f"{out} already holds a run; pass --resume to continue it or --overwrite to replace "
+            "it (its checkpoint, samples and scores are deleted)"
+        )
+    if out.is_dir() and not holds_run and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty and holds no run; choose a new or empty --out")
+
+
+def check_writable(folder: str | Path) -> None:
+    """Raise ``PermissionError`` naming ``folder`` (or, if missing, the folder that would hold
+    it) when a file cannot be created there: tried with a temporary file, removed at once."""
+    folder = Path(folder)
+    target = folder
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    if not target.is_dir():
+        raise ValueError(f"cannot create {folder}: {target} is a file")
+    try:
+        fd, probe = tempfile.mkstemp(dir=target, prefix=".pbridge-probe-")
+    except OSError as err:
+        raise PermissionError(
+            f"cannot write to {target}{'' if target == folder else f' (to create {folder})'}: "
+            f"{err.strerror or err}"
+        ) from err
+    os.close(fd)
+    os.unlink(probe)
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed to ``path`` (so a crash,
+    Ctrl-C or full disk never leaves half a file), on failure removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # the suffix names the format
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON, written atomically (:func:`atomic_write`)."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
+
+
+def start_run(out_dir: str | Path, config: Any, device: str) -> tuple[Path, torch.device, World]:
+    """Seed torch and Pyro with ``config.train.seed``; return the run directory, the resolved
+    device and the data-parallel world (from torchrun's environment; one process otherwise).
+    Under torchrun each process takes the GPU of its local rank. Writes nothing: the run's files
+    are written by :func:`write_run_files` once every input has been checked."""
     dev = resolve_device(device)
     world = world_from_environment(dev)
     if world.size > 1 and dev.type == "cuda":
         dev = torch.device("cuda", world.local_rank)
     torch.manual_seed(config.train.seed)
     pyro.set_rng_seed(config.train.seed)
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-        recorded = {**environment(), "processes": world.size}
-        (out / "environment.json").write_text(json.dumps(recorded, indent=2))
-    return out, dev, world
+    return Path(out_dir), dev, world
+
+
+def write_run_files(
+    out: Path, config: Any, world: World, resume: bool = False, overwrite: bool = False
+) -> None:
+    """On process 0: check the directory once more (:func:`check_out_dir`) and that it can be
+    written, delete a replaced run's files (``overwrite``), then write ``config.json`` and
+    ``environment.json`` (versions and git commit) atomically."""
+    if not world.is_main:
+        return
+    check_out_dir(out, resume, overwrite)
+    check_writable(out)
+    if overwrite:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / CONFIG_FILE, config.to_dict())
+    write_json(out / "environment.json", {**environment(), "processes": world.size})
+
+
+def run_kind(run_dir: str | Path) -> str:
+    """``"variant-file"``, ``"image"`` or ``"toy"``: what wrote the run directory
+    (``FileNotFoundError`` if it holds no ``config.json``)."""
+    run = Path(run_dir)
+    if (run / "variant.py").is_file():
+        return "variant-file"
+    return "image" if "dataset" in read_config(run) else "toy"
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``config.json`` as a dict; errors name the file."""
+    run = Path(run_dir)
+    path = run / CONFIG_FILE
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run} is not a run directory: no {CONFIG_FILE} (no such folder)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{run} is not a run directory: no {CONFIG_FILE}")
+    try:
+        data = json.loads(path.read_text())
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a text file ({err.reason})") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
+        ) from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value can stand for a field annotated ``hint``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        return isinstance(value, list) and all(_fits(item, args[0]) for item in value)
+    return True
+
+
+def _check_types(cls: type, data: dict, source: str, prefix: str = "") -> None:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in names:
+            raise ValueError(f"{source}: unknown setting {prefix}{key!r}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ValueError(f"{source}: {prefix}{key} must be an object, got {value!r}")
+            _check_types(hint, value, source, f"{prefix}{key}.")
+        elif not _fits(value, hint):
+            shown = getattr(hint, "__name__", None) or str(hint)
+            raise ValueError(f"{source}: {prefix}{key} must be {shown}, got {value!r}")
+
+
+def config_from_dict(cls: type, data: dict, source: str) -> Any:
+    """``cls.from_dict(data)`` with every value's type checked first; errors name ``source``
+    and the setting."""
+    _check_types(cls, data, source)
+    try:
+        return cls.from_dict(data)
+    except (TypeError, ValueError, KeyError) as err:
+        raise ValueError(f"{source}: {err}") from err
+
+
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def check_config_matches(config: dict, state: dict, config_file: Path, used: Path) -> None:
+    """Refuse a ``config.json`` that contradicts the config its checkpoint was written with
+    (``train.steps`` may differ: ``--extend-steps``), naming every setting that differs."""
+    written = state.get("config")
+    if not isinstance(written, dict):
+        return
+    ours, theirs = _flat(config), _flat(written)
+    differ = [
+        f"{key} {ours[key]!r} (checkpoint: {theirs[key]!r})"
+        for key in ours
+        if key in theirs and key != "train.steps" and ours[key] != theirs[key]
+    ]
+    if differ:
+        raise ValueError(
+            f"{config_file} contradicts {used}, which was written with other settings: "
+            + ", ".join(differ)
+        )
+
+
+def check_resume(variant: nn.Module, checkpoint: Path, config: Any) -> int:
+    """Before a resumed run writes anything: the newest intact checkpoint (if any) was written
+    by this variant class with tensors of these shapes and with this config; returns its step
+    (0 when there is none yet)."""
+    if not (checkpoint.is_file() or previous_path(checkpoint).is_file()):
+        return 0
+    state, used = load_latest_checkpoint(checkpoint)
+    written_by = state.get("variant")
+    if written_by != type(variant).__name__:
+        raise ValueError(
+            f"{used} was written by a {written_by} run; cannot resume a "
+            f"{type(variant).__name__} from it"
+        )
+    check_state_fits(variant, state["model"], str(used))
+    check_config_matches(config.to_dict(), state, checkpoint.parent / CONFIG_FILE, used)
+    return int(state["step"])
 
 
 def train_in_run(
@@ -101,18 +369,38 @@ def load_run(
     build: Callable[[Any], nn.Module],
     device: str = "auto",
 ) -> tuple[Any, nn.Module]:
-    """The config and trained variant (eval mode) of a run directory."""
+    """The config and trained variant (eval mode) of a run directory. Refuses (naming the file)
+    a missing, unreadable or mistyped ``config.json``, a run without a checkpoint yet, and a
+    ``config.json`` that contradicts its checkpoint; warns when the run stopped before its
+    last step."""
     run = Path(run_dir)
-    if not (run / "config.json").is_file():
-        raise FileNotFoundError(f"{run} is not a run directory: no config.json")
-    config = from_dict(json.loads((run / "config.json").read_text()))
+    data = read_config(run)
+    owner = getattr(from_dict, "__self__", None)
+    if isinstance(owner, type) and dataclasses.is_dataclass(owner):
+        config = config_from_dict(owner, data, str(run / CONFIG_FILE))
+    else:
+        config = from_dict(data)
+    checkpoint = run / CHECKPOINT_FILE
+    if not (checkpoint.is_file() or previous_path(checkpoint).is_file()):
+        raise FileNotFoundError(
+            f"{run} has no checkpoint yet: its training has not reached its first checkpoint "
+            "(still running, or stopped before it; continue with `pbridge train ... --resume`)"
+        )
+    state, used = load_latest_checkpoint(checkpoint)
+    check_config_matches(data, state, run / CONFIG_FILE, used)
     variant = build(config)
-    state, used = load_latest_checkpoint(run / "checkpoint.pt")
     if state.get("variant") != type(variant).__name__:
         raise ValueError(
             f"{used} was written by a {state.get('variant')} run, but config.json builds a "
             f"{type(variant).__name__}"
         )
     check_state_fits(variant, state["model"], str(used))
+    steps = getattr(getattr(config, "train", None), "steps", None)
+    if steps is not None and state.get("step", steps) < steps:
+        warnings.warn(
+            f"{run} stopped at step {state['step']} of {steps} (continue it with `pbridge train "
+            "... --resume`); using the model as it is",
+            stacklevel=2,
+        )
     variant.load_state_dict(state["model"])
     return config, variant.to(resolve_device(device)).eval()

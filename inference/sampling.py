@@ -9,17 +9,64 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from pyro import poutine
 from torch import nn
 
 from pbridge.bridge_prior import BridgeCodePrior
-from pbridge.samplers import SAMPLERS
+from pbridge.samplers import ODE_METHODS, SAMPLERS, SDE_METHODS
 
-__all__ = ["Draws", "sample_prior", "sample_posterior", "bridge_sampler"]
+__all__ = [
+    "Draws",
+    "sample_prior",
+    "sample_posterior",
+    "bridge_sampler",
+    "check_sampler_options",
+    "check_memory_for_draws",
+]
+
+
+def check_sampler_options(
+    sampler: str = "ancestral",
+    steps: int | None = None,
+    eta: float | None = None,
+    method: str | None = None,
+    num_steps: int | None = None,
+) -> None:
+    """Refuse, before any model is loaded, sampler options that cannot work together
+    (``ValueError`` naming the option as the command line spells it); ``num_steps``: the chain's
+    T when known, to check ``steps`` against it."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    if eta is not None:
+        if sampler != "respaced":
+            raise ValueError(f"--eta applies to the respaced sampler, not {sampler!r}")
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"--eta must lie in [0, 1], got {eta}")
+    if method is not None:
+        allowed = {"sde": SDE_METHODS, "ode": ODE_METHODS}.get(sampler)
+        if allowed is None:
+            raise ValueError(f"--method applies to the sde and ode samplers, not {sampler!r}")
+        if method not in allowed:
+            raise ValueError(
+                f"--method {method!r} is not a method of the {sampler} sampler; expected one of "
+                f"{', '.join(allowed)}"
+            )
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"--steps must be a positive integer, got {steps!r}")
+    if steps is not None and num_steps is not None:
+        if sampler == "ancestral" and steps != num_steps:
+            raise ValueError(
+                f"--steps {steps}: the ancestral sampler runs all T = {num_steps} steps; use "
+                "--sampler respaced (or sde/ode) for fewer"
+            )
+        if sampler == "respaced" and steps > num_steps:
+            raise ValueError(f"--steps {steps} exceeds the chain's T = {num_steps} steps")
 
 
 def bridge_sampler(
@@ -27,9 +74,10 @@ def bridge_sampler(
 ) -> AbstractContextManager:
     """A context in which the variant's prior draws and inpainting use ``sampler`` with
     ``steps`` (:func:`pbridge.samplers.reverse_sample`; ``options``: ``eta``, ``method``).
-    Variants without a diffusion chain (VQ-VAE, PixelCNN) accept only the default."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    Variants without a diffusion chain (VQ-VAE, PixelCNN) accept only the default. The options
+    are checked here (:func:`check_sampler_options`), before any draw."""
+    schedule = getattr(variant, "schedule", None)
+    check_sampler_options(sampler, steps, **options, num_steps=getattr(schedule, "num_steps", None))
     sampling = getattr(variant, "sampling", None)
     if sampling is None:
         if sampler != "ancestral" or steps is not None or options:
@@ -83,12 +131,48 @@ def _draws(variant: nn.Module, trace: poutine.Trace, x: torch.Tensor) -> Draws:
     )
 
 
+def _available_bytes(device: torch.device) -> int | None:
+    """Free memory of ``device``: CUDA's free bytes, or the system's MemAvailable (Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory_for_draws(
+    num: int,
+    data_shape: tuple[int, ...],
+    latent_shape: tuple[int, ...],
+    num_codes: int,
+    device: torch.device,
+) -> None:
+    """Refuse ``num`` prior draws whose results alone (x and its mean, z_e, z_q, the codes'
+    logits, twice over for the work in between) would not fit in the device's free memory;
+    ``latent_shape = (d, *cells)``."""
+    cells = math.prod(latent_shape[1:])
+    per_item = 4 * (2 * math.prod(data_shape) + 2 * math.prod(latent_shape))
+    per_item += 4 * cells * (num_codes + 4)
+    needed, available = 2 * num * per_item, _available_bytes(device)
+    if available is not None and needed > available:
+        raise ValueError(
+            f"{num} draws need at least {needed / 2**30:.1f} GiB of memory, and {device} has "
+            f"{available / 2**30:.1f} GiB free; ask for fewer"
+        )
+
+
 @torch.no_grad()
 def sample_prior(variant: nn.Module, num: int) -> Draws:
     """``num`` draws from the generative model (every site sampled, x included)."""
     if num <= 0:
         raise ValueError(f"num must be a positive integer, got {num}")
     param = next(variant.parameters())
+    num_codes = variant.codebook.num_codes
+    check_memory_for_draws(num, variant.data_shape, variant.latent_shape, num_codes, param.device)
     shape_x = variant.data_shape
     placeholder = torch.zeros((num, *shape_x), dtype=param.dtype, device=param.device)
     trace = poutine.trace(poutine.uncondition(variant.model)).get_trace(placeholder)

@@ -298,6 +298,25 @@ def non_finite_sites(variant: nn.Module, x: Batch) -> list[str]:
     return bad
 
 
+def _summary(variant: nn.Module, batch: Batch, dims: int) -> dict[str, str | int]:
+    """The progress bar's figures for ``batch``: -ELBO, bits/dim, its terms, codebook usage.
+    Their draws come from forked random states, restored afterwards, so showing the bar
+    never changes the training run."""
+    device = _arguments(batch)[0].device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        terms = elbo_terms(variant, batch)
+        usage = posterior_code_usage(variant, batch)
+    elbo = sum(terms.values())
+    shown = {
+        "-elbo": -elbo,
+        "bits/dim": -elbo / (dims * math.log(2)),
+        **terms,
+        "codes": usage.codes_used,
+        "perplexity": usage.perplexity,
+    }
+    return {k: f"{v:.2f}" if isinstance(v, float) else v for k, v in shown.items()}
+
+
 def train(
     variant: nn.Module,
     data: Batch,
@@ -444,19 +463,7 @@ def train(
             schedule.step()
             result.losses.append(value)
             if progress and world.is_main and step % 100 == 0:
-                terms = elbo_terms(variant, batch)
-                usage = posterior_code_usage(variant, batch)
-                elbo = sum(terms.values())
-                shown = {
-                    "-elbo": -elbo,
-                    "bits/dim": -elbo / (x_all[0].numel() * math.log(2)),
-                    **terms,
-                    "codes": usage.codes_used,
-                    "perplexity": usage.perplexity,
-                }
-                bar.set_postfix(
-                    {k: f"{v:.2f}" if isinstance(v, float) else v for k, v in shown.items()}
-                )
+                bar.set_postfix(_summary(variant, batch, x_all[0].numel()))
             if (checkpoint is not None and world.is_main) and (
                 step == settings.steps
                 or stop["signal"] is not None

@@ -6,7 +6,6 @@ A run directory holds ``config.json``, ``checkpoint.pt``, ``metrics.json`` and
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -18,11 +17,27 @@ from pbridge.presets import ToyConfig, build_toy_model
 from pbridge.toy import nearest_centroid, sample_walks, transition_accuracy
 
 from .plots import plot_toy_samples, plot_toy_trajectories
-from .run_dir import load_run, start_run, train_in_run
+from .run_dir import (
+    CHECKPOINT_FILE,
+    atomic_write,
+    check_resume,
+    check_writable,
+    load_run,
+    start_run,
+    train_in_run,
+    write_json,
+    write_run_files,
+)
 from .sampling import bridge_sampler, sample_posterior, sample_prior
 from .svi import estimate_elbo
 
-__all__ = ["run_toy", "load_toy_run", "score_toy_samples", "sample_toy_run"]
+__all__ = [
+    "run_toy",
+    "load_toy_run",
+    "score_toy_samples",
+    "sample_toy_run",
+    "evaluate_toy_run",
+]
 
 NUM_EVAL = 2000
 EVAL_STEPS_PER_ITEM = 10  # stratified steps per walk when the ELBO is reported
@@ -55,9 +70,11 @@ def run_toy(
     device: str = "auto",
     progress: bool = True,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, float]:
     """Train the toy bridge VQ-VAE end to end, score it and write the run directory
-    (``resume``: continue from the run directory's checkpoint)."""
+    (``resume``: continue from the run directory's checkpoint; ``overwrite``: replace the run
+    it holds). Nothing is written before the directory and the checkpoint are checked."""
     start = time.perf_counter()
     out, dev, world = start_run(out_dir, config, device)
     seed = config.train.seed
@@ -68,6 +85,9 @@ def run_toy(
 
     variant = build_toy_model(config).to(dev)
     variant.initialise_codebook(x_train[:4096], torch.Generator(device=dev).manual_seed(seed))
+    if resume:
+        check_resume(variant, out / CHECKPOINT_FILE, config)
+    write_run_files(out, config, world, resume, overwrite)
     result = train_in_run(
         variant, x_train, config.train, out / "checkpoint.pt", config, progress, resume, world
     )
@@ -102,7 +122,7 @@ def run_toy(
         out / "trajectories.png",
     )
     metrics["seconds"] = time.perf_counter() - start
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(out / "metrics.json", metrics)
     return metrics
 
 
@@ -116,22 +136,69 @@ def sample_toy_run(
 ) -> dict:
     """Draw ``num`` prior samples of a toy run; write ``samples.pt`` and ``samples.png``.
     ``sampler``: keywords of :func:`~pbridge.inference.sampling.bridge_sampler`."""
-    _, variant = load_toy_run(run_dir, device)
+    run = Path(run_dir)
+    _, variant = load_toy_run(run, device)
+    check_writable(run)
     torch.manual_seed(seed)
     with pyro.validation_enabled(False), bridge_sampler(variant, **sampler):
         draws = sample_prior(variant, num)
-    run = Path(run_dir)
-    torch.save(
-        {"codes": draws.codes.cpu(), "mode_codes": draws.mode_codes.cpu(), "x": draws.x_mean.cpu()},
-        run / "samples.pt",
-    )
-    plot_toy_samples(draws.x_mean[:16].cpu(), run / "samples.png")
+    with atomic_write(run / "samples.pt") as tmp:
+        torch.save(
+            {
+                "codes": draws.codes.cpu(),
+                "mode_codes": draws.mode_codes.cpu(),
+                "x": draws.x_mean.cpu(),
+            },
+            tmp,
+        )
+    with atomic_write(run / "samples.png") as tmp:
+        plot_toy_samples(draws.x_mean[:16].cpu(), tmp)
     centroid_of = code_centroids(variant)
     return {
         "num": num,
         "transition_accuracy": transition_accuracy(centroid_of[draws.mode_codes]),
         "transition_accuracy_sampled_zq": transition_accuracy(centroid_of[draws.codes]),
     }
+
+
+def evaluate_toy_run(run_dir: str | Path, settings, device: str = "auto", **sampler) -> dict:
+    """``pbridge evaluate`` on a toy run: what applies to walks, on the run's own test walks
+    (``settings``: an :class:`~pbridge.inference.evaluate.EvalSettings`): the ELBO (nats per
+    walk, ``chain_steps`` stratified steps per walk), transition accuracy of
+    ``num_samples`` prior draws by ``sampler``, codebook usage and sampling time. Bits/dim,
+    the masked-patch figure and FD-FMNIST are image measures (noted in the result). Writes
+    ``eval.json``."""
+    run = Path(run_dir)
+    config, variant = load_toy_run(run, device)
+    check_writable(run)
+    dev = next(variant.parameters()).device
+    generator = torch.Generator().manual_seed(config.train.seed)  # the run's test walks
+    sample_walks(config.num_train, config.length, config.noise, generator)
+    x_test, _ = sample_walks(NUM_EVAL, config.length, config.noise, generator)
+    x_test = x_test[: settings.bpd_items].to(dev)
+    torch.manual_seed(settings.seed)
+    pyro.set_rng_seed(settings.seed)
+    with pyro.validation_enabled(False), bridge_sampler(variant, **sampler):
+        with variant.stratified_steps(settings.chain_steps):
+            elbo, elbo_se = estimate_elbo(variant, x_test, repeats=4)
+        usage = code_usage(sample_posterior(variant, x_test).codes, variant.codebook.num_codes)
+        start = time.perf_counter()
+        scores = score_toy_samples(variant, settings.num_samples)
+        seconds = time.perf_counter() - start
+    result = {
+        "variant": "toy",
+        "sampler": {"sampler": "ancestral", "steps": None, **sampler},
+        "elbo": elbo,
+        "elbo_stderr": elbo_se,
+        "test_items": x_test.shape[0],
+        **scores,
+        "codes_used": usage.codes_used,
+        "perplexity": usage.perplexity,
+        "sampling_seconds_per_item": seconds / settings.num_samples,
+        "not_applicable": "bits/dim, masked-patch bits and FD-FMNIST are image measures",
+    }
+    write_json(run / "eval.json", result)
+    return result
 
 
 def forward_and_reverse_paths(variant, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,6 @@ per class for a variant with ``sample_class``).
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 import shutil
 import sys
@@ -47,7 +46,16 @@ from pbridge.data import load_images
 from pbridge.likelihoods import bits_per_dim
 from pbridge.presets import ImageConfig, image_preset
 
-from .run_dir import load_run, start_run, train_in_run
+from .run_dir import (
+    CHECKPOINT_FILE,
+    atomic_write,
+    check_resume,
+    load_run,
+    start_run,
+    train_in_run,
+    write_json,
+    write_run_files,
+)
 from .sampling import sample_prior
 from .svi import estimate_elbo
 
@@ -69,7 +77,10 @@ class VariantFile:
 
     def build_variant(self, config: ImageConfig | None = None) -> nn.Module:
         """``build(config)`` (default: the file's config), checked to be a model/guide pair."""
-        variant = self.build(self.config if config is None else config)
+        try:
+            variant = self.build(self.config if config is None else config)
+        except Exception as err:  # the user's code: any failure is a bad input, named
+            raise ValueError(f"build() in {self.path} failed: {type(err).__name__}: {err}") from err
         if not isinstance(variant, nn.Module):
             raise TypeError(
                 f"build() in {self.path} must return a torch.nn.Module, got "
@@ -144,14 +155,16 @@ def _score(variant: nn.Module, args: tuple[torch.Tensor, ...], out: Path) -> dic
         elbo, stderr = estimate_elbo(variant, args, repeats=4)
     x_mean, codes = _reconstructions(variant, args)
     usage = code_usage(codes, variant.codebook.num_codes)
-    save_image(torch.cat([x[:32], x_mean[:32]]).cpu(), out / "reconstructions.png")
+    with atomic_write(out / "reconstructions.png") as tmp:
+        save_image(torch.cat([x[:32], x_mean[:32]]).cpu(), tmp)
     sample_class = getattr(variant, "sample_class", None)
-    if sample_class is not None:
-        classes = torch.arange(variant.num_classes, device=x.device)
-        samples = sample_class(classes.repeat_interleave(_SAMPLES_PER_CLASS))
-        save_image(samples.cpu(), out / "samples.png", nrow=_SAMPLES_PER_CLASS)
-    else:
-        save_image(sample_prior(variant, 64).x_mean.cpu(), out / "samples.png")
+    with atomic_write(out / "samples.png") as tmp:
+        if sample_class is not None:
+            classes = torch.arange(variant.num_classes, device=x.device)
+            samples = sample_class(classes.repeat_interleave(_SAMPLES_PER_CLASS))
+            save_image(samples.cpu(), tmp, nrow=_SAMPLES_PER_CLASS)
+        else:
+            save_image(sample_prior(variant, 64).x_mean.cpu(), tmp)
     return {
         "test_bits_per_dim": bits_per_dim(-elbo, x[0].numel()),
         "test_bits_per_dim_stderr": bits_per_dim(stderr, x[0].numel()),
@@ -170,22 +183,25 @@ def run_user_variant(
     root: str | Path | None = None,
     download: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
+    config: ImageConfig | None = None,
 ) -> dict[str, Any]:
     """Train the variant of a variant file on its config's data set, score it on the test
     split and write the run directory. ``train_overrides``: fields of the config's
-    :class:`~pbridge.inference.svi.TrainSettings` to replace (``steps``, ``seed``, ...)."""
+    :class:`~pbridge.inference.svi.TrainSettings` to replace (``steps``, ``seed``, ...);
+    ``config``: use this config instead (a resumed run's own). Nothing is written before the
+    file, the data, the directory and the checkpoint are checked."""
     start = time.perf_counter()
     source = load_variant_file(path)
-    config = source.config
-    config = replace(config, train=replace(config.train, **(train_overrides or {})))
+    if config is None:
+        config = source.config
+        config = replace(config, train=replace(config.train, **(train_overrides or {})))
     variant_file = Path(out_dir) / VARIANT_FILE
     if resume and variant_file.is_file() and variant_file.read_bytes() != source.path.read_bytes():
         raise ValueError(
             f"{variant_file} differs from {source.path}: cannot resume another variant"
         )
     out, dev, world = start_run(out_dir, config, device)
-    if world.is_main and source.path.resolve() != variant_file.resolve():
-        shutil.copyfile(source.path, variant_file)
     variant = source.build_variant(config).to(dev)
 
     train_set = load_images(config.dataset, "train", root, download)
@@ -199,6 +215,11 @@ def run_user_variant(
         variant.initialise_codebook(
             train_x[:1024], torch.Generator(device=dev).manual_seed(config.train.seed)
         )
+    if resume:
+        check_resume(variant, out / CHECKPOINT_FILE, config)
+    write_run_files(out, config, world, resume, overwrite)
+    if world.is_main and source.path.resolve() != variant_file.resolve():
+        shutil.copyfile(source.path, variant_file)
     result = train_in_run(
         variant, data, config.train, out / "checkpoint.pt", config, progress, resume, world
     )
@@ -213,7 +234,7 @@ def run_user_variant(
         train_seconds=result.seconds,
         seconds=time.perf_counter() - start,
     )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(out / "metrics.json", metrics)
     return metrics
 
 

@@ -305,13 +305,15 @@ class StepCostTracker(nn.Module):
 def stratified_steps(
     num_steps: int, strata: int, batch_size: int, device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """t = 1 once, then one uniform t in each of ``strata`` near-equal strata of 2..T.
+    """t = 1 once, then one uniform t in each of S = min(``strata``, T - 1) near-equal strata of
+    2..T (S = T - 1: every step once).
 
-    Returns t ``(B, 1 + strata)`` and the weights ``(B, 1 + strata)``: 1 for t = 1 and the
-    stratum's size for the others, so that sum(weight * L_t) is unbiased for sum_t L_t.
+    Returns t ``(B, 1 + S)`` and the weights ``(B, 1 + S)``: 1 for t = 1 and the stratum's size
+    for the others, so that sum(weight * L_t) is unbiased for sum_t L_t.
     """
-    if not 1 <= strata <= num_steps - 1:
-        raise ValueError(f"strata must be an integer in 1..T-1 = 1..{num_steps - 1}, got {strata}")
+    if num_steps < 2 or strata < 1:
+        raise ValueError(f"need T >= 2 and strata >= 1, got T = {num_steps}, strata = {strata}")
+    strata = min(strata, num_steps - 1)
     edges = torch.linspace(2, num_steps + 1, strata + 1, device=device).round().long()
     low, size = edges[:-1], edges[1:] - edges[:-1]
     offset = (torch.rand(batch_size, strata, device=device) * size).long().clamp_max(size - 1)

@@ -5,11 +5,13 @@ File format: one header line ``pbridge-checkpoint sha256=<hex>\\n`` followed by 
 detected on load. :func:`save_checkpoint` writes a temporary file in the same folder, fsyncs it,
 hard-links the current checkpoint to ``<name>.prev`` and renames the temporary file into place:
 at every instant ``<name>`` is a complete checkpoint, and after a write the folder holds the
-last two.
+last two. Temporary files of a write killed with SIGKILL are removed by the next write; the
+checkpoint takes the mode of the folder's other files (0644 under the usual umask).
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import os
@@ -52,8 +54,11 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     body = buffer.getvalue()
+    for stale in path.parent.glob(glob.escape(path.name) + "*.tmp"):
+        stale.unlink(missing_ok=True)  # left by a write killed with SIGKILL
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # the mode of any other file written there
         with os.fdopen(fd, "wb") as handle:
             handle.write(_MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n")
             handle.write(body)
@@ -71,6 +76,12 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -100,9 +111,11 @@ def load_latest_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:
     """The newest loadable checkpoint of ``path`` and ``<path>.prev``, with its path.
 
     A corrupted latest file is reported with a warning and the previous one is used; when both
-    are missing or corrupted the error names both.
+    are missing or corrupted the error names both; when neither exists, ``FileNotFoundError``.
     """
     path = Path(path)
+    if not path.is_file() and not previous_path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (nor {previous_path(path).name})")
     try:
         return load_checkpoint(path), path
     except (FileNotFoundError, CorruptCheckpointError) as latest_error:

@@ -23,7 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["ImageData", "DATASETS", "UnreadableDataError", "load_images", "default_root"]
+__all__ = [
+    "ImageData",
+    "DATASETS",
+    "UnreadableDataError",
+    "load_images",
+    "default_root",
+    "check_idx_file",
+]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DATASETS = {
@@ -130,8 +137,34 @@ def _fashion_mnist(root: Path, split: str, download: bool) -> tuple[torch.Tensor
                 with open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst)
                 tmp.replace(raw / f)
+    prefix = "train" if split == "train" else "t10k"
+    for kind in ("images-idx3", "labels-idx1"):
+        if (raw / f"{prefix}-{kind}-ubyte").is_file():
+            check_idx_file(raw / f"{prefix}-{kind}-ubyte")
     ds = FashionMNIST(root, train=split == "train", download=download)
     return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
+
+
+def check_idx_file(path: Path) -> None:
+    """Raise :class:`UnreadableDataError` naming ``path`` unless it is a whole IDX file of
+    unsigned bytes: magic ``0 0 8 n``, n big-endian dimensions, then their product in bytes."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        header = handle.read(4)
+        if len(header) < 4 or header[:3] != b"\x00\x00\x08" or not 1 <= header[3] <= 4:
+            raise UnreadableDataError(
+                f"{path} is not an IDX file of bytes (header {header.hex() or 'empty'})"
+            )
+        dims = handle.read(4 * header[3])
+    if len(dims) < 4 * header[3]:
+        raise UnreadableDataError(f"{path} is truncated inside its header ({size} bytes)")
+    shape = [int.from_bytes(dims[i : i + 4], "big") for i in range(0, len(dims), 4)]
+    expected = 4 + len(dims) + int(np.prod(shape))
+    if size != expected:
+        raise UnreadableDataError(
+            f"{path} is {'truncated' if size < expected else 'too long'}: {size} bytes, its "
+            f"header (shape {tuple(shape)}) says {expected}"
+        )
 
 
 def _cifar10(root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,13 +196,20 @@ def _miniimagenet(root: Path, split: str, download: bool) -> tuple[torch.Tensor,
             labels[list(indices)] = label
         return images.permute(0, 3, 1, 2).contiguous(), labels
     if folder.is_dir():
+        from PIL import Image
         from torchvision.datasets import ImageFolder
         from torchvision.transforms import v2
 
         transform = v2.Compose([v2.PILToTensor(), v2.Resize(84, antialias=True), v2.CenterCrop(84)])
-        ds = ImageFolder(folder, transform=transform)
-        images = torch.stack([ds[i][0] for i in range(len(ds))])
-        return images, torch.tensor(ds.targets, dtype=torch.long)
+        ds = ImageFolder(folder)
+        images = []
+        for path, _ in ds.samples:  # any size and colour mode, resized and cropped to 84 x 84
+            try:
+                with Image.open(path) as image:
+                    images.append(transform(image.convert("RGB")))
+            except (OSError, ValueError) as err:
+                raise UnreadableDataError(f"{path} is not a readable image ({err})") from err
+        return torch.stack(images), torch.tensor(ds.targets, dtype=torch.long)
     raise FileNotFoundError(
         f"mini-ImageNet not found: neither {cache} nor an image folder {folder}. mini-ImageNet "
         "has no public download URL; put the usual pickle files or an image folder there."

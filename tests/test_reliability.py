@@ -1,14 +1,19 @@
 """Training never loses work: checksummed checkpoints, the previous one kept, signals, kills, NaNs,
 and inputs that do not fit."""
 
+import errno
+import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import pyro
 import pytest
@@ -27,7 +32,6 @@ from pbridge.data import UnreadableDataError, load_images
 from pbridge.inference.run_dir import environment, load_run
 from pbridge.inference.svi import TrainingInterrupted, TrainSettings, train
 from pbridge.presets import (
-    ImageConfig,
     ToyConfig,
     build_image_model,
     build_image_vqvae,
@@ -245,18 +249,16 @@ def test_resuming_another_variant_is_refused(tmp_path):
         train(build_image_model(config), x, TrainSettings(steps=2), False, path, resume=True)
 
 
-def test_loading_a_run_whose_config_no_longer_fits_names_the_tensor(tmp_path):
-    pyro.enable_validation(False)
-    config = image_preset("digits", "small")
-    assert main(["train", "digits", "--steps", "2", "--out", str(tmp_path), "--no-progress"]) == 0
-    bigger = json.loads((tmp_path / "config.json").read_text())
-    bigger["latent_dim"] = config.latent_dim + 1
-    (tmp_path / "config.json").write_text(json.dumps(bigger))
-    wrong_d = (
-        r"fit this DiffusionBridgeVQVAE: .*checkpoint \(16, 32, 1, 1\), model \(17, 32, 1, 1\)"
-    )
-    with pytest.raises(ValueError, match=wrong_d):
-        load_run(tmp_path, ImageConfig.from_dict, build_image_model, "cpu")
+def test_loading_a_run_whose_config_no_longer_fits_names_the_setting(run):
+    """A config.json edited after training (another d) is refused, naming the setting and the
+    checkpoint it contradicts."""
+    bigger = json.loads((run / "config.json").read_text())
+    bigger["latent_dim"] += 1
+    (run / "config.json").write_text(json.dumps(bigger))
+    with pytest.raises(
+        ValueError, match=r"contradicts .*checkpoint.pt.*latent_dim 3 \(checkpoint: 2\)"
+    ):
+        load_run(run, ToyConfig.from_dict, build_toy_model, "cpu")
 
 
 def test_unreadable_data_names_the_folder(tmp_path):
@@ -326,3 +328,372 @@ def test_image_gradients_are_bit_identical_across_passes():
     finally:
         torch.set_num_threads(threads)
     assert [n for n in grads[0] if not torch.equal(grads[0][n], grads[1][n])] == []
+
+
+# ---------------------------------------------------------------- the command line
+# Every refused command must leave the run directory byte-identical (contents and modes).
+@pytest.fixture(scope="module")
+def trained_toy(tmp_path_factory):
+    """A finished 3-step toy run, trained once for the module's tests (copied per test)."""
+    out = tmp_path_factory.mktemp("trained") / "toy"
+    assert main(["train", "toy", "--steps", "3", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture
+def run(trained_toy, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(trained_toy, copy)
+    return copy
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Training raises instead of running (so a command that should have refused fails fast);
+    returns the settings it was asked to train with."""
+    asked = []
+
+    def refuse(variant, data, settings, *args, **kwargs):
+        asked.append(settings)
+        raise _Trained(settings.steps)
+
+    monkeypatch.setattr("pbridge.inference.toy.train_in_run", refuse)
+    monkeypatch.setattr("pbridge.inference.images.train_in_run", refuse)
+    return asked
+
+
+class _Trained(Exception):
+    """Training was reached."""
+
+
+def _snapshot(folder):
+    return {
+        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mode)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _refused(argv, capsys, status=2):
+    """Run the command line; it must exit with ``status`` and one line on stderr, and leave
+    every folder named in ``argv`` byte-identical."""
+    folders = [Path(a) for a in argv if isinstance(a, Path) and a.is_dir()]
+    before = [_snapshot(folder) for folder in folders]
+    assert main([str(a) for a in argv]) == status
+    assert [_snapshot(folder) for folder in folders] == before
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pbridge: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_item1_resume_with_another_data_set_leaves_the_run_intact(run, capsys, no_training):
+    before = _snapshot(run)
+    err = _refused(["train", "digits", "--out", run, "--resume", "--no-progress"], capsys)
+    assert "holds a run on toy, not digits" in err
+    assert _snapshot(run) == before
+    assert main(["sample", str(run), "--num", "4"]) == 0  # still a working run
+
+
+def test_item2_an_existing_run_is_kept_unless_resume_or_overwrite(run, capsys, no_training):
+    before = _snapshot(run)
+    err = _refused(["train", "toy", "--steps", "3", "--out", run, "--no-progress"], capsys)
+    assert "already holds a run; pass --resume to continue it or --overwrite" in err
+    assert _snapshot(run) == before
+    assert main(["sample", str(run), "--num", "4"]) == 0
+    with pytest.raises(_Trained):  # --overwrite replaces the run: no stale samples stay
+        main(["train", "toy", "--steps", "3", "--out", str(run), "--overwrite", "--no-progress"])
+    assert not (run / "samples.pt").exists() and not (run / "samples.png").exists()
+    assert not (run / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("where", ["missing", "empty"])
+def test_item3_resume_of_a_missing_or_empty_directory_refuses(where, tmp_path, capsys, no_training):
+    out = tmp_path / "mistyped"
+    if where == "empty":
+        out.mkdir()
+    err = _refused(["train", "toy", "--out", out, "--resume", "--no-progress"], capsys)
+    assert f"cannot resume {out}" in err
+    assert (where == "empty") == out.exists() and (not out.exists() or not any(out.iterdir()))
+
+
+def test_item4_resume_takes_the_run_config_and_flags_must_match(run, capsys, no_training):
+    before = _snapshot(run)
+    for flags, named in [
+        (["--steps", "10"], "--steps 10 differs from the run's 3 steps"),
+        (["--seed", "1"], "--seed 1 (the run's: 0)"),
+        (["--latent-warmup", "5"], "--latent-warmup 5 (the run's: 0)"),
+        (["--extend-steps"], "--extend-steps goes with --resume and --steps"),
+        (["--steps", "3", "--overwrite"], "give one of them"),
+    ]:
+        err = _refused(["train", "toy", "--out", run, "--resume", "--no-progress", *flags], capsys)
+        assert named in err
+        assert _snapshot(run) == before
+    with pytest.raises(_Trained):  # without --steps: the run's own 3 steps, not the preset's
+        main(["train", "toy", "--out", str(run), "--resume", "--no-progress"])
+    assert no_training[-1].steps == 3
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 3
+    with pytest.raises(_Trained):  # extending is explicit, and says what it changes
+        main(["train", "toy", "--out", str(run), "--resume", "--steps", "8", "--extend-steps"])
+    assert no_training[-1].steps == 8
+    assert "cosine learning-rate schedule is recomputed" in capsys.readouterr().err
+
+
+def test_item5_the_progress_bar_does_not_change_the_run():
+    """The bar's summary at step 100 draws random numbers; step 101 must not notice."""
+    pyro.enable_validation(False)
+    settings = TrainSettings(steps=101, batch_size=16)
+    runs = []
+    for progress in (False, True):
+        variant = _toy()
+        result = train(variant, _walks(), settings, progress=progress)
+        runs.append((result.losses, variant.state_dict()))
+    assert runs[0][0] == runs[1][0]
+    for name, value in runs[0][1].items():
+        assert torch.equal(value, runs[1][1][name]), name
+
+
+def test_item6_evaluate_scores_a_toy_run(run, capsys):
+    argv = ["evaluate", run, "--items", "64", "--samples", "32", "--chain-steps", "10"]
+    assert main([str(a) for a in argv]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert math.isfinite(result["elbo"]) and 0 <= result["transition_accuracy"] <= 1
+    assert "image measures" in result["not_applicable"]
+
+
+def test_item6_out_naming_a_file_refuses(tmp_path, capsys, no_training):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    assert "is a file" in _refused(["train", "toy", "--out", target], capsys)
+    assert target.read_text() == "mine"
+
+
+def test_item6_ctrl_c_in_sample_exits_130_with_one_line(run, capsys, monkeypatch):
+    before = _snapshot(run)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pbridge.inference.toy.sample_prior", interrupted)
+    err = _refused(["sample", run, "--num", "4"], capsys, status=130)
+    assert "stopped by SIGINT" in err
+    assert _snapshot(run) == before
+
+
+def test_item6_sampler_options_are_refused_before_loading_without_a_trace_dump(
+    run, capsys, monkeypatch
+):
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("pbridge.inference.toy.load_toy_run", never)
+    for options, named in [
+        (["--sampler", "respaced", "--eta", "2"], "--eta must lie in [0, 1], got 2.0"),
+        (["--eta", "0.5"], "--eta applies to the respaced sampler"),
+        (["--sampler", "ode", "--method", "srk"], "--method 'srk'"),
+        (["--steps", "10"], "the ancestral sampler runs all T = 100 steps"),
+    ]:
+        assert named in _refused(["sample", run, *options], capsys)
+
+
+def test_item6_pyro_trace_dumps_are_cut_from_the_message(run, capsys):
+    err = _refused(["evaluate", run, "--chain-steps", 7], capsys)
+    assert "--chain-steps 7 must divide the chain's T = 100" in err
+    with pytest.raises(SystemExit, match="2"):  # the parser's usage line and its error
+        main(["train", "toy", "--seed", "-1", "--out", str(run)])
+    assert "--seed: must be an integer in 0..2**32 - 1, got -1" in capsys.readouterr().err
+
+    from pyro import poutine
+
+    from pbridge.cli import _one_line
+
+    def model():
+        pyro.sample("z", pyro.distributions.Normal(0.0, 1.0))
+        raise ValueError("steps_per_item must divide T = 100, got 7")
+
+    with pytest.raises(ValueError, match="Trace Shapes") as raised:
+        poutine.trace(model).get_trace()
+    assert _one_line(raised.value) == "steps_per_item must divide T = 100, got 7"
+
+
+def test_item7_a_run_without_a_checkpoint_yet_says_so(run, capsys):
+    (run / "checkpoint.pt").unlink()
+    err = _refused(["sample", run], capsys)
+    assert "has no checkpoint yet" in err and "Corrupt" not in err
+
+
+def test_item7_a_broken_config_json_is_named(run, capsys):
+    (run / "config.json").write_text('{"num_codes": 8,')
+    err = _refused(["sample", run], capsys)
+    assert f"{run / 'config.json'} is not valid JSON (line 1" in err
+
+
+def test_item7_sampling_an_unfinished_run_warns(run, capsys):
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["steps"] = 5  # as if stopped after 3 of 5 steps
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["sample", str(run), "--num", "4"]) == 0
+    assert "stopped at step 3 of 5" in capsys.readouterr().err
+
+
+def test_item7_a_failed_start_leaves_no_directory(tmp_path, capsys):
+    out = tmp_path / "new"
+    args = ["train", "cifar10", "--root", tmp_path / "no-data", "--out", out]
+    assert "CIFAR-10 not found" in _refused(args, capsys)
+    assert not out.exists()
+
+
+def test_item7_a_noisy_bits_per_dim_is_flagged(tmp_path, capsys, monkeypatch):
+    (tmp_path / "config.json").write_text(json.dumps(image_preset("digits", "small").to_dict()))
+    noisy = {"test_bits_per_dim": -33.4, "test_bits_per_dim_stderr": 34.9}
+    monkeypatch.setattr("pbridge.inference.evaluate.evaluate_run", lambda *a, **k: noisy)
+    assert main(["evaluate", str(tmp_path)]) == 0
+    assert "noise dominates the estimate" in capsys.readouterr().err
+
+
+def test_item7_the_checkpoint_has_the_mode_of_the_other_files(trained_toy):
+    mode = (trained_toy / "config.json").stat().st_mode
+    assert (trained_toy / "checkpoint.pt").stat().st_mode == mode
+
+
+def test_item8_a_failed_start_over_a_run_leaves_it_intact(run, capsys):
+    before = _snapshot(run)
+    for extra in ([], ["--overwrite"]):
+        args = ["train", "cifar10", "--root", run / "no-data", "--out", run, *extra]
+        _refused(args, capsys)
+        assert _snapshot(run) == before
+    assert main(["sample", str(run), "--num", "4"]) == 0
+
+
+def test_item8_a_config_json_that_contradicts_its_checkpoint_is_refused(run, capsys):
+    config = json.loads((run / "config.json").read_text())
+    config["num_steps"], config["bridge"]["tau_p"] = 50, 0.1
+    (run / "config.json").write_text(json.dumps(config))
+    err = _refused(["sample", run], capsys)
+    assert "num_steps 50 (checkpoint: 100)" in err and "bridge.tau_p 0.1 (checkpoint: 0.4)" in err
+
+
+def test_item9_a_read_only_run_is_refused_before_sampling(run, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("sampled before checking the folder")
+
+    monkeypatch.setattr("pbridge.inference.toy.sample_prior", never)
+    run.chmod(0o555)
+    try:
+        if os.geteuid() == 0:  # root writes anywhere: the folder answers as a read-only one
+
+            def read_only(*args, **kwargs):
+                raise PermissionError(13, "Permission denied")
+
+            monkeypatch.setattr(tempfile, "mkstemp", read_only)
+        err = _refused(["sample", run], capsys)
+    finally:
+        run.chmod(0o755)
+    assert f"cannot write to {run}" in err
+
+
+def test_item9_a_full_disk_is_one_line_and_leaves_no_partial_file(run, capsys, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("pbridge.inference.toy.torch.save", full)
+    assert "No space left on device" in _refused(["sample", run, "--num", "4"], capsys)
+    assert not (run / "samples.pt").exists() and not list(run.glob(".*tmp*"))
+
+
+def test_item9_an_absurd_number_of_draws_is_refused_up_front(run, capsys):
+    err = _refused(["sample", run, "--num", 10**9], capsys)
+    assert "1000000000 draws need at least" in err
+
+
+def test_absurd_draws_in_evaluate_are_refused_before_anything_is_written(run, capsys):
+    before = _snapshot(run)
+    assert "draws need at least" in _refused(["evaluate", run, "--samples", 10**9], capsys)
+    assert _snapshot(run) == before
+
+
+def test_flags_that_do_not_apply_are_refused(tmp_path, capsys, no_training):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "thesis.tex").write_text("mine")
+    for argv, named in [
+        (["train", "toy", "--preset", "paper", "--out", tmp_path / "a"], "--preset apply to image"),
+        (["train", "toy", "--out", busy], "is not empty and holds no run"),
+    ]:
+        assert named in _refused(argv, capsys)
+    assert not (tmp_path / "a").exists() and [p.name for p in busy.iterdir()] == ["thesis.tex"]
+
+
+def test_running_out_of_memory_while_sampling_is_one_line(run, capsys, monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8")
+
+    monkeypatch.setattr("pbridge.inference.toy.sample_prior", exhausted)
+    assert "pbridge: out of memory: " in _refused(["sample", run, "--num", "4"], capsys)
+
+
+def test_item9_the_nan_guard_is_one_line_and_a_fresh_run_leaves_nothing(
+    tmp_path, capsys, monkeypatch
+):
+    def diverged(*args, **kwargs):
+        raise FloatingPointError("non-finite loss at step 1: z_q_0 (model)")
+
+    monkeypatch.setattr("pbridge.inference.toy.train_in_run", diverged)
+    out = tmp_path / "new"
+    err = _refused(["train", "toy", "--out", out, "--no-progress"], capsys)
+    assert err == "pbridge: FloatingPointError: non-finite loss at step 1: z_q_0 (model)"
+    assert not out.exists()
+
+
+def test_item9_a_variant_file_whose_build_fails_is_one_line(tmp_path, capsys):
+    source = tmp_path / "broken.py"
+    source.write_text("def build(config):\n    raise RuntimeError('no such layer')\n")
+    err = _refused(["train", source, "--out", tmp_path / "out"], capsys)
+    assert f"build() in {source} failed: RuntimeError: no such layer" in err
+    assert not (tmp_path / "out").exists()
+
+
+def _idx(path, shape, cut=0):
+    header = bytes([0, 0, 8, len(shape)]) + b"".join(n.to_bytes(4, "big") for n in shape)
+    body = bytes(math.prod(shape))
+    path.write_bytes((header + body)[: len(header) + len(body) - cut])
+
+
+def test_item10_a_truncated_idx_file_is_named(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, n in (("train", 6), ("t10k", 4)):
+        _idx(raw / f"{split}-images-idx3-ubyte", (n, 28, 28), cut=100 if split == "t10k" else 0)
+        _idx(raw / f"{split}-labels-idx1-ubyte", (n,))
+    with pytest.raises(UnreadableDataError, match="t10k-images-idx3-ubyte is truncated"):
+        load_images("fashion-mnist", "test", root=tmp_path)
+    assert load_images("fashion-mnist", "train", root=tmp_path).images.shape == (6, 1, 28, 28)
+
+
+def test_item10_a_string_where_a_number_belongs_is_named(run, capsys):
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["steps"] = "3"
+    (run / "config.json").write_text(json.dumps(config))
+    assert "train.steps must be int, got '3'" in _refused(["sample", run], capsys)
+
+
+def test_item10_temporary_files_of_a_killed_checkpoint_write_are_removed(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"step": 1}, path)
+    stale = tmp_path / "checkpoint.ptk1l2x9.tmp"  # as left by SIGKILL during a write
+    stale.write_bytes(b"half")
+    save_checkpoint({"step": 2}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "checkpoint.pt.prev"]
+
+
+def test_an_image_folder_of_mixed_sizes_loads_and_a_broken_image_is_named(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "miniimagenet" / "test" / "n01"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (120, 90), (200, 10, 10)).save(folder / "wide.png")
+    Image.new("L", (84, 84), 128).save(folder / "grey.png")
+    (folder / "notes.txt").write_text("not an image, not listed")
+    assert load_images("miniimagenet", "test", root=tmp_path).images.shape == (2, 3, 84, 84)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(UnreadableDataError, match="broken.jpg is not a readable image"):
+        load_images("miniimagenet", "test", root=tmp_path)

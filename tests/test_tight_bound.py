@@ -142,8 +142,10 @@ def test_stratified_steps_cover_the_chain_once():
     assert float(w[0].sum()) == 1000
     edges = torch.cat([torch.tensor([2]), 2 + w[0, 1:].long().cumsum(0)])
     assert ((t[:, 1:] >= edges[:-1]) & (t[:, 1:] < edges[1:])).all()
+    every, weight = stratified_steps(10, 50, 4)  # more strata than steps: each step once
+    assert (every == torch.arange(1, 11)).all() and (weight == 1).all()
     with pytest.raises(ValueError, match="strata"):
-        stratified_steps(10, 10, 4)
+        stratified_steps(10, 0, 4)
 
 
 def test_step_cost_tracker_proposes_sqrt_second_moments():
