@@ -4,10 +4,10 @@ protocol (``pbridge evaluate``) and write docs/results.md.
     python benchmarks/baselines.py --out runs/baselines
 
 Rows: uniform-prior VQ-VAE, VQ-VAE + PixelCNN, two-stage bridge, end-to-end bridge (the tight
-formulation, the default). The step counts give each about the same training wall time (about
-15 minutes at one thread), from step costs measured side by side at batch 64 on this 2-core
-CPU (docs/baselines.md): VQ-VAE 0.12 s, PixelCNN on a frozen VQ-VAE 0.7 s, tight bridge on a
-frozen VQ-VAE 0.55 s, tight bridge end to end 0.7 s. The rows run as two streams of two, each
+formulation, the default). The step counts give each the same training budget, 900 s at the
+step costs measured side by side (one process, one thread, batch 64, on this 2-core CPU shared
+with other work): VQ-VAE 0.167 s, PixelCNN on a frozen VQ-VAE 1.10 s, tight bridge on a frozen
+VQ-VAE 0.575 s, tight bridge end to end 0.605 s. The rows run as two streams of two, each
 command with the same number of torch threads (``OMP_NUM_THREADS``, default 1), so the two
 streams share the two cores and their times stay comparable. The bridge's prior samples and
 inpainting use 100 respaced steps (eta = 1); its bound does not depend on the sampler.
@@ -29,10 +29,10 @@ import torch
 
 THREADS = os.environ.get("OMP_NUM_THREADS", "1")
 ROWS = {
-    "uniform-prior VQ-VAE": ("vqvae", {"steps": 7500}),
-    "VQ-VAE + PixelCNN": ("pixelcnn", {"vqvae-steps": 1200, "steps": 1080}),
-    "two-stage bridge": ("two-stage", {"vqvae-steps": 1200, "steps": 1370}),
-    "end-to-end bridge": ("end-to-end", {"steps": 1290}),
+    "uniform-prior VQ-VAE": ("vqvae", {"steps": 5400}),
+    "VQ-VAE + PixelCNN": ("pixelcnn", {"vqvae-steps": 1000, "steps": 670}),
+    "two-stage bridge": ("two-stage", {"vqvae-steps": 1000, "steps": 1270}),
+    "end-to-end bridge": ("end-to-end", {"steps": 1490}),
 }
 STREAMS = (("vqvae", "end-to-end"), ("pixelcnn", "two-stage"))
 BRIDGE_SAMPLER = ["--sampler", "respaced", "--steps", "100"]

@@ -106,7 +106,7 @@ def _masked_patch(variant, x: torch.Tensor, settings: EvalSettings, out: Path) -
     known = (~patch).expand_as(codes)
     draws = [variant.inpaint(codes, known) for _ in range(settings.patch_draws)]
     probs = torch.stack([p for _, p in draws])
-    bits = patch_bits_monte_carlo(codes, probs, patch)
+    bits = patch_bits_monte_carlo(codes, probs, patch, PATCH_FLOOR)
     mean, stderr = _mean_and_stderr(bits)
     result = {
         "masked_patch_bits_per_cell": mean,
@@ -114,6 +114,7 @@ def _masked_patch(variant, x: torch.Tensor, settings: EvalSettings, out: Path) -
         "patch_cells": int(patch.sum()),
         "patch_items": x.shape[0],
         "patch_draws": settings.patch_draws,
+        "patch_floor": PATCH_FLOOR,
     }
     if isinstance(variant, PixelCNNVQVAE):
         exact = patch_bits_autoregressive(variant.prior_net.log_prob_per_cell(codes), patch)
@@ -126,6 +127,7 @@ def _masked_patch(variant, x: torch.Tensor, settings: EvalSettings, out: Path) -
     return result
 
 
+PATCH_FLOOR = 0.01  # the uniform share of the masked-patch predictive (pbridge.masked_patch)
 CHAIN_BANDS = ((1, 1), (2, 5), (6, 20), (21, 50), (51, 100), (101, 200), (201, 400), (401, 1000))
 
 

@@ -6,7 +6,10 @@ latent grid from the visible codes (docs/evaluation.md).
   the true code (the discrete kernel at the completed z_e^0 for the bridge, the conditional a
   cell was drawn from for the PixelCNN: Rao-Blackwellised). Per item::
 
-      bits/cell = -(1 / |P|) sum_{i in P} log2( (1 / N) sum_n p_i^(n) )
+      bits/cell = -(1 / |P|) sum_{i in P} log2( (1 - f) (1 / N) sum_n p_i^(n) + f / K )
+
+  with a floor f (pbridge evaluate: f = 0.01, for every prior) so that a missed code costs at
+  most log2(K / f) bits.
 
 - Exact, for the PixelCNN: ``-(1 / |P|) sum_{i in P} log2 p(k_i | k_<i)`` with the true codes
   everywhere (teacher forcing in raster order).
@@ -37,16 +40,22 @@ def central_patch(grid: tuple[int, int], fraction: float = PAPER_FRACTION) -> to
 
 
 def patch_bits_monte_carlo(
-    true_indices: torch.Tensor, probs: torch.Tensor, patch: torch.Tensor
+    true_indices: torch.Tensor, probs: torch.Tensor, patch: torch.Tensor, floor: float = 0.0
 ) -> torch.Tensor:
     """Per-item bits per hidden cell from N inpainting draws.
 
     Args:
         true_indices: ``(B, H, W)`` codes of the data.  probs: ``(N, B, H, W, K)`` per draw, the
             prior's probabilities of every code at every cell.  patch: ``(H, W)`` bool, hidden.
+        floor: the predictive distribution of a cell is ``(1 - floor) mean_n p^(n) + floor / K``
+            (a mixture with the uniform), so that a code no draw predicts costs at most
+            ``log2(K / floor)`` bits instead of infinitely many (a prior whose read-out is
+            sharp, such as the tight bridge's at z^1, puts ~0 on a code its draws missed).
     Returns:
         ``(B,)``.
     """
+    if not 0.0 <= floor < 1.0:
+        raise ValueError(f"floor must lie in [0, 1), got {floor}")
     if probs.dim() != 5 or probs.shape[1:4] != true_indices.shape:
         raise ValueError(
             f"probs must be (N, B, H, W, K) with (B, H, W) = {tuple(true_indices.shape)}, "
@@ -54,6 +63,7 @@ def patch_bits_monte_carlo(
         )
     index = true_indices[None, ..., None].expand(probs.shape[0], -1, -1, -1, 1)
     p_true = probs.gather(-1, index).squeeze(-1).mean(0)  # (B, H, W)
+    p_true = (1.0 - floor) * p_true + floor / probs.shape[-1]
     return -p_true[:, patch].double().log2().mean(-1)
 
 

@@ -5,9 +5,11 @@ import math
 from dataclasses import replace
 
 import pytest
+import torch
 from pyro import poutine
 
 from pbridge.cli import main
+from pbridge.codebook import gather_codes
 from pbridge.data import load_images
 from pbridge.inference.evaluate import (
     EvalSettings,
@@ -16,15 +18,18 @@ from pbridge.inference.evaluate import (
     results_table,
 )
 from pbridge.inference.images import load_image_run, run_images
+from pbridge.inference.sampling import sample_posterior
 from pbridge.presets import image_preset
 
 SMALL = ["--items", "64", "--samples", "16", "--patch-items", "8", "--patch-draws", "2"]
 
 
-def _tiny_run(variant: str, out, **options) -> None:
+def _tiny_run(variant: str, out, formulation: str = "tight", **options) -> None:
     config = image_preset("digits", "small")
+    bridge = replace(config.bridge, formulation=formulation, tau_p=0.3, encoder_scale=0.1)
     config = replace(
         config,
+        bridge=bridge,
         variant=variant,
         vqvae_steps=30,
         eval_items=32,
@@ -71,16 +76,36 @@ def test_evaluate_refuses_a_sampler_the_variant_lacks(tmp_path, capsys):
     assert "has no diffusion chain" in capsys.readouterr().err
 
 
-def test_chain_breakdown_covers_every_step_and_matches_the_guide_density(tmp_path):
-    """The bands of the chain breakdown tile 1..T; the closed-form log q(z_e^0 | x) per cell
-    equals the guide's own log-density of its draws (Monte Carlo over 256 images)."""
+def test_chain_breakdown_covers_every_step_and_adds_up_to_the_bound(tmp_path):
+    """Tight: the bands tile 1..T, every band is >= 0 (cross-entropy at t = 1, Gaussian KLs
+    after), and bands + L_T, every step scored, equal the stratified bound on the codes (the
+    prior's log_prob, 256 images) within 2%."""
     _tiny_run("two-stage", tmp_path)
     _, variant = load_image_run(tmp_path)
     x = load_images("digits", "test").as_float()[:256]
-    breakdown = chain_bits_by_step(variant, x, per_band=2)
+    T = variant.schedule.num_steps
+    breakdown = chain_bits_by_step(variant, x, per_band=T)
     bands = [tuple(map(int, key.split("-"))) for key in breakdown["chain_bits_per_cell_by_step"]]
-    assert bands[0][0] == 1 and bands[-1][1] == variant.schedule.num_steps
+    assert bands[0][0] == 1 and bands[-1][1] == T
     assert all(a[1] + 1 == b[0] for a, b in zip(bands, bands[1:], strict=False))
+    assert min(breakdown["chain_bits_per_cell_by_step"].values()) >= 0
+    assert "guide_log_density_bits_per_cell" not in breakdown
+    total = sum(breakdown["chain_bits_per_cell_by_step"].values())
+    total += breakdown["prior_kl_bits_per_cell"]
+    codes = sample_posterior(variant, x).codes
+    with torch.no_grad(), variant.stratified_steps(T):
+        value = gather_codes(codes, variant.codebook())
+        bound = -variant.prior(len(x)).log_prob(value).mean() / (16 * math.log(2))
+    assert total == pytest.approx(float(bound), rel=0.02)
+
+
+def test_paper_chain_breakdown_matches_the_guide_density(tmp_path):
+    """Paper formulation: the closed-form log q(z_e^0 | x) per cell equals the guide's own
+    log-density of its draws (Monte Carlo over 256 images)."""
+    _tiny_run("two-stage", tmp_path, formulation="paper")
+    _, variant = load_image_run(tmp_path)
+    x = load_images("digits", "test").as_float()[:256]
+    breakdown = chain_bits_by_step(variant, x, per_band=2)
     site = poutine.trace(variant.guide).get_trace(x).nodes["z_e_0"]
     per_cell = site["fn"].log_prob(site["value"]).mean() / (16 * math.log(2))
     assert breakdown["guide_log_density_bits_per_cell"] == pytest.approx(float(per_cell), rel=0.02)

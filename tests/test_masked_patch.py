@@ -91,3 +91,18 @@ def test_monte_carlo_bits_converge_to_the_patch_marginals(float64):
 def test_bad_probability_shapes_are_reported():
     with pytest.raises(ValueError, match=r"\(N, B, H, W, K\)"):
         patch_bits_monte_carlo(torch.zeros(2, 3, 3, dtype=torch.long), torch.ones(2, 3, 3, 4), None)
+
+
+def test_the_floor_mixes_in_the_uniform_and_bounds_a_miss(float64):
+    """floor f: -log2((1 - f) p + f / K) per hidden cell, by hand; a code no draw predicts
+    costs exactly log2(K / f) bits, not infinity."""
+    true = torch.zeros(1, 3, 3, dtype=torch.long)
+    patch = torch.zeros(3, 3, dtype=torch.bool)
+    patch[1, 1] = True
+    probs = torch.zeros(2, 1, 3, 3, 4)
+    probs[..., 1] = 1.0  # every draw predicts code 1; the true code is 0
+    bits = patch_bits_monte_carlo(true, probs, patch, floor=0.01)
+    assert float(bits) == pytest.approx(math.log2(4 / 0.01))
+    probs[0, ..., 0], probs[0, ..., 1] = 0.5, 0.5
+    bits = patch_bits_monte_carlo(true, probs, patch, floor=0.01)
+    assert float(bits) == pytest.approx(-math.log2(0.99 * 0.25 + 0.01 / 4))
