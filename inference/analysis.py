@@ -298,14 +298,23 @@ def analyze_run(
         plot_elbo_trace(
             torch.from_numpy(idata.training["negative_elbo"].values), run / "elbo_trace.png"
         )
-    if "code_entropy" in idata.posterior:
-        entropy = idata.posterior["code_entropy"].mean(("chain", "draw", "item")).values
-        plot_code_entropy(
-            torch.from_numpy(entropy),
-            math.log(variant.codebook.num_codes),
-            run / "code_entropy.png",
-        )
-        written.append("code_entropy.png")
+    for group, over, label in (
+        (
+            "posterior",
+            ("chain", "draw", "item"),
+            "posterior: p(z_q^0 | z_e^0) at the guide's z_e^0",
+        ),
+        ("prior", ("chain", "draw"), "prior draws: the read-out p(z_q^0 | z^1)"),
+    ):
+        if "code_entropy" in idata[group]:
+            entropy = idata[group]["code_entropy"].mean(over).values
+            plot_code_entropy(
+                torch.from_numpy(entropy),
+                math.log(variant.codebook.num_codes),
+                run / "code_entropy.png",
+                label,
+            )
+            written.append("code_entropy.png")
     if hasattr(variant, "schedule") and len(variant.data_shape) == 3:
         chains = 10 if getattr(variant, "takes_labels", False) else 8
         classes = torch.arange(chains, device=dev) if labels is not None else None

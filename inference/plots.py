@@ -134,9 +134,12 @@ def plot_code_usage(counts: dict[str, torch.Tensor], path: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_code_entropy(entropy: torch.Tensor, max_entropy: float, path: str | Path) -> None:
+def plot_code_entropy(
+    entropy: torch.Tensor, max_entropy: float, path: str | Path, what: str
+) -> None:
     """Map of the mean entropy (nats) of the code of every latent cell, ``(h, w)`` or ``(L,)``,
-    on a colour scale from 0 to ``max_entropy`` (log K: a uniform kernel)."""
+    on a colour scale from 0 to ``max_entropy`` (log K: a uniform kernel); ``what`` names the
+    distribution (the title)."""
     grid = entropy if entropy.dim() == 2 else entropy.reshape(1, -1)
     fig, ax = plt.subplots(figsize=(4.5, 4))
     image = ax.imshow(grid.numpy(), cmap="viridis", vmin=0.0, vmax=max_entropy)
@@ -146,12 +149,12 @@ def plot_code_entropy(entropy: torch.Tensor, max_entropy: float, path: str | Pat
         strict=True,
     ):
         ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white")
-    fig.colorbar(image, ax=ax, label="entropy of p(z_q^0 | z_e^0), nats")
+    fig.colorbar(image, ax=ax, label="entropy, nats")
     ax.set_xticks(range(grid.shape[1]))
     ax.set_yticks(range(grid.shape[0]))
     ax.set_xlabel("cell x")
     ax.set_ylabel("cell y")
-    ax.set_title("per-cell code entropy, posterior")
+    ax.set_title(f"per-cell code entropy, {what}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
