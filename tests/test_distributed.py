@@ -59,7 +59,9 @@ def _two_processes(tmp_path, checkpoint, **settings):
 def test_one_ddp_step_equals_one_step_on_the_whole_batch(tmp_path):
     """Two processes, each on its half of a global batch of 16 with its own draws, then one
     Adam step: the parameters equal one process's step on the mean loss of the two halves with
-    the same draws (each half's chain steps and noise supplied by the same seed)."""
+    the same draws (each half's chain steps and noise supplied by the same seed). The tracked
+    step costs (a buffer, broadcast from the first process at every step as DDP does with
+    buffers) are the first process's: those of the first half."""
     pyro.enable_validation(False)
     _two_processes(tmp_path, tmp_path / "ddp.pt", steps=1, **SETTINGS)
     ddp = load_checkpoint(tmp_path / "ddp.pt")
@@ -73,12 +75,16 @@ def test_one_ddp_step_equals_one_step_on_the_whole_batch(tmp_path):
         loss = negative_elbo(variant, x[index]) / 2
         loss.backward()
         losses.append(float(loss.detach()))
+        if rank == 0:
+            tracked = {
+                f"step_costs.{k}": v.clone() for k, v in variant.step_costs.state_dict().items()
+            }
     torch.nn.utils.clip_grad_norm_(variant.parameters(), 10.0)
     optimiser.step()
 
     assert ddp["losses"][0] == pytest.approx(sum(losses), rel=1e-6)
     moved = 0
-    for name, value in variant.state_dict().items():
+    for name, value in {**variant.state_dict(), **tracked}.items():
         torch.testing.assert_close(ddp["model"][name], value, rtol=1e-5, atol=1e-6)
         moved += int(not torch.equal(value, _variant().state_dict()[name]))
     assert moved > 10  # the step changed the parameters
