@@ -32,7 +32,7 @@ import pbridge
 from pbridge.checkpoint import check_state_fits, load_latest_checkpoint, previous_path
 
 from .distributed import World, world_from_environment
-from .svi import TrainResult, TrainSettings, resolve_device, train
+from .svi import TrainResult, TrainSettings, load_checkpoint_of, resolve_device, train
 
 __all__ = [
     "CONFIG_FILE",
@@ -327,14 +327,7 @@ def check_resume(variant: nn.Module, checkpoint: Path, config: Any) -> int:
     (0 when there is none yet)."""
     if not (checkpoint.is_file() or previous_path(checkpoint).is_file()):
         return 0
-    state, used = load_latest_checkpoint(checkpoint)
-    written_by = state.get("variant")
-    if written_by != type(variant).__name__:
-        raise ValueError(
-            f"{used} was written by a {written_by} run; cannot resume a "
-            f"{type(variant).__name__} from it"
-        )
-    check_state_fits(variant, state["model"], str(used))
+    state, used = load_checkpoint_of(variant, checkpoint)
     check_config_matches(config.to_dict(), state, checkpoint.parent / CONFIG_FILE, used)
     return int(state["step"])
 

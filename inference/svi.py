@@ -49,6 +49,7 @@ __all__ = [
     "TrainingInterrupted",
     "non_finite_sites",
     "resolve_device",
+    "load_checkpoint_of",
     "train",
     "negative_elbo",
     "posterior_code_usage",
@@ -150,6 +151,21 @@ def negative_elbo(variant: nn.Module, x: Batch, latent_scale: float = 1.0) -> to
         model, guide = _LatentScale(latent_scale)(model), _LatentScale(latent_scale)(guide)
     args = _arguments(x)
     return Trace_ELBO().differentiable_loss(model, guide, *args) / args[0].shape[0]
+
+
+def load_checkpoint_of(variant: nn.Module, path: Path) -> tuple[dict, Path]:
+    """The newest intact checkpoint at ``path`` (or its previous copy), checked to have been
+    written by a run of ``variant``'s class with tensors of its shapes; returns the state and
+    the file read."""
+    state, used = load_latest_checkpoint(path)
+    written_by = state.get("variant")
+    if written_by != type(variant).__name__:
+        raise ValueError(
+            f"{used} was written by a {written_by} run; cannot resume a "
+            f"{type(variant).__name__} from it"
+        )
+    check_state_fits(variant, state["model"], str(used))
+    return state, used
 
 
 @torch.no_grad()
@@ -369,14 +385,7 @@ def train(
     if resume and checkpoint is not None:
         path = Path(checkpoint)
         if path.is_file() or previous_path(path).is_file():
-            state, used = load_latest_checkpoint(path)
-            written_by = state.get("variant")
-            if written_by != type(variant).__name__:
-                raise ValueError(
-                    f"{used} was written by a {written_by} run; cannot resume a "
-                    f"{type(variant).__name__} from it"
-                )
-            check_state_fits(variant, state["model"], str(used))
+            state, _ = load_checkpoint_of(variant, path)
             variant.load_state_dict(state["model"])
             optimiser.load_state_dict(state["optimiser"])
             schedule.load_state_dict(state["schedule"])
