@@ -385,10 +385,6 @@ def _check_drawing(args: argparse.Namespace) -> str:
         check_sampler_options(args.sampler, args.steps, args.eta, args.method, num_steps)
         chain_steps = getattr(args, "chain_steps", None)
         tight = config.get("bridge", {}).get("formulation", "tight") == "tight"
-        if chain_steps is not None and tight and not chain_steps < num_steps:
-            raise ValueError(
-                f"--chain-steps {chain_steps} must be below the chain's T = {num_steps}"
-            )
         if chain_steps is not None and not tight and num_steps % chain_steps:
             raise ValueError(f"--chain-steps {chain_steps} must divide the chain's T = {num_steps}")
     draws = args.samples * args.fd_draws if args.command == "evaluate" else args.num

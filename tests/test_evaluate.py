@@ -79,10 +79,10 @@ def test_evaluate_refuses_a_sampler_the_variant_lacks(tmp_path, capsys):
 def test_chain_breakdown_covers_every_step_and_adds_up_to_the_bound(tmp_path):
     """Tight: the bands tile 1..T, every band is >= 0 (cross-entropy at t = 1, Gaussian KLs
     after), and bands + L_T, every step scored, equal the stratified bound on the codes (the
-    prior's log_prob, 256 images) within 2%."""
-    _tiny_run("two-stage", tmp_path)
+    prior's log_prob, 48 images; T = 100) within 3%."""
+    _tiny_run("two-stage", tmp_path, num_steps=100)
     _, variant = load_image_run(tmp_path)
-    x = load_images("digits", "test").as_float()[:256]
+    x = load_images("digits", "test").as_float()[:48]
     T = variant.schedule.num_steps
     breakdown = chain_bits_by_step(variant, x, per_band=T)
     bands = [tuple(map(int, key.split("-"))) for key in breakdown["chain_bits_per_cell_by_step"]]
@@ -96,7 +96,7 @@ def test_chain_breakdown_covers_every_step_and_adds_up_to_the_bound(tmp_path):
     with torch.no_grad(), variant.stratified_steps(T):
         value = gather_codes(codes, variant.codebook())
         bound = -variant.prior(len(x)).log_prob(value).mean() / (16 * math.log(2))
-    assert total == pytest.approx(float(bound), rel=0.02)
+    assert total == pytest.approx(float(bound), rel=0.03)
 
 
 def test_paper_chain_breakdown_matches_the_guide_density(tmp_path):

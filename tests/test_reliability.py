@@ -496,8 +496,8 @@ def test_item6_sampler_options_are_refused_before_loading_without_a_trace_dump(
 
 
 def test_item6_pyro_trace_dumps_are_cut_from_the_message(run, capsys):
-    err = _refused(["evaluate", run, "--chain-steps", 7], capsys)
-    assert "--chain-steps 7 must divide the chain's T = 100" in err
+    err = _refused(["evaluate", run, "--steps", 7], capsys)
+    assert "--steps 7: the ancestral sampler runs all T = 100 steps" in err
     with pytest.raises(SystemExit, match="2"):  # the parser's usage line and its error
         main(["train", "toy", "--seed", "-1", "--out", str(run)])
     assert "--seed: must be an integer in 0..2**32 - 1, got -1" in capsys.readouterr().err
