@@ -96,7 +96,8 @@ def main() -> None:
     lines = [
         "# Benchmarks",
         "",
-        "## Toy: `pbridge train toy` (default preset, 2,000 SVI steps, batch 256)",
+        f"## Toy: `pbridge train toy` (default preset, {config.train.steps:,} SVI steps, "
+        f"batch {config.train.batch_size})",
         "",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, pyro {pyro.__version__}. Produced by "

@@ -56,7 +56,7 @@ class ToyConfig:
     delta: float = 0.015
     num_samples: int = 2000
     bridge: BridgeSettings = field(default_factory=lambda: BridgeSettings(commitment=1.0))
-    train: TrainSettings = field(default_factory=lambda: TrainSettings(steps=2000))
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(steps=1600))
 
     def to_dict(self) -> dict:
         return asdict(self)
