@@ -485,5 +485,7 @@ def train(
                     step, stop["signal"], Path(checkpoint) if checkpoint else None
                 )
     result.seconds = time.perf_counter() - start
+    if distributed:  # every process leaves together, after process 0's last checkpoint
+        torch.distributed.barrier()
     pyro.clear_param_store()
     return result
