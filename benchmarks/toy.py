@@ -22,8 +22,9 @@ import pyro
 import torch
 
 from pbridge.codebook import code_logits, gather_codes
+from pbridge.config import ToyConfig
 from pbridge.inference.svi import negative_elbo
-from pbridge.presets import ToyConfig, build_toy_model
+from pbridge.presets import build_toy_model
 from pbridge.toy import sample_walks
 
 

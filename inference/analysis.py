@@ -40,8 +40,8 @@ from torch import nn
 
 from pbridge.checkpoint import load_latest_checkpoint
 from pbridge.codebook import code_logits, gather_codes
+from pbridge.config import ImageConfig
 from pbridge.data import load_images
-from pbridge.presets import ImageConfig
 from pbridge.toy import sample_walks
 
 from .images import load_image_run

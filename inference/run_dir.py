@@ -30,9 +30,10 @@ from torch import nn
 
 import pbridge
 from pbridge.checkpoint import check_state_fits, load_latest_checkpoint, previous_path
+from pbridge.config import TrainSettings
 
 from .distributed import World, world_from_environment
-from .svi import TrainResult, TrainSettings, load_checkpoint_of, resolve_device, train
+from .svi import TrainResult, load_checkpoint_of, resolve_device, train
 
 __all__ = [
     "CONFIG_FILE",

@@ -39,6 +39,7 @@ from pbridge.checkpoint import (
     save_checkpoint,
 )
 from pbridge.codebook import CodeUsage, code_usage
+from pbridge.config import TrainSettings
 
 from .distributed import ELBOLoss, World, local_batches, mean_over_processes, step_seed
 
@@ -82,47 +83,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
     return device
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Optimisation settings.
-
-    Attributes:
-        steps: SVI steps (> 0).  batch_size: items per step.  lr: Adam learning rate.
-        clip_norm: gradient-norm clip.  lr_decay: ``"cosine"`` (step s of S at
-        ``lr (1 + cos(pi (s - 1) / S)) / 2``: lr at step 1, reaching 0 just after the last
-        step) or ``"none"``.  seed: seed of parameters, batches and the ELBO's noise.
-        checkpoint_every: steps between checkpoints of a run (0: only at the end).
-        latent_warmup: steps over which the weight of the latent terms rises linearly from
-            1 / latent_warmup to 1 (0: no warm-up; the loss is the ELBO from the start).
-        autocast: run the model and guide under ``torch.autocast`` in bfloat16 (mixed
-            precision: convolutions and matrix products in bf16, the rest in float32).
-    """
-
-    steps: int = 3000
-    batch_size: int = 256
-    lr: float = 2e-3
-    clip_norm: float = 10.0
-    lr_decay: str = "cosine"
-    seed: int = 0
-    checkpoint_every: int = 500
-    latent_warmup: int = 0
-    autocast: bool = False
-
-    def __post_init__(self) -> None:
-        if self.steps <= 0:
-            raise ValueError(f"steps must be a positive integer, got {self.steps}")
-        if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.latent_warmup < 0:
-            raise ValueError(f"latent_warmup must be >= 0, got {self.latent_warmup}")
-        if self.lr_decay not in ("cosine", "none"):
-            raise ValueError(f"lr_decay must be 'cosine' or 'none', got {self.lr_decay!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
 @dataclass

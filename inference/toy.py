@@ -13,7 +13,8 @@ import pyro
 import torch
 
 from pbridge.codebook import code_usage, gather_codes
-from pbridge.presets import ToyConfig, build_toy_model
+from pbridge.config import ToyConfig
+from pbridge.presets import build_toy_model
 from pbridge.toy import nearest_centroid, sample_walks, transition_accuracy
 
 from .plots import plot_toy_samples, plot_toy_trajectories

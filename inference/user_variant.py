@@ -3,7 +3,7 @@
 The file (docs/tutorial-variant.md) defines
 
 - ``build(config) -> variant`` (required): an ``nn.Module`` with ``model`` and ``guide``, built
-  for an :class:`~pbridge.presets.ImageConfig`;
+  for an :class:`~pbridge.config.ImageConfig`;
 - ``CONFIG`` (optional): that ImageConfig (data set, network sizes, training settings);
   default ``image_preset("digits", "small")``.
 
@@ -42,9 +42,9 @@ from torch import nn
 from torchvision.utils import save_image
 
 from pbridge.codebook import code_usage
+from pbridge.config import ImageConfig, image_preset
 from pbridge.data import load_images
 from pbridge.likelihoods import bits_per_dim
-from pbridge.presets import ImageConfig, image_preset
 
 from .run_dir import (
     CHECKPOINT_FILE,
@@ -132,7 +132,7 @@ def load_variant_file(path: str | Path) -> VariantFile:
         config = image_preset("digits", "small")
     elif not isinstance(config, ImageConfig):
         raise TypeError(
-            f"'CONFIG' in {path} must be a pbridge.presets.ImageConfig, got {type(config).__name__}"
+            f"'CONFIG' in {path} must be a pbridge.config.ImageConfig, got {type(config).__name__}"
         )
     return VariantFile(path=path, build=build, config=config)
 
@@ -188,7 +188,7 @@ def run_user_variant(
 ) -> dict[str, Any]:
     """Train the variant of a variant file on its config's data set, score it on the test
     split and write the run directory. ``train_overrides``: fields of the config's
-    :class:`~pbridge.inference.svi.TrainSettings` to replace (``steps``, ``seed``, ...);
+    :class:`~pbridge.config.TrainSettings` to replace (``steps``, ``seed``, ...);
     ``config``: use this config instead (a resumed run's own). Nothing is written before the
     file, the data, the directory and the checkpoint are checked."""
     start = time.perf_counter()

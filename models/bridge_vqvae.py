@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
@@ -45,81 +44,11 @@ from pbridge.bridge_prior import (
 from pbridge.code_distribution import CodeVector
 from pbridge.code_head import CodeHead
 from pbridge.codebook import Codebook, code_logits, gather_codes
+from pbridge.config import BridgeSettings
 from pbridge.ou_bridge import OUSchedule
 from pbridge.samplers import reverse_sample
 
-__all__ = ["BridgeSettings", "DiffusionBridgeVQVAE"]
-
-
-@dataclass(frozen=True)
-class BridgeSettings:
-    """The choices of the bridge VQ-VAE that are not network sizes.
-
-    Attributes:
-        formulation: ``"tight"`` (chain started at the code, categorical head; docs/maths.md
-            s. 6) or ``"paper"`` (chain on the encoding with spread s, eps head; s. 3-5).
-        estimator: ``"random_step"`` (one t per item, O(1) in T) or ``"full_chain"`` (T sites).
-        t_sampling: ``"uniform"`` or ``"importance"``: tight, q(t) ~ sqrt(E[L_t^2]) tracked in
-            training (:class:`StepCostTracker`); paper, q(t) = 0.5 w_t / sum w + 0.5 / T.
-        spherical_radius: radius of the sphere holding codes and encodings; ``None`` = free.
-        commitment: weight of the VQ commitment surrogate ||f - sg(e_k)||^2 (with the codebook
-            term ||sg(f) - e_k||^2) of the tight guide; not part of the bound.
-        self_condition: tight only: the head sees its own first-pass z0_hat (:class:`CodeHead`).
-        readout_aux: tight only: weight of the head's cross-entropy on the true code, added to
-            the gradient only (never to the reported bound).
-        tau_p / tau_q: paper only: temperatures of p(z_q^0 | z_e^0) and q(z_q^0 | z_e^0)
-            (tau_q = 0: nearest code).
-        encoder_scale: paper only: s of q(z_e^0 | x).
-        denoiser_loss: paper only: ``"elbo"`` or ``"simple"`` (see :class:`DiffusionPrior`).
-        model_variance: paper only: ``"beta_tilde"`` or ``"beta"`` (the tight bound is written
-            for beta~).
-        gradient / gumbel_temperature: paper only: ``"straight_through"`` or ``"gumbel"`` path
-            through z_q^0 and its relaxation temperature.
-    """
-
-    formulation: str = "tight"
-    estimator: str = "random_step"
-    t_sampling: str = "importance"
-    spherical_radius: float | None = 1.0
-    commitment: float = 0.25
-    self_condition: bool = True
-    readout_aux: float = 0.1
-    tau_p: float = 0.4
-    tau_q: float = 0.0
-    encoder_scale: float = 0.012
-    denoiser_loss: str = "simple"
-    model_variance: str = "beta_tilde"
-    gradient: str = "straight_through"
-    gumbel_temperature: float = 0.5
-
-    def __post_init__(self) -> None:
-        choices = {
-            "formulation": ("tight", "paper"),
-            "estimator": ("random_step", "full_chain"),
-            "t_sampling": ("uniform", "importance"),
-            "denoiser_loss": ("elbo", "simple"),
-            "model_variance": ("beta_tilde", "beta"),
-            "gradient": ("straight_through", "gumbel"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.formulation == "tight" and self.model_variance != "beta_tilde":
-            raise ValueError(
-                "the tight formulation's bound is written for model_variance='beta_tilde'"
-            )
-        for name in ("tau_p", "encoder_scale"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("tau_q", "readout_aux", "commitment"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.gradient == "gumbel" and self.tau_q == 0:
-            raise ValueError("the gumbel gradient needs tau_q > 0 (a point mass has no relaxation)")
-
-    @property
-    def tight(self) -> bool:
-        return self.formulation == "tight"
+__all__ = ["DiffusionBridgeVQVAE"]
 
 
 class DiffusionBridgeVQVAE(CodebookAutoencoder):

@@ -32,8 +32,9 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from pbridge.config import ImageConfig, image_preset
 from pbridge.models.bridge_vqvae import DiffusionBridgeVQVAE
-from pbridge.presets import ImageConfig, build_image_model, image_preset
+from pbridge.presets import build_image_model
 
 __all__ = ["LabelledTimeEmbedding", "ClassConditionalBridge", "CONFIG", "build"]
 

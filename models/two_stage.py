@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from pbridge.config import BridgeSettings
 from pbridge.ou_bridge import OUSchedule
 
-from .bridge_vqvae import BridgeSettings, DiffusionBridgeVQVAE
+from .bridge_vqvae import DiffusionBridgeVQVAE
 from .vqvae import VQVAE
 
 __all__ = ["bridge_on_frozen_vqvae"]

@@ -541,7 +541,7 @@ def _check_train(args: argparse.Namespace):
 
 
 def _fresh_config(args: argparse.Namespace):
-    from pbridge.presets import ToyConfig, image_preset
+    from pbridge.config import ToyConfig, image_preset
 
     overrides = _train_overrides(args)
     if args.dataset == "toy":
@@ -563,8 +563,8 @@ def _resumed_config(args: argparse.Namespace):
     """The run's own config.json; every flag given must match it, by name (``--steps`` may
     exceed it with ``--extend-steps``)."""
     from pbridge.checkpoint import load_latest_checkpoint
+    from pbridge.config import ImageConfig, ToyConfig
     from pbridge.inference.run_dir import CHECKPOINT_FILE, config_from_dict, read_config, run_kind
-    from pbridge.presets import ImageConfig, ToyConfig
 
     out = Path(args.out)
     data, kind = read_config(out), run_kind(out)

@@ -18,13 +18,14 @@ import pbridge
 from pbridge.checkpoint import load_checkpoint
 from pbridge.cli import main
 from pbridge.codebook import code_logits, gather_codes
+from pbridge.config import image_preset
 from pbridge.data import load_images
 from pbridge.inference.analysis import summarise, to_inferencedata
 from pbridge.inference.sampling import bridge_sampler, sample_prior
 from pbridge.inference.svi import train
 from pbridge.inference.user_variant import load_user_run
 from pbridge.models import class_conditional
-from pbridge.presets import build_image_model, image_preset
+from pbridge.presets import build_image_model
 
 TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorial-variant.md"
 ITEMS, NUM = 3, 5

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from pbridge.checkpoint import load_checkpoint
+from pbridge.config import ToyConfig, TrainSettings
 from pbridge.inference.distributed import World, local_batches, step_seed
-from pbridge.inference.svi import TrainSettings, negative_elbo, train
-from pbridge.presets import ToyConfig, build_toy_model
+from pbridge.inference.svi import negative_elbo, train
+from pbridge.presets import build_toy_model
 from pbridge.toy import sample_walks
 
 SETTINGS = dict(batch_size=16, lr=1e-2, seed=3)
@@ -22,8 +23,10 @@ _CHILD = textwrap.dedent(
     import json, sys, torch, pyro
     import torch.distributed as dist
     from pbridge.inference.distributed import world_from_environment
-    from pbridge.inference.svi import TrainSettings, train
-    from pbridge.presets import ToyConfig, build_toy_model
+    from pbridge.inference.svi import train
+    from pbridge.config import TrainSettings
+    from pbridge.presets import build_toy_model
+    from pbridge.config import ToyConfig
     from pbridge.toy import sample_walks
     out, settings = sys.argv[1], json.loads(sys.argv[2])
     world = world_from_environment()

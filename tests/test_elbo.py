@@ -13,7 +13,8 @@ from torch.distributions import Normal, kl_divergence
 
 from pbridge.bridge_prior import DiffusionPrior, reverse_step
 from pbridge.codebook import Codebook
-from pbridge.models.bridge_vqvae import BridgeSettings, DiffusionBridgeVQVAE
+from pbridge.config import BridgeSettings
+from pbridge.models.bridge_vqvae import DiffusionBridgeVQVAE
 from pbridge.networks import NormalDecoder, PointwiseMLP, ResidualMLPDenoiser
 from pbridge.ou_bridge import OUSchedule
 

@@ -10,6 +10,7 @@ from pyro import poutine
 
 from pbridge.cli import main
 from pbridge.codebook import gather_codes
+from pbridge.config import image_preset
 from pbridge.data import load_images
 from pbridge.inference.evaluate import (
     EvalSettings,
@@ -19,7 +20,6 @@ from pbridge.inference.evaluate import (
 )
 from pbridge.inference.images import load_image_run, run_images
 from pbridge.inference.sampling import sample_posterior
-from pbridge.presets import image_preset
 
 SMALL = ["--items", "64", "--samples", "16", "--patch-items", "8", "--patch-draws", "2"]
 

@@ -8,14 +8,15 @@ import torch
 from pyro import poutine
 
 from pbridge.codebook import Codebook
+from pbridge.config import BridgeSettings, image_preset
 from pbridge.data import DATASETS
 from pbridge.image_networks import ResNetDecoder, ResNetEncoder, UNetDenoiser
 from pbridge.inference.images import test_bits_per_dim as bits_per_dim_of
 from pbridge.inference.svi import negative_elbo
 from pbridge.likelihoods import DiscretizedLogisticDecoder
-from pbridge.models.bridge_vqvae import BridgeSettings, DiffusionBridgeVQVAE
+from pbridge.models.bridge_vqvae import DiffusionBridgeVQVAE
 from pbridge.ou_bridge import OUSchedule
-from pbridge.presets import build_image_model, image_preset
+from pbridge.presets import build_image_model
 
 IMAGE_SETS = [name for name in DATASETS if name != "toy"]
 

@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
+from pbridge.config import image_preset
 from pbridge.masked_patch import central_patch, patch_bits_monte_carlo
 from pbridge.pixelcnn import GatedPixelCNN
-from pbridge.presets import build_image_vqvae, image_preset
+from pbridge.presets import build_image_vqvae
 
 
 @pytest.mark.parametrize(

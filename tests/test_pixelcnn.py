@@ -10,11 +10,12 @@ import pytest
 import torch
 from pyro import poutine
 
+from pbridge.config import image_preset
 from pbridge.data import load_images
 from pbridge.inference.images import test_bits_per_dim as bits_per_dim_of
 from pbridge.masked_patch import central_patch, patch_bits_autoregressive
 from pbridge.pixelcnn import GatedPixelCNN
-from pbridge.presets import build_image_model, image_preset
+from pbridge.presets import build_image_model
 
 
 @pytest.mark.parametrize("grid", [(5, 7), (4, 4)], ids=["5x7", "4x4"])

@@ -28,9 +28,10 @@ from pbridge.checkpoint import (
     save_checkpoint,
 )
 from pbridge.cli import main
+from pbridge.config import TrainSettings
 from pbridge.data import UnreadableDataError, load_images
 from pbridge.inference.run_dir import environment, load_run
-from pbridge.inference.svi import TrainingInterrupted, TrainSettings, train
+from pbridge.inference.svi import TrainingInterrupted, train
 from pbridge.presets import (
     ToyConfig,
     build_image_model,
@@ -160,8 +161,10 @@ def test_interrupted_command_line_exits_with_the_signal_status(tmp_path, monkeyp
 _CHILD = textwrap.dedent(
     """
     import sys, torch, pyro
-    from pbridge.inference.svi import TrainSettings, train
-    from pbridge.presets import ToyConfig, build_toy_model
+    from pbridge.inference.svi import train
+    from pbridge.config import TrainSettings
+    from pbridge.presets import build_toy_model
+    from pbridge.config import ToyConfig
     from pbridge.toy import sample_walks
     path, resume, out = sys.argv[1], sys.argv[2] == "resume", sys.argv[3]
     pyro.enable_validation(False)

@@ -1,0 +1,279 @@
+"""Configuration as data: every setting of a run, as frozen dataclasses that validate their
+values, and the presets built from them.
+
+A run's ``config.json`` is ``asdict`` of a :class:`ToyConfig` or :class:`ImageConfig`; the
+command line and variant files build these, and the builders in ``pbridge.models`` read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .data import DATASETS
+
+__all__ = [
+    "BridgeSettings",
+    "TrainSettings",
+    "ToyConfig",
+    "ImageConfig",
+    "image_preset",
+    "VARIANTS",
+    "CODEBOOKS",
+]
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    """The choices of the bridge VQ-VAE that are not network sizes.
+
+    Attributes:
+        formulation: ``"tight"`` (chain started at the code, categorical head; docs/maths.md
+            s. 6) or ``"paper"`` (chain on the encoding with spread s, eps head; s. 3-5).
+        estimator: ``"random_step"`` (one t per item, O(1) in T) or ``"full_chain"`` (T sites).
+        t_sampling: ``"uniform"`` or ``"importance"``: tight, q(t) ~ sqrt(E[L_t^2]) tracked in
+            training (:class:`StepCostTracker`); paper, q(t) = 0.5 w_t / sum w + 0.5 / T.
+        spherical_radius: radius of the sphere holding codes and encodings; ``None`` = free.
+        commitment: weight of the VQ commitment surrogate ||f - sg(e_k)||^2 (with the codebook
+            term ||sg(f) - e_k||^2) of the tight guide; not part of the bound.
+        self_condition: tight only: the head sees its own first-pass z0_hat (:class:`CodeHead`).
+        readout_aux: tight only: weight of the head's cross-entropy on the true code, added to
+            the gradient only (never to the reported bound).
+        tau_p / tau_q: paper only: temperatures of p(z_q^0 | z_e^0) and q(z_q^0 | z_e^0)
+            (tau_q = 0: nearest code).
+        encoder_scale: paper only: s of q(z_e^0 | x).
+        denoiser_loss: paper only: ``"elbo"`` or ``"simple"`` (see :class:`DiffusionPrior`).
+        model_variance: paper only: ``"beta_tilde"`` or ``"beta"`` (the tight bound is written
+            for beta~).
+        gradient / gumbel_temperature: paper only: ``"straight_through"`` or ``"gumbel"`` path
+            through z_q^0 and its relaxation temperature.
+    """
+
+    formulation: str = "tight"
+    estimator: str = "random_step"
+    t_sampling: str = "importance"
+    spherical_radius: float | None = 1.0
+    commitment: float = 0.25
+    self_condition: bool = True
+    readout_aux: float = 0.1
+    tau_p: float = 0.4
+    tau_q: float = 0.0
+    encoder_scale: float = 0.012
+    denoiser_loss: str = "simple"
+    model_variance: str = "beta_tilde"
+    gradient: str = "straight_through"
+    gumbel_temperature: float = 0.5
+
+    def __post_init__(self) -> None:
+        choices = {
+            "formulation": ("tight", "paper"),
+            "estimator": ("random_step", "full_chain"),
+            "t_sampling": ("uniform", "importance"),
+            "denoiser_loss": ("elbo", "simple"),
+            "model_variance": ("beta_tilde", "beta"),
+            "gradient": ("straight_through", "gumbel"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.formulation == "tight" and self.model_variance != "beta_tilde":
+            raise ValueError(
+                "the tight formulation's bound is written for model_variance='beta_tilde'"
+            )
+        for name in ("tau_p", "encoder_scale"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("tau_q", "readout_aux", "commitment"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.gradient == "gumbel" and self.tau_q == 0:
+            raise ValueError("the gumbel gradient needs tau_q > 0 (a point mass has no relaxation)")
+
+    @property
+    def tight(self) -> bool:
+        return self.formulation == "tight"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings.
+
+    Attributes:
+        steps: SVI steps (> 0).  batch_size: items per step.  lr: Adam learning rate.
+        clip_norm: gradient-norm clip.  lr_decay: ``"cosine"`` (step s of S at
+        ``lr (1 + cos(pi (s - 1) / S)) / 2``: lr at step 1, reaching 0 just after the last
+        step) or ``"none"``.  seed: seed of parameters, batches and the ELBO's noise.
+        checkpoint_every: steps between checkpoints of a run (0: only at the end).
+        latent_warmup: steps over which the weight of the latent terms rises linearly from
+            1 / latent_warmup to 1 (0: no warm-up; the loss is the ELBO from the start).
+        autocast: run the model and guide under ``torch.autocast`` in bfloat16 (mixed
+            precision: convolutions and matrix products in bf16, the rest in float32).
+    """
+
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 2e-3
+    clip_norm: float = 10.0
+    lr_decay: str = "cosine"
+    seed: int = 0
+    checkpoint_every: int = 500
+    latent_warmup: int = 0
+    autocast: bool = False
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0:
+            raise ValueError(f"steps must be a positive integer, got {self.steps}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.latent_warmup < 0:
+            raise ValueError(f"latent_warmup must be >= 0, got {self.latent_warmup}")
+        if self.lr_decay not in ("cosine", "none"):
+            raise ValueError(f"lr_decay must be 'cosine' or 'none', got {self.lr_decay!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """The paper's toy problem: walks of 5 points on 8 circle centroids, T = 100, theta = 2.
+
+    Attributes:
+        num_train: training walks drawn once.  length: points per walk.  noise: observation noise.
+        num_codes: K.  latent_dim: d.  hidden: width of the per-cell encoder/decoder.
+        denoiser_width / denoiser_blocks: the residual-MLP denoiser.
+        num_steps / delta: the OU schedule (theta = 2, eta^2 = 0.01, z* = 0 fixed by the paper).
+        num_samples: prior samples drawn to score the run.
+    """
+
+    num_train: int = 20000
+    length: int = 5
+    noise: float = 0.05
+    num_codes: int = 8
+    latent_dim: int = 2
+    hidden: int = 64
+    denoiser_width: int = 256
+    denoiser_blocks: int = 3
+    num_steps: int = 100
+    delta: float = 0.015
+    num_samples: int = 2000
+    bridge: BridgeSettings = field(default_factory=lambda: BridgeSettings(commitment=1.0))
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(steps=1600))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ToyConfig:
+        data = dict(data)
+        bridge = BridgeSettings(**data.pop("bridge", {}))
+        train = TrainSettings(**data.pop("train", {}))
+        return cls(**data, bridge=bridge, train=train)
+
+
+VARIANTS = ("end-to-end", "two-stage", "pixelcnn", "vqvae")
+CODEBOOKS = ("gradient", "ema")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """An image run: data set, sizes of the networks, bridge settings and optimisation.
+
+    Attributes:
+        dataset: a name of ``pbridge.data.DATASETS``.  preset: the name it was built from.
+        variant: ``"end-to-end"`` (the paper's claim), ``"two-stage"`` (a VQ-VAE with a
+            uniform prior for ``vqvae_steps`` steps, then the bridge on its frozen encodings
+            for ``train.steps`` steps) or ``"pixelcnn"`` (the same VQ-VAE stage, then a gated
+            PixelCNN prior on its frozen codes for ``train.steps`` steps) or ``"vqvae"`` (the
+            VQ-VAE alone, uniform prior, ``train.steps`` steps).
+        vqvae_codebook: the VQ-VAE's codebook, ``"gradient"`` (codebook loss) or ``"ema"``
+            (moving averages, :class:`~pbridge.codebook.EMACodebook`).
+        restart_dead_codes: ``None``, or restart VQ-VAE codes whose average number of cells per
+            batch falls below this value (:class:`~pbridge.codebook.Codebook`).
+        num_codes / latent_dim: K and d.  downsamples: stride-2 stages of the encoder.
+        unet_width / unet_mults / unet_blocks: the U-Net denoiser.
+        num_steps: T of the image OU schedule (DDPM betas 1e-4 -> 0.02).
+        pixelcnn_channels / pixelcnn_layers: the PixelCNN baseline prior.
+        max_train: use the first ``max_train`` training images (``None``: all).
+        eval_items: test images scored at the end (``None``: the whole test split).
+    """
+
+    dataset: str = "fashion-mnist"
+    preset: str = "small"
+    variant: str = "end-to-end"
+    vqvae_steps: int = 1000
+    vqvae_codebook: str = "gradient"
+    restart_dead_codes: float | None = None
+    num_codes: int = 128
+    latent_dim: int = 16
+    downsamples: int = 1
+    unet_width: int = 32
+    unet_mults: tuple[int, ...] = (1, 2, 2)
+    unet_blocks: int = 1
+    num_steps: int = 1000
+    pixelcnn_channels: int = 64
+    pixelcnn_layers: int = 8
+    max_train: int | None = None
+    eval_items: int | None = 2000
+    bridge: BridgeSettings = field(
+        default_factory=lambda: BridgeSettings(commitment=0.25, spherical_radius=2.0)
+    )
+    train: TrainSettings = field(
+        default_factory=lambda: TrainSettings(steps=3000, batch_size=64, lr=1e-3)
+    )
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(
+                f"unknown variant {self.variant!r}; expected one of {', '.join(VARIANTS)}"
+            )
+        if self.vqvae_codebook not in CODEBOOKS:
+            raise ValueError(
+                f"unknown codebook {self.vqvae_codebook!r}; expected one of {', '.join(CODEBOOKS)}"
+            )
+        if self.dataset not in DATASETS:
+            raise ValueError(
+                f"unknown data set {self.dataset!r}; expected one of {', '.join(DATASETS)}"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ImageConfig:
+        data = dict(data)
+        bridge = BridgeSettings(**data.pop("bridge", {}))
+        train = TrainSettings(**data.pop("train", {}))
+        data["unet_mults"] = tuple(data["unet_mults"])
+        return cls(**data, bridge=bridge, train=train)
+
+
+def image_preset(dataset: str, preset: str) -> ImageConfig:
+    """``"small"`` (trains on a laptop CPU) or ``"paper"`` (K = 64, d = 32, T = 1000, a U-Net of
+    width 128, for GPUs) for a data set; mini-ImageNet gets two downsampling stages (84 -> 21)."""
+    downsamples = 2 if dataset == "miniimagenet" else 1
+    if preset == "small":
+        small_grid = dataset == "digits"
+        return ImageConfig(
+            dataset=dataset,
+            preset=preset,
+            downsamples=downsamples,
+            num_codes=32 if small_grid else 128,
+            unet_mults=(1, 2) if small_grid else (1, 2, 2),
+        )
+    if preset == "paper":
+        return ImageConfig(
+            dataset=dataset,
+            preset=preset,
+            num_codes=64,
+            latent_dim=32,
+            downsamples=downsamples,
+            unet_width=128,
+            unet_mults=(1, 2, 2, 2),
+            unet_blocks=2,
+            pixelcnn_channels=128,
+            pixelcnn_layers=15,
+            eval_items=None,
+            train=TrainSettings(steps=200_000, batch_size=128, lr=2e-4),
+        )
+    raise ValueError(f"unknown preset {preset!r}; expected 'small' or 'paper'")
