@@ -15,8 +15,6 @@ import os
 import platform
 import subprocess
 import tempfile
-import types
-import typing
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,7 +28,7 @@ from torch import nn
 
 import pbridge
 from pbridge.checkpoint import check_state_fits, load_latest_checkpoint, previous_path
-from pbridge.config import TrainSettings
+from pbridge.config import TrainSettings, config_from_dict
 
 from .distributed import World, world_from_environment
 from .svi import TrainResult, load_checkpoint_of, resolve_device, train
@@ -47,7 +45,6 @@ __all__ = [
     "atomic_write",
     "write_json",
     "read_config",
-    "config_from_dict",
     "run_kind",
     "train_in_run",
     "load_run",
@@ -245,52 +242,6 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value can stand for a field annotated ``hint``."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, arg) for arg in args)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (tuple, list):
-        return isinstance(value, list) and all(_fits(item, args[0]) for item in value)
-    return True
-
-
-def _check_types(cls: type, data: dict, source: str, prefix: str = "") -> None:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key, value in data.items():
-        if key not in names:
-            raise ValueError(f"{source}: unknown setting {prefix}{key!r}")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            if not isinstance(value, dict):
-                raise ValueError(f"{source}: {prefix}{key} must be an object, got {value!r}")
-            _check_types(hint, value, source, f"{prefix}{key}.")
-        elif not _fits(value, hint):
-            shown = getattr(hint, "__name__", None) or str(hint)
-            raise ValueError(f"{source}: {prefix}{key} must be {shown}, got {value!r}")
-
-
-def config_from_dict(cls: type, data: dict, source: str) -> Any:
-    """``cls.from_dict(data)`` with every value's type checked first; errors name ``source``
-    and the setting."""
-    _check_types(cls, data, source)
-    try:
-        return cls.from_dict(data)
-    except (TypeError, ValueError, KeyError) as err:
-        raise ValueError(f"{source}: {err}") from err
 
 
 def _flat(data: dict, prefix: str = "") -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """The ``pbridge`` command line.
 
-pbridge train DATASET --out RUN_DIR [--steps N] [--seed S] [--device auto|cpu|cuda]
+pbridge train DATASET --out RUN_DIR [--config FILE] [--set KEY=VALUE ...]
+              [--steps N] [--seed S] [--lr LR] [--batch-size B] [--device auto|cpu|cuda]
               [--preset small|paper] [--variant end-to-end|two-stage|pixelcnn|vqvae]
               [--codebook gradient|ema] [--restart-dead-codes U]
               [--overwrite | --resume [--steps N --extend-steps]]
               [--devices N [--nodes M --rdzv-endpoint HOST:PORT]]
-pbridge train path/to/variant.py --out RUN_DIR [--steps N] [--seed S] [--resume] ...
+pbridge train path/to/variant.py --out RUN_DIR [--set KEY=VALUE ...] [--resume] ...
+pbridge --version
 pbridge sample RUN_DIR [--num N] [--sampler ancestral|respaced|sde|ode] [--steps S]
 pbridge evaluate RUN_DIR [--items N] [--samples N] [--fd-draws N] [--patch-items N]
                  [--patch-draws N] [--sampler ...] [--steps S]
@@ -52,28 +54,83 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, except where there is none to show (an option
+    whose default is the preset's says so in its help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("pbridge")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        from pbridge import __version__
+
+        return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pbridge",
         description="Diffusion-bridge VQ-VAE: train end to end with Pyro SVI, sample, score.",
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_parser(sub)
+    _add_sample_parser(sub)
+    _add_evaluate_parser(sub)
+    _add_analyze_parser(sub)
+    return parser
 
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser(
         "train",
         help="train a variant end to end and write a run directory",
         description="Train end to end; writes config.json, checkpoint.pt, metrics.json and plots. "
         "DATASET may be a variant file path/to/variant.py defining build(config) (and CONFIG): "
-        "see docs/tutorial-variant.md.",
+        "see docs/tutorial-variant.md. Every setting of the run can be given with --config FILE "
+        "and --set KEY=VALUE (precedence: the preset, then --config, then --set and the flags).",
+        epilog=_settings_epilog(),
+        formatter_class=_TrainHelpFormatter,
     )
     train.add_argument(
         "dataset",
         help=f"what to train on: one of {', '.join(DATASETS)}, or a variant file ending in .py",
     )
     train.add_argument("--out", required=True, help="run directory to write")
+    _add_setting_options(train)
+    _add_run_options(train)
+
+
+def _add_setting_options(train: argparse.ArgumentParser) -> None:
+    """The options of ``train`` that set fields of the run's config (``_SETTING_FLAGS``)."""
+    train.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings from a TOML (.toml) or JSON file, e.g. a run's config.json",
+    )
+    train.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        dest="settings",
+        help="set one setting (repeatable), e.g. --set bridge.num_codes=256 --set "
+        "unet_mults=1,2,2; the settings are listed below",
+    )
     train.add_argument("--steps", type=_positive_int, help="SVI steps (default: the preset's)")
     train.add_argument("--seed", type=_seed, help="random seed (default: the preset's)")
-    train.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    train.add_argument("--lr", type=float, help="Adam learning rate (default: the preset's)")
+    train.add_argument(
+        "--batch-size", type=_positive_int, help="items per step (default: the preset's)"
+    )
     train.add_argument(
         "--latent-warmup",
         type=int,
@@ -112,6 +169,11 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="two-stage and pixelcnn variants: steps of the VQ-VAE stage (default: the preset's)",
     )
+
+
+def _add_run_options(train: argparse.ArgumentParser) -> None:
+    """The options of ``train`` that say where and how it runs, not what it trains."""
+    train.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     train.add_argument("--root", help="data folder (default: $PBRIDGE_DATA or ~/.cache/pbridge)")
     train.add_argument(
         "--download", action="store_true", help="download the data set with torchvision"
@@ -133,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue the run in RUN_DIR with its own config.json, from its newest checkpoint; "
-        "flags given with it must match the run's",
+        "settings given with it must match the run's",
     )
     train.add_argument(
         "--extend-steps",
@@ -148,10 +210,39 @@ def _parser() -> argparse.ArgumentParser:
         help="replace the run in RUN_DIR: its checkpoints, samples and scores are deleted",
     )
 
+
+class _TrainHelpFormatter(_HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``train --help``: the list of settings after the options keeps its lines."""
+
+
+def _settings_epilog() -> str:
+    """Every setting of ``--set`` / ``--config`` with its type and default, toy / image
+    (``small`` preset), from the config dataclasses."""
+    from pbridge.config import ImageConfig, ToyConfig, image_preset, setting_type, type_name
+    from pbridge.config_overrides import flatten
+
+    toy, image = (
+        flatten(ToyConfig().to_dict()),
+        flatten(image_preset("fashion-mnist", "small").to_dict()),
+    )
+    lines = ["settings of --set KEY=VALUE and --config FILE (default: toy / fashion-mnist small):"]
+    for key in sorted(toy.keys() | image.keys(), key=lambda key: ("." in key, key)):
+        kind = type_name(setting_type(ImageConfig if key in image else ToyConfig, key))
+        shown = [_shown(values[key]) if key in values else "-" for values in (toy, image)]
+        lines.append(f"  {key} ({kind}): {' / '.join(shown)}")
+    return "\n".join(lines)
+
+
+def _shown(value: object) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
     sample = sub.add_parser(
         "sample",
         help="draw prior samples from a trained run",
         description="Draw prior samples (Algorithm 2); writes samples.pt and samples.png.",
+        formatter_class=_HelpFormatter,
     )
     sample.add_argument("run_dir", help="a run directory written by `pbridge train`")
     sample.add_argument("--num", type=_positive_int, default=1000, help="number of samples")
@@ -159,12 +250,15 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="auto", help="auto, cpu or cuda")
     _add_sampler_options(sample)
 
+
+def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser(
         "evaluate",
         help="score a trained image run under the common protocol",
         description="Bits/dim, masked-patch bits per latent cell, FD-FMNIST, codebook usage and "
         "sampling time on the test split; writes eval.json, eval.md and inpainting.png "
         "(docs/evaluation.md).",
+        formatter_class=_HelpFormatter,
     )
     evaluate.add_argument("run_dir", help="an image run directory written by `pbridge train`")
     evaluate.add_argument("--items", type=_positive_int, default=1000, help="images for bits/dim")
@@ -192,12 +286,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_draw_options(evaluate)
 
+
+def _add_analyze_parser(sub: argparse._SubParsersAction) -> None:
     analyze = sub.add_parser(
         "analyze",
         help="prior and posterior draws of a trained run as arviz InferenceData, with plots",
         description="Prior, posterior and predictive draws with the test items and the training "
         "loss, as arviz InferenceData in analysis.nc; analysis_summary.csv (az.summary) and "
         "reverse_chain.png, code_usage.png, code_entropy.png, elbo_trace.png (docs/analysis.md).",
+        formatter_class=_HelpFormatter,
     )
     analyze.add_argument("run_dir", help="a run directory written by `pbridge train`")
     analyze.add_argument(
@@ -207,7 +304,6 @@ def _parser() -> argparse.ArgumentParser:
         "--items", type=_positive_int, default=8, help="test items for the posterior"
     )
     _add_draw_options(analyze)
-    return parser
 
 
 def _add_draw_options(parser: argparse.ArgumentParser) -> None:
@@ -473,7 +569,6 @@ def _train(args: argparse.Namespace) -> dict:
                 out,
                 args.device,
                 progress,
-                train_overrides=_train_overrides(args),
                 root=args.root,
                 download=args.download,
                 config=config,
@@ -503,9 +598,33 @@ def _discard_failed_start(out: Path, remove_folder: bool) -> None:
         pass  # the error being raised says more
 
 
+_SETTING_FLAGS = {
+    "steps": "train.steps",
+    "seed": "train.seed",
+    "lr": "train.lr",
+    "batch_size": "train.batch_size",
+    "latent_warmup": "train.latent_warmup",
+    "autocast": "train.autocast",
+    "preset": "preset",
+    "variant": "variant",
+    "codebook": "vqvae_codebook",
+    "restart_dead_codes": "restart_dead_codes",
+    "vqvae_steps": "vqvae_steps",
+}
+"""The ``train`` flags that are shortcuts of settings: argparse destination -> setting."""
+
+_IMAGE_ONLY = ("preset", "variant", "codebook", "restart_dead_codes", "vqvae_steps")
+"""Destinations of the flags of the built-in image variants."""
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
 def _check_train(args: argparse.Namespace):
-    """The config a ``train`` command will run, after checking its flags against each other,
-    the run directory and (``--resume``) the run's own config.json; writes nothing."""
+    """The config a ``train`` command will run, after checking its flags and settings against
+    each other, the run directory and (``--resume``) the run's own config.json; writes
+    nothing."""
     from pbridge.inference.run_dir import check_out_dir
 
     variant_file = args.dataset.endswith(".py")
@@ -514,57 +633,82 @@ def _check_train(args: argparse.Namespace):
             f"unknown dataset {args.dataset!r}; expected one of {', '.join(DATASETS)} or a "
             "variant file ending in .py"
         )
-    if variant_file:
-        _check_variant_file_flags(args)
-    elif args.dataset == "toy":
-        image_only = {
-            "--preset": args.preset,
-            "--variant": args.variant,
-            "--codebook": args.codebook,
-            "--restart-dead-codes": args.restart_dead_codes,
-            "--vqvae-steps": args.vqvae_steps,
-            "--root": args.root,
-        }
-        given = [name for name, value in image_only.items() if value is not None]
+    image_flags = [_flag(dest) for dest in _IMAGE_ONLY if getattr(args, dest) is not None]
+    if variant_file and image_flags:
+        raise ValueError(
+            f"{', '.join(image_flags)} do not apply to a variant file ({args.dataset}): set them "
+            "in its CONFIG, or with --set"
+        )
+    if args.dataset == "toy":
+        given = image_flags + [name for name in ("--root",) if args.root is not None]
         if given or args.download:
             given += ["--download"] if args.download else []
             raise ValueError(f"{', '.join(given)} apply to image data sets, not to toy")
-    if args.extend_steps and not (args.resume and args.steps):
+    overrides = _overrides(args)
+    if args.extend_steps and not (args.resume and any(o.key == "train.steps" for o in overrides)):
         raise ValueError("--extend-steps goes with --resume and --steps N (the new total)")
     if os.environ.get("RANK", "0") == "0":  # the process that writes
         check_out_dir(args.out, args.resume, args.overwrite)
     if args.resume:
-        return _resumed_config(args)
-    if variant_file:
-        return None  # the file's CONFIG with the overrides, read by run_user_variant
-    return _fresh_config(args)
+        return _resumed_config(args, overrides)
+    return _fresh_config(args, overrides)
 
 
-def _fresh_config(args: argparse.Namespace):
-    from pbridge.config import ToyConfig, image_preset
-
-    overrides = _train_overrides(args)
-    if args.dataset == "toy":
-        config = ToyConfig()
-        return replace(config, train=replace(config.train, **overrides))
-    config = image_preset(args.dataset, args.preset or "small")
-    config = replace(
-        config, variant=args.variant or "end-to-end", train=replace(config.train, **overrides)
-    )
-    vqvae_options = {
-        "vqvae_steps": args.vqvae_steps,
-        "vqvae_codebook": args.codebook,
-        "restart_dead_codes": args.restart_dead_codes,
-    }
-    return replace(config, **{k: v for k, v in vqvae_options.items() if v is not None})
-
-
-def _resumed_config(args: argparse.Namespace):
-    """The run's own config.json; every flag given must match it, by name (``--steps`` may
-    exceed it with ``--extend-steps``)."""
-    from pbridge.checkpoint import load_latest_checkpoint
+def _config_class(dataset: str) -> type:
     from pbridge.config import ImageConfig, ToyConfig
-    from pbridge.inference.run_dir import CHECKPOINT_FILE, config_from_dict, read_config, run_kind
+
+    return ToyConfig if dataset == "toy" else ImageConfig
+
+
+def _overrides(args: argparse.Namespace) -> list:
+    """The settings the command gives, in order of precedence: ``--config FILE``, then
+    ``--set`` and the flags (a setting given twice on the command line is refused)."""
+    from pbridge.config_overrides import Override, parse_assignment, read_config_file
+
+    cls = _config_class(args.dataset)
+    from_file = read_config_file(args.config, cls) if args.config else []
+    given = [parse_assignment(text, cls) for text in args.settings or ()]
+    for dest, key in _SETTING_FLAGS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            shown = "" if isinstance(value, bool) else f" {value}"
+            given.append(Override(key, value, _flag(dest) + shown))
+    first: dict = {}
+    for item in given:
+        earlier = first.setdefault(item.key, item)
+        if earlier.value != item.value:
+            raise ValueError(f"{earlier.origin} and {item.origin} both set {item.key}: give one")
+    return from_file + given
+
+
+def _fresh_config(args: argparse.Namespace, overrides: list):
+    """The preset (``--preset``, else a ``preset`` setting, else ``small``), a toy config or
+    a variant file's ``CONFIG``, with the overrides applied."""
+    from pbridge.config import ToyConfig, image_preset
+    from pbridge.config_overrides import apply_overrides
+    from pbridge.inference.user_variant import load_variant_file
+
+    if args.dataset.endswith(".py"):
+        return apply_overrides(load_variant_file(args.dataset).config, overrides)
+    if args.dataset == "toy":
+        return apply_overrides(ToyConfig(), overrides)
+    for item in overrides:
+        if item.key == "dataset" and item.value != args.dataset:
+            raise ValueError(
+                f"{item.origin}: the data set is DATASET, here {args.dataset}; drop the setting "
+                "or train on that data set"
+            )
+    presets = [item.value for item in overrides if item.key == "preset"]
+    base = image_preset(args.dataset, presets[-1] if presets else "small")
+    return apply_overrides(base, overrides)
+
+
+def _resumed_config(args: argparse.Namespace, overrides: list):
+    """The run's own config.json; every setting given must match it, by name (``train.steps``
+    may exceed it with ``--extend-steps``)."""
+    from pbridge.config import config_from_dict
+    from pbridge.config_overrides import apply_overrides, changed
+    from pbridge.inference.run_dir import read_config, run_kind
 
     out = Path(args.out)
     data, kind = read_config(out), run_kind(out)
@@ -577,80 +721,45 @@ def _resumed_config(args: argparse.Namespace):
             f"{out} holds a run on {held}, not {args.dataset}: --resume continues a run on its "
             "own data; check --out and DATASET"
         )
-    cls = ToyConfig if kind == "toy" else ImageConfig
-    config = config_from_dict(cls, data, str(out / "config.json"))
-    given = {
-        "--seed": (args.seed, config.train.seed),
-        "--latent-warmup": (args.latent_warmup, config.train.latent_warmup),
-        "--autocast": (args.autocast, config.train.autocast),
-    }
-    if kind == "image":
-        given |= {
-            "--preset": (args.preset, config.preset),
-            "--variant": (args.variant, config.variant),
-            "--codebook": (args.codebook, config.vqvae_codebook),
-            "--restart-dead-codes": (args.restart_dead_codes, config.restart_dead_codes),
-            "--vqvae-steps": (args.vqvae_steps, config.vqvae_steps),
-        }
-    differ = [
-        f"{flag} {ours} (the run's: {theirs})"
-        for flag, (ours, theirs) in given.items()
-        if ours is not None and ours != theirs
-    ]
+    config = config_from_dict(_config_class(args.dataset), data, str(out / "config.json"))
+    wanted = apply_overrides(config, overrides)
+    differ = changed(config, wanted, overrides)
+    steps = differ.pop("train.steps", None)
     if differ:
+        named = [f"{origin} (the run's: {theirs})" for origin, theirs in differ.values()]
         raise ValueError(
-            f"--resume continues {out} as its config.json says; these flags contradict it: "
-            f"{', '.join(differ)}; drop them"
+            f"--resume continues {out} as its config.json says; these settings contradict it: "
+            f"{', '.join(named)}; drop them"
         )
-    planned = config.train.steps
-    if args.steps is None or args.steps == planned:
+    if steps is None:
         return config
+    return _extended(args, out, config, steps[0], wanted.train.steps)
+
+
+def _extended(args: argparse.Namespace, out: Path, config, origin: str, steps: int):
+    """The resumed run's config trained on to ``steps`` (``origin``: the setting asking for
+    them), if ``--extend-steps`` allows it and the run has done fewer."""
+    from pbridge.checkpoint import load_latest_checkpoint
+    from pbridge.inference.run_dir import CHECKPOINT_FILE
+
+    planned = config.train.steps
     if not args.extend_steps:
         raise ValueError(
-            f"--steps {args.steps} differs from the run's {planned} steps ({out}/config.json): "
-            "--resume continues the run as configured; drop --steps, or add --extend-steps to "
-            f"train it on to {args.steps} steps"
+            f"{origin} differs from the run's {planned} steps ({out}/config.json): --resume "
+            "continues the run as configured; drop it, or add --extend-steps to train it on to "
+            f"{steps} steps"
         )
     checkpoint = out / CHECKPOINT_FILE
     done = load_latest_checkpoint(checkpoint)[0]["step"] if checkpoint.exists() else 0
-    if args.steps <= done:
-        raise ValueError(
-            f"--extend-steps: --steps {args.steps} must exceed the {done} steps {out} has done"
-        )
+    if steps <= done:
+        raise ValueError(f"--extend-steps: {origin} must exceed the {done} steps {out} has done")
     _warn(
-        f"extending {out} from {planned} to {args.steps} steps: the cosine learning-rate "
-        f"schedule is recomputed for {args.steps} steps from step {done + 1} on (config.json is "
-        f"updated), so the result differs from a run trained for {args.steps} steps from the "
+        f"extending {out} from {planned} to {steps} steps: the cosine learning-rate "
+        f"schedule is recomputed for {steps} steps from step {done + 1} on (config.json is "
+        f"updated), so the result differs from a run trained for {steps} steps from the "
         "start"
     )
-    return replace(config, train=replace(config.train, steps=args.steps))
-
-
-def _train_overrides(args: argparse.Namespace) -> dict:
-    given = {
-        "steps": args.steps,
-        "seed": args.seed,
-        "latent_warmup": args.latent_warmup,
-        "autocast": args.autocast,
-    }
-    return {k: v for k, v in given.items() if v is not None}
-
-
-def _check_variant_file_flags(args: argparse.Namespace) -> None:
-    """The options of the built-in image variants do not apply to a variant file."""
-    built_in = {
-        "--preset": args.preset,
-        "--variant": args.variant,
-        "--codebook": args.codebook,
-        "--restart-dead-codes": args.restart_dead_codes,
-        "--vqvae-steps": args.vqvae_steps,
-    }
-    given = [name for name, value in built_in.items() if value is not None]
-    if given:
-        raise ValueError(
-            f"{', '.join(given)} do not apply to a variant file ({args.dataset}): set them in "
-            "its CONFIG"
-        )
+    return replace(config, train=replace(config.train, steps=steps))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,11 @@ command line and variant files build these, and the builders in ``pbridge.models
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from .data import DATASETS
 
@@ -19,6 +23,9 @@ __all__ = [
     "image_preset",
     "VARIANTS",
     "CODEBOOKS",
+    "config_from_dict",
+    "setting_type",
+    "type_name",
 ]
 
 
@@ -160,15 +167,15 @@ class ToyConfig:
     bridge: BridgeSettings = field(default_factory=lambda: BridgeSettings(commitment=1.0))
     train: TrainSettings = field(default_factory=lambda: TrainSettings(steps=1600))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (``config.json``): sections as dicts, tuples kept."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> ToyConfig:
-        data = dict(data)
-        bridge = BridgeSettings(**data.pop("bridge", {}))
-        train = TrainSettings(**data.pop("train", {}))
-        return cls(**data, bridge=bridge, train=train)
+    def from_dict(cls, data: dict[str, Any]) -> ToyConfig:
+        """The config of :meth:`to_dict`'s data (keys left out take their defaults; lists read
+        as tuples). Values are not type-checked: :func:`config_from_dict` does that."""
+        return _from_dict(cls, data)
 
 
 VARIANTS = ("end-to-end", "two-stage", "pixelcnn", "vqvae")
@@ -236,16 +243,15 @@ class ImageConfig:
                 f"unknown data set {self.dataset!r}; expected one of {', '.join(DATASETS)}"
             )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (``config.json``): sections as dicts, tuples kept."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> ImageConfig:
-        data = dict(data)
-        bridge = BridgeSettings(**data.pop("bridge", {}))
-        train = TrainSettings(**data.pop("train", {}))
-        data["unet_mults"] = tuple(data["unet_mults"])
-        return cls(**data, bridge=bridge, train=train)
+    def from_dict(cls, data: dict[str, Any]) -> ImageConfig:
+        """The config of :meth:`to_dict`'s data (keys left out take their defaults; lists read
+        as tuples). Values are not type-checked: :func:`config_from_dict` does that."""
+        return _from_dict(cls, data)
 
 
 def image_preset(dataset: str, preset: str) -> ImageConfig:
@@ -277,3 +283,101 @@ def image_preset(dataset: str, preset: str) -> ImageConfig:
             train=TrainSettings(steps=200_000, batch_size=128, lr=2e-4),
         )
     raise ValueError(f"unknown preset {preset!r}; expected 'small' or 'paper'")
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """``cls(**data)`` with the dataclass-typed fields (sections) built from their dicts and
+    lists made tuples where the field is a tuple."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in data.items():
+        hint = hints.get(key)
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = _from_dict(hint, value)
+        elif typing.get_origin(hint) is tuple and isinstance(value, list | tuple):
+            value = tuple(value)
+        values[key] = value
+    return cls(**values)
+
+
+def type_name(hint: Any) -> str:
+    """A field's annotation as people write it: ``int``, ``float | None``, ``tuple[int, ...]``."""
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return "None" if hint is type(None) else hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value can stand for a field annotated ``hint``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        return isinstance(value, list | tuple) and all(_fits(item, args[0]) for item in value)
+    return True
+
+
+def _unknown_setting(cls: type, key: str, prefix: str) -> ValueError:
+    """The error for a setting ``prefix + key`` that ``cls`` does not have, listing its own."""
+    section = prefix.rstrip(".") or _SECTION_NAMES.get(cls, cls.__name__)
+    names = ", ".join(f.name for f in dataclasses.fields(cls))
+    return ValueError(f"unknown setting {prefix + key!r}; {section} has: {names}")
+
+
+_SECTION_NAMES = {ToyConfig: "a toy config", ImageConfig: "an image config"}
+
+
+def _check_types(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> None:
+    """Every key of ``data`` is a field of ``cls`` and every value fits its annotation
+    (sections recursively); errors name ``source`` and the dotted setting."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in names:
+            raise ValueError(f"{source}: {_unknown_setting(cls, key, prefix)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ValueError(f"{source}: {prefix}{key} must be an object, got {value!r}")
+            _check_types(hint, value, source, f"{prefix}{key}.")
+        elif not _fits(value, hint):
+            raise ValueError(f"{source}: {prefix}{key} must be {type_name(hint)}, got {value!r}")
+
+
+def config_from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
+    """``cls.from_dict(data)`` with every key and value's type checked first; errors (those of
+    the dataclasses' own checks included) name ``source`` and the setting."""
+    _check_types(cls, data, source)
+    try:
+        return cls.from_dict(data)
+    except (TypeError, ValueError, KeyError) as err:
+        raise ValueError(f"{source}: {err}") from err
+
+
+def setting_type(cls: type, key: str) -> Any:
+    """The annotation of the dotted setting ``key`` of the config class ``cls``
+    (``"bridge.num_codes"``); ``ValueError`` naming the key and the settings at its level when
+    there is no such setting, or when it names a whole section."""
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        prefix = "".join(f"{p}." for p in parts[:depth])
+        if not dataclasses.is_dataclass(cls):
+            raise ValueError(f"unknown setting {key!r}: {prefix.rstrip('.')} has no fields")
+        hint = typing.get_type_hints(cls).get(part)
+        if hint is None:
+            raise _unknown_setting(cls, part, prefix)
+        cls = hint
+    if dataclasses.is_dataclass(cls):
+        names = ", ".join(f"{key}.{f.name}" for f in dataclasses.fields(cls))
+        raise ValueError(f"{key!r} is a section, not a setting; set its fields: {names}")
+    return cls

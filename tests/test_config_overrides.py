@@ -1,0 +1,213 @@
+"""Every setting of a run from the command line (``--set``, ``--config``, the shortcut flags):
+parsing, precedence, refusals, the bit-exact round trip of a run's config.json, and
+``--help`` / ``--version``."""
+
+import json
+from importlib import metadata
+
+import pytest
+import torch
+
+from pbridge.checkpoint import load_checkpoint
+from pbridge.cli import main
+from pbridge.config import ImageConfig, ToyConfig, image_preset
+from pbridge.config_overrides import apply_overrides, parse_assignment
+
+TINY_TOY = [
+    "--set", "num_train=256",
+    "--set", "num_samples=32",
+    "--set", "hidden=16",
+    "--set", "denoiser_width=16",
+    "--set", "denoiser_blocks=1",
+    "--set", "train.batch_size=32",
+    "--steps", "3",
+    "--no-progress",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("num_codes=256", 256),
+        ("train.lr=1e-3", 1e-3),
+        ("bridge.self_condition=false", False),
+        ("bridge.self_condition=On", True),
+        ("bridge.spherical_radius=none", None),
+        ("bridge.spherical_radius=1.5", 1.5),
+        ("max_train=100", 100),
+        ("unet_mults=1,2,2", [1, 2, 2]),
+        ("unet_mults=(1, 4)", [1, 4]),
+        ("bridge.formulation=paper", "paper"),
+    ],
+    ids=["int", "float", "bool-false", "bool-on", "optional-none", "optional-float",
+         "optional-int", "tuple", "tuple-parenthesised", "str"],
+)  # fmt: skip
+def test_a_set_value_is_read_as_the_field_type(text, value):
+    override = parse_assignment(text, ImageConfig)
+    assert override.value == value and type(override.value) is type(value)
+    config = apply_overrides(image_preset("fashion-mnist", "small"), [override])
+    *sections, name = override.key.split(".")
+    target = config
+    for section in sections:
+        target = getattr(target, section)
+    assert getattr(target, name) == (tuple(value) if isinstance(value, list) else value)
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Training is replaced by recording the config it was given (nothing is written)."""
+    configs = []
+
+    def record(config, *args, **kwargs):
+        configs.append(config)
+        return {}
+
+    monkeypatch.setattr("pbridge.inference.images.run_images", record)
+    monkeypatch.setattr("pbridge.inference.toy.run_toy", record)
+    return configs
+
+
+def test_precedence_is_preset_then_config_file_then_set_and_flags(tmp_path, captured):
+    settings = tmp_path / "settings.toml"
+    settings.write_text(
+        'preset = "paper"\nnum_codes = 32\n[train]\nlr = 5e-4\nbatch_size = 7\nseed = 3\n'
+    )
+    argv = ["train", "cifar10", "--out", str(tmp_path / "run"), "--config", str(settings)]
+    argv += ["--set", "train.lr=1e-4", "--seed", "5", "--batch-size", "9"]
+    assert main(argv) == 0
+    config = captured[-1]
+    paper = image_preset("cifar10", "paper")
+    assert config.unet_width == paper.unet_width == 128  # the file's preset, not small
+    assert config.num_codes == 32 and config.train.steps == paper.train.steps  # file, preset
+    assert (config.train.lr, config.train.seed, config.train.batch_size) == (1e-4, 5, 9)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_config_json_works_as_a_config_file(tmp_path, captured):
+    source = image_preset("digits", "small")
+    source = apply_overrides(source, [parse_assignment("bridge.tau_p=0.3", ImageConfig)])
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(source.to_dict()))
+    assert main(["train", "digits", "--out", str(tmp_path / "run"), "--config", str(path)]) == 0
+    assert captured[-1] == source
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--set", "bridge.num_code=256"],
+         "unknown setting 'bridge.num_code'; bridge has: formulation, estimator"),
+        (["--set", "nonsense=1"], "unknown setting 'nonsense'; an image config has: dataset"),
+        (["--set", "train.lr=fast"], "--set train.lr=fast: train.lr must be float, got 'fast'"),
+        (["--set", "bridge.formulation=tite"],
+         "formulation must be one of ('tight', 'paper'), got 'tite'"),
+        (["--set", "unet_mults=1,x"], "unet_mults must be tuple[int, ...], got '1,x'"),
+        (["--set", "train.steps=0"], "--set train.steps=0: steps must be a positive integer"),
+        (["--set", "num_codes"], "expected KEY=VALUE"),
+        (["--set", "train=1"], "'train' is a section, not a setting; set its fields: train.steps"),
+        (["--set", "dataset=cifar10"], "the data set is DATASET, here fashion-mnist"),
+        (["--set", "train.lr=1e-3", "--lr", "2e-3"], "both set train.lr: give one"),
+        (["--lr", "-1"], "--lr -1.0: lr must be > 0, got -1.0"),
+        (["--config", "missing.toml"], "--config missing.toml: no such file"),
+    ],
+    ids=["unknown-section-key", "unknown-key", "bad-float", "bad-choice", "bad-tuple",
+         "post-init-check", "no-equals", "a-section", "another-dataset", "given-twice",
+         "bad-flag-value", "missing-file"],
+)  # fmt: skip
+def test_bad_settings_are_refused_naming_them_and_nothing_is_written(
+    argv, named, tmp_path, capsys, captured
+):
+    out = tmp_path / "run"
+    assert main(["train", "fashion-mnist", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pbridge: ") and "\n" not in err and named in err, err
+    assert not out.exists() and captured == []
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ('[bridge]\nnum_codes = 3\n', "unknown setting 'bridge.num_codes'; bridge has:"),
+        ('[train]\nlr = "fast"\n', "train.lr must be float, got 'fast'"),
+        ("train = 3\n", "train must be an object, got 3"),
+        ("[train\n", "is not valid TOML"),
+    ],
+    ids=["unknown-key", "bad-type", "section-not-a-table", "broken-toml"],
+)  # fmt: skip
+def test_bad_config_files_are_refused_naming_the_file_and_key(
+    text, named, tmp_path, capsys, captured
+):
+    path = tmp_path / "settings.toml"
+    path.write_text(text)
+    out = tmp_path / "run"
+    assert main(["train", "fashion-mnist", "--out", str(out), "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{path}" in err and named in err and "\n" not in err, err
+    assert not out.exists() and captured == []
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 3-step toy run with a small denoiser, every size set with --set."""
+    out = tmp_path_factory.mktemp("overrides") / "a"
+    assert main(["train", "toy", "--out", str(out), *TINY_TOY]) == 0
+    return out
+
+
+def test_a_run_config_json_fed_back_with_config_reproduces_the_run(tiny_run, tmp_path):
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["denoiser_width"] == 16 and config["train"]["batch_size"] == 32
+    again = tmp_path / "b"
+    argv = ["train", "toy", "--out", str(again), "--config", str(tiny_run / "config.json")]
+    assert main([*argv, "--no-progress"]) == 0
+    assert json.loads((again / "config.json").read_text()) == config
+    first, second = (
+        load_checkpoint(tiny_run / "checkpoint.pt"),
+        load_checkpoint(again / "checkpoint.pt"),
+    )
+    assert first["model"].keys() == second["model"].keys()
+    for key, value in first["model"].items():
+        assert torch.equal(value, second["model"][key]), key
+    assert first["losses"] == second["losses"] and len(first["losses"]) == 3
+
+
+def test_resume_refuses_settings_that_change_the_run_and_allows_extending_steps(
+    tiny_run, tmp_path, capsys, captured
+):
+    resume = ["train", "toy", "--out", str(tiny_run), "--resume"]
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"train": {"lr": 0.5}}))
+    for argv, named in [
+        (["--set", "hidden=32"], "--set hidden=32 (the run's: 16)"),
+        (["--config", str(settings)], f"{settings}: train.lr = 0.5 (the run's: 0.002)"),
+        (["--set", "train.steps=9"], "--set train.steps=9 differs from the run's 3 steps"),
+        (["--set", "train.steps=2", "--extend-steps"], "must exceed the 3 steps"),
+    ]:
+        assert main([*resume, *argv]) == 2
+        assert named in capsys.readouterr().err
+    assert captured == []
+    same = ["--config", str(tiny_run / "config.json"), "--set", "hidden=16"]
+    assert main([*resume, *same]) == 0  # settings equal to the run's are accepted
+    assert captured[-1] == ToyConfig.from_dict(json.loads((tiny_run / "config.json").read_text()))
+    assert main([*resume, "--set", "train.steps=9", "--extend-steps"]) == 0
+    assert captured[-1].train.steps == 9
+
+
+def test_help_shows_defaults_and_the_settings(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    shown = capsys.readouterr().out
+    assert "(default: auto)" in shown  # --device
+    assert "train.lr (float): 0.002 / 0.001" in shown  # toy / fashion-mnist small
+    assert "unet_mults (tuple[int, ...]): - / 1,2,2" in shown
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    assert "(default: 1000)" in capsys.readouterr().out  # --num
+
+
+def test_version_prints_the_package_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pbridge {metadata.version('pbridge')}"
