@@ -35,7 +35,7 @@ ROWS = {
     "end-to-end bridge": ("end-to-end", {"steps": 1490}),
 }
 STREAMS = (("vqvae", "end-to-end"), ("pixelcnn", "two-stage"))
-BRIDGE_SAMPLER = ["--sampler", "respaced", "--steps", "100"]
+BRIDGE_SAMPLER = ["--sampler", "respaced", "--sample-steps", "100"]
 
 
 def _commands(variant: str, options: dict, args: argparse.Namespace) -> list[list[str]]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +37,17 @@ from pyro import poutine
 from pyro.infer import Predictive
 from torch import nn
 
+from pbridge.bridge_prior import prior_options
 from pbridge.checkpoint import load_latest_checkpoint
 from pbridge.codebook import code_logits, gather_codes
 from pbridge.config import ImageConfig
 from pbridge.data import load_images
+from pbridge.samplers import ANCESTRAL, SamplerSettings
 from pbridge.toy import sample_walks
 
 from .images import load_image_run
 from .plots import plot_code_entropy, plot_code_usage, plot_elbo_trace, plot_reverse_chain
-from .sampling import bridge_sampler
+from .sampling import check_sampler
 from .toy import load_toy_run
 from .user_variant import VARIANT_FILE, load_user_run
 
@@ -108,6 +109,7 @@ def to_inferencedata(
     num: int = 16,
     labels: torch.Tensor | None = None,
     losses: Sequence[float] | None = None,
+    sampler: SamplerSettings = ANCESTRAL,
 ) -> az.InferenceData:
     """Prior, posterior and predictive draws of a trained ``variant`` (in eval mode) as arviz
     InferenceData (``az.from_dict``, one chain), with the test items as observed data.
@@ -119,6 +121,7 @@ def to_inferencedata(
             ``takes_labels = True``.
         losses: the per-step training loss (``TrainResult.losses``, the checkpoint's
             ``"losses"``), stored in the group ``training``; ``None``: no such group.
+        sampler: the sampler of the bridge's prior draws.
     """
     if num <= 0:
         raise ValueError(f"num must be a positive integer, got {num}")
@@ -128,6 +131,7 @@ def to_inferencedata(
         raise ValueError(f"a {type(variant).__name__} {needs} labels")
     if labels is not None and labels.shape != x.shape[:1]:
         raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(labels.shape)}")
+    check_sampler(variant, sampler)
     codes = variant.codebook()
     cell_dims, data_dims = _dims(variant)
     args = (x,) if labels is None else (x, labels)
@@ -135,7 +139,8 @@ def to_inferencedata(
 
     with pyro.validation_enabled(False):
         placeholder = x.new_zeros((num, *variant.data_shape))
-        trace = poutine.trace(poutine.uncondition(variant.model)).get_trace(placeholder)
+        prior_model = prior_options(poutine.uncondition(variant.model), sampler=sampler)
+        trace = poutine.trace(prior_model).get_trace(placeholder)
         prior = {n: trace.nodes[n]["value"] for n in (*_LATENTS, "y") if n in trace.nodes}
         readout = getattr(trace.nodes["z_q_0"]["fn"], "readout_logits", None)
         prior_x = trace.nodes["x"]["value"]
@@ -224,17 +229,17 @@ def reverse_chain_frames(
     """Run ``chains`` backward chains (Algorithm 2, T steps) and decode the states at
     ``columns`` times from T to 0 through their nearest codes.
 
-    ``labels: (chains,)`` condition a labelled variant's chains (its ``given``). Returns the
-    times and the decoder means ``(chains, columns, *data_shape)``.
+    ``labels: (chains,)`` condition a labelled variant's chains (its network bound to them,
+    ``chain_network(labels)``). Returns the times and the decoder means
+    ``(chains, columns, *data_shape)``.
     """
     schedule, codes = variant.schedule, variant.codebook()
     times = sorted({round(schedule.num_steps * i / (columns - 1)) for i in range(columns)})[::-1]
     z_T = schedule.stationary_draw(codes.new_empty((chains, *variant.latent_shape)))
-    given = variant.given(labels) if labels is not None else nullcontext()
-    with given:
-        kept = variant.chain_states(z_T, tuple(times))
-        # z_q^t per state: the head's most probable code (tight), the nearest code (paper).
-        indices = [variant.state_logits(kept[t], t).argmax(-1) for t in times]
+    network = variant.chain_network(labels) if labels is not None else None
+    kept = variant.chain_states(z_T, tuple(times), network)
+    # z_q^t per state: the head's most probable code (tight), the nearest code (paper).
+    indices = [variant.state_logits(kept[t], t, network).argmax(-1) for t in times]
     nearest = torch.stack(indices, dim=1).flatten(0, 1)  # (chains * columns, *cells)
     decoded = variant.decoder(gather_codes(nearest, codes)).mean
     return times, decoded.view(chains, len(times), *decoded.shape[1:])
@@ -260,12 +265,11 @@ def analyze_run(
     seed: int = 0,
     device: str = "auto",
     root: str | Path | None = None,
-    **sampler,
+    sampler: SamplerSettings = ANCESTRAL,
 ) -> dict[str, Any]:
     """Analyse a trained run: :func:`to_inferencedata` on ``items`` test items with ``num``
-    draws, written to ``analysis.nc``, with ``analysis_summary.csv`` and the plots. ``sampler``:
-    keywords of :func:`~pbridge.inference.sampling.bridge_sampler` for the prior draws.
-    Returns what was written and a few figures."""
+    draws (the prior's by ``sampler``), written to ``analysis.nc``, with
+    ``analysis_summary.csv`` and the plots. Returns what was written and a few figures."""
     if items <= 0:
         raise ValueError(f"items must be a positive integer, got {items}")
     run = Path(run_dir)
@@ -282,8 +286,7 @@ def analyze_run(
     if not getattr(variant, "takes_labels", False):
         labels = None
     state, _ = load_latest_checkpoint(run / "checkpoint.pt")
-    with bridge_sampler(variant, **sampler):
-        idata = to_inferencedata(variant, x, num, labels, state.get("losses"))
+    idata = to_inferencedata(variant, x, num, labels, state.get("losses"), sampler)
     idata.to_netcdf(str(run / "analysis.nc"))
     summary = summarise(idata)
     summary.to_csv(run / "analysis_summary.csv")

@@ -36,9 +36,10 @@ from pbridge.data import load_images
 from pbridge.feature_distance import classifier_accuracy, fd_fmnist, load_classifier
 from pbridge.masked_patch import central_patch, patch_bits_autoregressive, patch_bits_monte_carlo
 from pbridge.models.pixelcnn_prior import PixelCNNVQVAE
+from pbridge.samplers import ANCESTRAL, SamplerSettings
 
 from .images import load_image_run, test_bits_per_dim
-from .sampling import bridge_sampler, sample_posterior, sample_prior
+from .sampling import check_sampler, sample_posterior, sample_prior
 
 __all__ = ["EvalSettings", "evaluate_run", "results_table", "chain_bits_by_step"]
 
@@ -55,7 +56,7 @@ class EvalSettings:
             the mean over the sets and its standard error.
         patch_items / patch_draws: test items and inpainting draws per item of the masked-patch
             estimate.
-        seed: seed of every draw.  batch_size: items per network call when scoring.
+        seed: seed of every draw.
     """
 
     bpd_items: int = 1000
@@ -65,12 +66,15 @@ class EvalSettings:
     patch_items: int = 64
     patch_draws: int = 4
     seed: int = 0
-    batch_size: int = 250
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
             if name != "seed" and value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
+
+
+BATCH_SIZE = 250
+"""Items per network call when scoring."""
 
 
 def _mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
@@ -99,12 +103,22 @@ def _inpainting_grid(variant, x, codes, known, completions, path: Path) -> None:
     save_image(grid.cpu(), path, nrow=len(columns))
 
 
+def _inpaint(variant, codes: torch.Tensor, known: torch.Tensor, sampler: SamplerSettings):
+    """``variant.inpaint``: a bridge's chain drawn by ``sampler``; the other priors draw their
+    own way (and take only the default sampler, :func:`check_sampler`)."""
+    if hasattr(variant, "schedule"):
+        return variant.inpaint(codes, known, sampler)
+    return variant.inpaint(codes, known)
+
+
 @torch.no_grad()
-def _masked_patch(variant, x: torch.Tensor, settings: EvalSettings, out: Path) -> dict:
+def _masked_patch(
+    variant, x: torch.Tensor, settings: EvalSettings, sampler: SamplerSettings, out: Path
+) -> dict:
     codes = sample_posterior(variant, x).codes
     patch = central_patch(tuple(codes.shape[1:])).to(codes.device)
     known = (~patch).expand_as(codes)
-    draws = [variant.inpaint(codes, known) for _ in range(settings.patch_draws)]
+    draws = [_inpaint(variant, codes, known, sampler) for _ in range(settings.patch_draws)]
     probs = torch.stack([p for _, p in draws])
     bits = patch_bits_monte_carlo(codes, probs, patch, PATCH_FLOOR)
     mean, stderr = _mean_and_stderr(bits)
@@ -197,14 +211,15 @@ def evaluate_run(
     settings: EvalSettings | None = None,
     device: str = "auto",
     root: str | Path | None = None,
-    **sampler,
+    sampler: SamplerSettings = ANCESTRAL,
 ) -> dict:
     """Run the protocol on a trained image run; returns and writes ``eval.json``/``eval.md``.
-    ``sampler``: keywords of :func:`~pbridge.inference.sampling.bridge_sampler` (the bridge's
-    sampler for prior draws and inpainting; default the T-step chain)."""
+    ``sampler``: the bridge's sampler for prior draws and inpainting (default the T-step
+    chain)."""
     settings = EvalSettings() if settings is None else settings
     run = Path(run_dir)
     config, variant = load_image_run(run, device)
+    check_sampler(variant, sampler)
     dev = next(variant.parameters()).device
     test = load_images(config.dataset, "test", root)
     test_x = test.as_float().to(dev)
@@ -213,13 +228,13 @@ def evaluate_run(
         "variant": config.variant,
         "dataset": config.dataset,
         "settings": asdict(settings),
-        "sampler": {"sampler": "ancestral", "steps": None, **sampler},
+        "sampler": asdict(sampler),
     }
     torch.manual_seed(settings.seed)
     pyro.set_rng_seed(settings.seed)
-    with pyro.validation_enabled(False), bridge_sampler(variant, **sampler):
+    with pyro.validation_enabled(False):
         start = time.perf_counter()
-        batch = max(1, min(settings.batch_size, settings.bpd_items // 4))  # >= 4 batches: s.e.
+        batch = max(1, min(BATCH_SIZE, settings.bpd_items // 4))  # >= 4 batches: s.e.
         bpd, bpd_se = test_bits_per_dim(
             variant, test_x[: settings.bpd_items], batch, settings.chain_steps
         )
@@ -229,18 +244,19 @@ def evaluate_run(
         if hasattr(variant, "schedule"):  # the bridge variants
             result.update(chain_bits_by_step(variant, test_x[: min(200, settings.bpd_items)]))
 
-        codes = _posterior_codes(variant, test_x, settings.batch_size)
+        codes = _posterior_codes(variant, test_x, BATCH_SIZE)
         usage = code_usage(codes, variant.codebook.num_codes)
         result.update(codes_used=usage.codes_used, perplexity=usage.perplexity)
 
         start = time.perf_counter()
         patch_x = test_x[: settings.patch_items]
-        result.update(_masked_patch(variant, patch_x, settings, run / "inpainting.png"))
+        result.update(_masked_patch(variant, patch_x, settings, sampler, run / "inpainting.png"))
         timings["masked_patch"] = time.perf_counter() - start
 
         start = time.perf_counter()
         draws = [
-            sample_prior(variant, settings.num_samples).x_mean for _ in range(settings.fd_draws)
+            sample_prior(variant, settings.num_samples, sampler).x_mean
+            for _ in range(settings.fd_draws)
         ]
         seconds = time.perf_counter() - start
         result["sampling_seconds_per_image"] = seconds / (settings.num_samples * settings.fd_draws)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from pbridge.presets import (
     build_image_pixelcnn,
     build_image_vqvae,
 )
+from pbridge.samplers import ANCESTRAL, SamplerSettings
 
 from .run_dir import (
     CHECKPOINT_FILE,
@@ -41,7 +41,7 @@ from .run_dir import (
     write_json,
     write_run_files,
 )
-from .sampling import bridge_sampler, sample_posterior, sample_prior
+from .sampling import sample_posterior, sample_prior
 from .svi import estimate_elbo
 from .user_variant import VARIANT_FILE, load_user_run
 
@@ -53,16 +53,15 @@ SAMPLES_IN_GRID = 1024
 
 @torch.no_grad()
 def test_bits_per_dim(
-    variant, x: torch.Tensor, batch_size: int = 250, steps_per_item: int = 10
+    variant, x: torch.Tensor, batch_size: int = 250, strata: int = 10
 ) -> tuple[float, float]:
     """Negative ELBO of ``x`` in bits/dim (all terms; discretised likelihood, no dequantisation)
-    with ``steps_per_item`` stratified chain steps per image, and its standard error over
+    with ``strata`` stratified chain steps per image (a bridge's), and its standard error over
     batches."""
     values = []
-    stratified = getattr(variant, "stratified_steps", None)  # only the bridge has chain steps
     for start in range(0, x.shape[0], batch_size):
-        with stratified(steps_per_item) if stratified else nullcontext():
-            elbo, _ = estimate_elbo(variant, x[start : start + batch_size], repeats=1)
+        batch = x[start : start + batch_size]
+        elbo, _ = estimate_elbo(variant, batch, repeats=1, strata=strata)
         values.append(bits_per_dim(-elbo, x[0].numel()))
     tensor = torch.tensor(values)
     stderr = float(tensor.std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
@@ -161,17 +160,21 @@ def load_image_run(run_dir: str | Path, device: str = "auto"):
 
 
 def sample_image_run(
-    run_dir: str | Path, num: int, device: str = "auto", seed: int = 0, **sampler
+    run_dir: str | Path,
+    num: int,
+    device: str = "auto",
+    seed: int = 0,
+    sampler: SamplerSettings = ANCESTRAL,
 ) -> dict:
-    """Draw ``num`` prior samples; write ``samples.png`` (a grid) and ``samples.pt`` (codes).
-    ``sampler``: keywords of :func:`~pbridge.inference.sampling.bridge_sampler`."""
+    """Draw ``num`` prior samples by ``sampler``; write ``samples.png`` (a grid) and
+    ``samples.pt`` (codes)."""
     run = Path(run_dir)
     _, variant = load_image_run(run, device)
     check_writable(run)
     torch.manual_seed(seed)
     start = time.perf_counter()
-    with pyro.validation_enabled(False), bridge_sampler(variant, **sampler):
-        draws = sample_prior(variant, num)
+    with pyro.validation_enabled(False):
+        draws = sample_prior(variant, num, sampler)
     seconds = time.perf_counter() - start
     with atomic_write(run / "samples.png") as tmp:
         save_image(draws.x_mean[:SAMPLES_IN_GRID].cpu(), tmp)

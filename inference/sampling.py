@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import math
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,75 +17,30 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from pbridge.bridge_prior import BridgeCodePrior
-from pbridge.samplers import ODE_METHODS, SAMPLERS, SDE_METHODS
+from pbridge.bridge_prior import BridgeCodePrior, prior_options
+from pbridge.samplers import ANCESTRAL, SamplerSettings
 
 __all__ = [
     "Draws",
     "sample_prior",
     "sample_posterior",
-    "bridge_sampler",
-    "check_sampler_options",
+    "check_sampler",
     "check_memory_for_draws",
 ]
 
 
-def check_sampler_options(
-    sampler: str = "ancestral",
-    steps: int | None = None,
-    eta: float | None = None,
-    method: str | None = None,
-    num_steps: int | None = None,
-) -> None:
-    """Refuse, before any model is loaded, sampler options that cannot work together
-    (``ValueError`` naming the option as the command line spells it); ``num_steps``: the chain's
-    T when known, to check ``steps`` against it."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
-    if eta is not None:
-        if sampler != "respaced":
-            raise ValueError(f"--eta applies to the respaced sampler, not {sampler!r}")
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"--eta must lie in [0, 1], got {eta}")
-    if method is not None:
-        allowed = {"sde": SDE_METHODS, "ode": ODE_METHODS}.get(sampler)
-        if allowed is None:
-            raise ValueError(f"--method applies to the sde and ode samplers, not {sampler!r}")
-        if method not in allowed:
-            raise ValueError(
-                f"--method {method!r} is not a method of the {sampler} sampler; expected one of "
-                f"{', '.join(allowed)}"
-            )
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"--steps must be a positive integer, got {steps!r}")
-    if steps is not None and num_steps is not None:
-        if sampler == "ancestral" and steps != num_steps:
-            raise ValueError(
-                f"--steps {steps}: the ancestral sampler runs all T = {num_steps} steps; use "
-                "--sampler respaced (or sde/ode) for fewer"
-            )
-        if sampler == "respaced" and steps > num_steps:
-            raise ValueError(f"--steps {steps} exceeds the chain's T = {num_steps} steps")
-
-
-def bridge_sampler(
-    variant: nn.Module, sampler: str = "ancestral", steps: int | None = None, **options
-) -> AbstractContextManager:
-    """A context in which the variant's prior draws and inpainting use ``sampler`` with
-    ``steps`` (:func:`pbridge.samplers.reverse_sample`; ``options``: ``eta``, ``method``).
-    Variants without a diffusion chain (VQ-VAE, PixelCNN) accept only the default. The options
-    are checked here (:func:`check_sampler_options`), before any draw."""
+def check_sampler(variant: nn.Module, sampler: SamplerSettings) -> None:
+    """Refuse ``sampler`` for ``variant`` before any draw: a variant without a diffusion chain
+    (VQ-VAE, PixelCNN) draws its own way and takes only the default; a bridge's chain must
+    have the steps asked for (:meth:`~pbridge.samplers.SamplerSettings.check_chain`)."""
     schedule = getattr(variant, "schedule", None)
-    check_sampler_options(sampler, steps, **options, num_steps=getattr(schedule, "num_steps", None))
-    sampling = getattr(variant, "sampling", None)
-    if sampling is None:
-        if sampler != "ancestral" or steps is not None or options:
-            raise ValueError(
-                f"a {type(variant).__name__} has no diffusion chain: the sampler "
-                f"{sampler!r} with steps={steps} does not apply"
-            )
-        return nullcontext()
-    return sampling(sampler, steps, **options)
+    if schedule is not None:
+        sampler.check_chain(schedule.num_steps)
+    elif sampler != ANCESTRAL:
+        raise ValueError(
+            f"a {type(variant).__name__} has no diffusion chain: --sampler {sampler.name} and "
+            "its options do not apply"
+        )
 
 
 @dataclass(frozen=True)
@@ -166,16 +120,19 @@ def check_memory_for_draws(
 
 
 @torch.no_grad()
-def sample_prior(variant: nn.Module, num: int) -> Draws:
-    """``num`` draws from the generative model (every site sampled, x included)."""
+def sample_prior(variant: nn.Module, num: int, sampler: SamplerSettings = ANCESTRAL) -> Draws:
+    """``num`` draws from the generative model (every site sampled, x included), the bridge's
+    chain drawn by ``sampler`` (:func:`~pbridge.bridge_prior.prior_options`)."""
     if num <= 0:
         raise ValueError(f"num must be a positive integer, got {num}")
+    check_sampler(variant, sampler)
     param = next(variant.parameters())
     num_codes = variant.codebook.num_codes
     check_memory_for_draws(num, variant.data_shape, variant.latent_shape, num_codes, param.device)
     shape_x = variant.data_shape
     placeholder = torch.zeros((num, *shape_x), dtype=param.dtype, device=param.device)
-    trace = poutine.trace(poutine.uncondition(variant.model)).get_trace(placeholder)
+    model = prior_options(poutine.uncondition(variant.model), sampler=sampler)
+    trace = poutine.trace(model).get_trace(placeholder)
     return _draws(variant, trace, trace.nodes["x"]["value"])
 
 

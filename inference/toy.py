@@ -7,6 +7,7 @@ A run directory holds ``config.json``, ``checkpoint.pt``, ``metrics.json`` and
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pyro
@@ -15,6 +16,7 @@ import torch
 from pbridge.codebook import code_usage, gather_codes
 from pbridge.config import ToyConfig
 from pbridge.presets import build_toy_model
+from pbridge.samplers import ANCESTRAL, SamplerSettings
 from pbridge.toy import nearest_centroid, sample_walks, transition_accuracy
 
 from .plots import plot_toy_samples, plot_toy_trajectories
@@ -29,7 +31,7 @@ from .run_dir import (
     write_json,
     write_run_files,
 )
-from .sampling import bridge_sampler, sample_posterior, sample_prior
+from .sampling import check_sampler, sample_posterior, sample_prior
 from .svi import estimate_elbo
 
 __all__ = [
@@ -50,13 +52,14 @@ def code_centroids(variant) -> torch.Tensor:
     return nearest_centroid(variant.decoder(one_cell_items).mean).squeeze(-1)
 
 
-def score_toy_samples(variant, num: int) -> dict[str, float]:
-    """Transition accuracy of ``num`` prior draws, codes mapped to the centroids they decode to.
+def score_toy_samples(variant, num: int, sampler: SamplerSettings = ANCESTRAL) -> dict[str, float]:
+    """Transition accuracy of ``num`` prior draws by ``sampler``, codes mapped to the centroids
+    they decode to.
 
     ``transition_accuracy`` reads z_q^0 as the most probable code of the read-out at the
     chain's end; ``transition_accuracy_sampled_zq`` uses z_q^0 as the model draws it.
     """
-    draws = sample_prior(variant, num)
+    draws = sample_prior(variant, num, sampler)
     centroid_of = code_centroids(variant)
     return {
         "transition_accuracy": transition_accuracy(centroid_of[draws.mode_codes]),
@@ -97,8 +100,7 @@ def run_toy(
 
     variant.eval()
     with pyro.validation_enabled(False):
-        with variant.stratified_steps(EVAL_STEPS_PER_ITEM):
-            elbo, elbo_se = estimate_elbo(variant, x_test, repeats=4)
+        elbo, elbo_se = estimate_elbo(variant, x_test, repeats=4, strata=EVAL_STEPS_PER_ITEM)
         posterior = sample_posterior(variant, x_test)
         scores = score_toy_samples(variant, config.num_samples)
     usage = code_usage(posterior.codes, variant.codebook.num_codes)
@@ -133,16 +135,20 @@ def load_toy_run(run_dir: str | Path, device: str = "auto"):
 
 
 def sample_toy_run(
-    run_dir: str | Path, num: int, device: str = "auto", seed: int = 0, **sampler
+    run_dir: str | Path,
+    num: int,
+    device: str = "auto",
+    seed: int = 0,
+    sampler: SamplerSettings = ANCESTRAL,
 ) -> dict:
-    """Draw ``num`` prior samples of a toy run; write ``samples.pt`` and ``samples.png``.
-    ``sampler``: keywords of :func:`~pbridge.inference.sampling.bridge_sampler`."""
+    """Draw ``num`` prior samples of a toy run by ``sampler``; write ``samples.pt`` and
+    ``samples.png``."""
     run = Path(run_dir)
     _, variant = load_toy_run(run, device)
     check_writable(run)
     torch.manual_seed(seed)
-    with pyro.validation_enabled(False), bridge_sampler(variant, **sampler):
-        draws = sample_prior(variant, num)
+    with pyro.validation_enabled(False):
+        draws = sample_prior(variant, num, sampler)
     with atomic_write(run / "samples.pt") as tmp:
         torch.save(
             {
@@ -162,7 +168,12 @@ def sample_toy_run(
     }
 
 
-def evaluate_toy_run(run_dir: str | Path, settings, device: str = "auto", **sampler) -> dict:
+def evaluate_toy_run(
+    run_dir: str | Path,
+    settings,
+    device: str = "auto",
+    sampler: SamplerSettings = ANCESTRAL,
+) -> dict:
     """``pbridge evaluate`` on a toy run: what applies to walks, on the run's own test walks
     (``settings``: an :class:`~pbridge.inference.evaluate.EvalSettings`): the ELBO (nats per
     walk, ``chain_steps`` stratified steps per walk), transition accuracy of
@@ -171,6 +182,7 @@ def evaluate_toy_run(run_dir: str | Path, settings, device: str = "auto", **samp
     ``eval.json``."""
     run = Path(run_dir)
     config, variant = load_toy_run(run, device)
+    check_sampler(variant, sampler)
     check_writable(run)
     dev = next(variant.parameters()).device
     generator = torch.Generator().manual_seed(config.train.seed)  # the run's test walks
@@ -179,16 +191,15 @@ def evaluate_toy_run(run_dir: str | Path, settings, device: str = "auto", **samp
     x_test = x_test[: settings.bpd_items].to(dev)
     torch.manual_seed(settings.seed)
     pyro.set_rng_seed(settings.seed)
-    with pyro.validation_enabled(False), bridge_sampler(variant, **sampler):
-        with variant.stratified_steps(settings.chain_steps):
-            elbo, elbo_se = estimate_elbo(variant, x_test, repeats=4)
+    with pyro.validation_enabled(False):
+        elbo, elbo_se = estimate_elbo(variant, x_test, repeats=4, strata=settings.chain_steps)
         usage = code_usage(sample_posterior(variant, x_test).codes, variant.codebook.num_codes)
         start = time.perf_counter()
-        scores = score_toy_samples(variant, settings.num_samples)
+        scores = score_toy_samples(variant, settings.num_samples, sampler)
         seconds = time.perf_counter() - start
     result = {
         "variant": "toy",
-        "sampler": {"sampler": "ancestral", "steps": None, **sampler},
+        "sampler": asdict(sampler),
         "elbo": elbo,
         "elbo_stderr": elbo_se,
         "test_items": x_test.shape[0],

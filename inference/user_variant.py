@@ -29,7 +29,6 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -150,9 +149,7 @@ def _score(variant: nn.Module, args: tuple[torch.Tensor, ...], out: Path) -> dic
     """Test bits/dim (every term of the bound), codebook usage, reconstruction error; writes
     ``reconstructions.png`` and ``samples.png``."""
     x = args[0]
-    stratified = getattr(variant, "stratified_steps", None)
-    with stratified(10) if stratified else nullcontext():
-        elbo, stderr = estimate_elbo(variant, args, repeats=4)
+    elbo, stderr = estimate_elbo(variant, args, repeats=4, strata=10)
     x_mean, codes = _reconstructions(variant, args)
     usage = code_usage(codes, variant.codebook.num_codes)
     with atomic_write(out / "reconstructions.png") as tmp:

@@ -14,7 +14,10 @@ Guide: the bridge VQ-VAE's ``q(z_q^0 | x)``, which does not read y: the encoding
 image already says which digit it is, and the label only has to shape the prior.
 
 Sampling a chosen class is conditioning the model: ``poutine.condition(model, {"y": y})``
-(:meth:`ClassConditionalBridge.sample_class`).
+(:meth:`ClassConditionalBridge.sample_class`). Outside the Pyro program the labels are an
+argument: :meth:`ClassConditionalBridge.chain_network` binds the network to labels ``y``, and
+the bridge's methods that run the chain (``chain_states``, ``state_logits``, ``inpaint``) take
+that network.
 
 This file is also a variant file for ``pbridge train models/class_conditional.py --out RUN``:
 it defines ``CONFIG`` and ``build(config)`` (:mod:`pbridge.inference.user_variant`).
@@ -32,9 +35,11 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from pbridge.bridge_prior import prior_options
 from pbridge.config import ImageConfig, image_preset
 from pbridge.models.bridge_vqvae import DiffusionBridgeVQVAE
 from pbridge.presets import build_image_model
+from pbridge.samplers import ANCESTRAL, SamplerSettings
 
 __all__ = ["LabelledTimeEmbedding", "ClassConditionalBridge", "CONFIG", "build"]
 
@@ -42,10 +47,14 @@ __all__ = ["LabelledTimeEmbedding", "ClassConditionalBridge", "CONFIG", "build"]
 class LabelledTimeEmbedding(nn.Module):
     """A denoiser's time embedding plus a learned embedding of the class label.
 
-    ``t: (N,) -> embed_time(t) + E[y]: (N, D)``, with the labels ``y: (B,)`` of the call in
-    progress (:meth:`given`); N = S B when the chain's bound evaluates S steps per item (``y``
-    is then repeated S times per item, as the items are). ``E`` starts at zero, so an
-    untrained conditional denoiser is the unconditional one.
+    ``t: (N,) -> embed_time(t) + E[y]: (N, D)``, with the labels ``y: (B,)`` of the network
+    call in progress; N = S B when the chain's bound evaluates S steps per item (``y`` is then
+    repeated S times per item, as the items are). ``E`` starts at zero, so an untrained
+    conditional denoiser is the unconditional one.
+
+    The denoiser calls its time embedding with ``t`` alone, so the labels reach it for the
+    duration of one call of the network bound to them (:class:`_LabelledNetwork`, through
+    :meth:`given`); nothing outside that call sees them.
 
     Args:
         embed_time: the denoiser's ``t -> (N, D)`` module.  num_classes: C.
@@ -60,7 +69,8 @@ class LabelledTimeEmbedding(nn.Module):
 
     @contextmanager
     def given(self, y: torch.Tensor) -> Iterator[None]:
-        """Within the block, the embedding adds that of the labels ``y: (B,)``."""
+        """Within the block (one network call), the embedding adds that of the labels
+        ``y: (B,)``."""
         saved, self.labels = self.labels, y
         try:
             yield
@@ -70,8 +80,8 @@ class LabelledTimeEmbedding(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         if self.labels is None:
             raise ValueError(
-                "the class-conditional network was called without labels: build the chain "
-                "inside ClassConditionalBridge.given(y)"
+                "the class-conditional network was called without labels: call the network "
+                "of ClassConditionalBridge.chain_network(y)"
             )
         repeats, rest = divmod(t.shape[0], self.labels.shape[0])
         if rest or not repeats:
@@ -120,48 +130,40 @@ class ClassConditionalBridge(DiffusionBridgeVQVAE):
             )
         self.denoiser.embed_time = LabelledTimeEmbedding(embed_time, num_classes)
         self.num_classes = num_classes
-        self.labels: torch.Tensor | None = None
 
-    @contextmanager
-    def given(self, y: torch.Tensor) -> Iterator[None]:
-        """Within the block, the chain (the prior built by :meth:`prior`, :meth:`inpaint`,
-        :meth:`chain_states`) is that of the classes ``y: (B,)``."""
+    def chain_network(self, y: torch.Tensor | None = None) -> nn.Module:
+        """The chain's network bound to the labels ``y: (B,)`` int64 in ``0..C-1``: pass it as
+        ``network`` to the bridge's methods that run the chain (``chain_states``,
+        ``state_logits``, ``inpaint``, ``prior``). The prior built with it keeps it, since Pyro
+        evaluates its ``log_prob`` after the model has run."""
+        if y is None:
+            raise ValueError("the class-conditional chain needs labels: chain_network(y)")
         if y.dim() != 1 or y.dtype != torch.long:
             raise ValueError(f"y must be int64 labels (B,), got {y.dtype} {tuple(y.shape)}")
         if y.numel() and not (0 <= int(y.min()) and int(y.max()) < self.num_classes):
             raise ValueError(
                 f"labels must lie in 0..{self.num_classes - 1}, got {int(y.min())}..{int(y.max())}"
             )
-        saved, self.labels = self.labels, y
-        try:
-            yield
-        finally:
-            self.labels = saved
-
-    def chain_network(self) -> nn.Module:
-        """The chain's network bound to the labels of :meth:`given` (they travel with the prior
-        built in the block, whose ``log_prob`` Pyro evaluates after the model has run)."""
-        if self.labels is None:
-            raise ValueError("the class-conditional chain needs labels: call it inside given(y)")
-        return _LabelledNetwork(self.denoiser, self.denoiser.embed_time, self.labels)
+        return _LabelledNetwork(self.denoiser, self.denoiser.embed_time, y)
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         # The items' labels, in a plate of their own: the bridge's model opens "data".
         with pyro.plate("labels", x.shape[0]):
             y = pyro.sample("y", dist.Categorical(logits=x.new_zeros(self.num_classes)), obs=y)
-        with self.given(y):
-            super().model(x)
+        self.model_sites(x, self.chain_network(y))
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         super().guide(x)
 
     @torch.no_grad()
-    def sample_class(self, y: torch.Tensor) -> torch.Tensor:
-        """Decoder means of prior draws of the classes ``y: (B,)``: the model conditioned on y,
-        everything else drawn (the sampler of :meth:`sampling`). Returns ``(B, *data_shape)``."""
+    def sample_class(self, y: torch.Tensor, sampler: SamplerSettings = ANCESTRAL) -> torch.Tensor:
+        """Decoder means of prior draws of the classes ``y: (B,)``, the chain drawn by
+        ``sampler``: the model conditioned on y, everything else drawn. Returns
+        ``(B, *data_shape)``."""
         placeholder = next(self.parameters()).new_zeros((y.shape[0], *self.data_shape))
         model = poutine.condition(poutine.uncondition(self.model), data={"y": y})
-        return poutine.trace(model).get_trace(placeholder).nodes["x"]["fn"].mean
+        trace = poutine.trace(prior_options(model, sampler=sampler)).get_trace(placeholder)
+        return trace.nodes["x"]["fn"].mean
 
 
 CONFIG = image_preset("digits", "small")

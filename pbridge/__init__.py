@@ -16,6 +16,7 @@ from .code_distribution import CodeVector
 from .code_head import CodeHead, local_log_likelihood
 from .codebook import Codebook, CodeUsage, categorical_kl, code_logits, code_usage
 from .ou_bridge import OUSDE, OUSchedule, image_schedule, toy_schedule
+from .samplers import SamplerSettings
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,7 @@ __all__ = [
     "StepCostTracker",
     "DiffusionPrior",
     "reverse_step",
+    "SamplerSettings",
     "chain_model_sites",
     "chain_guide_sites",
     "to_inferencedata",

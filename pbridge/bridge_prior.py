@@ -26,12 +26,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution
+from pyro.poutine.messenger import Messenger
 from torch import nn
 from torch.distributions import constraints
 
 from .code_head import CodeHead, mean_code
 from .codebook import code_logits, gather_codes
 from .ou_bridge import OUSchedule
+from .samplers import ANCESTRAL, SamplerSettings, reverse_step
 
 _NO_SHAPE = torch.Size()
 
@@ -43,27 +45,16 @@ __all__ = [
     "chain_model_sites",
     "chain_guide_sites",
     "importance_proposal",
+    "PriorOptions",
+    "prior_options",
 ]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Draw = Callable[[torch.Tensor, SamplerSettings], torch.Tensor]
 
 
 def _steps(t: int, like: torch.Tensor) -> torch.Tensor:
     return torch.full((like.shape[0],), t, dtype=torch.long, device=like.device)
-
-
-def reverse_step(
-    schedule: OUSchedule,
-    denoiser: Denoiser,
-    z_t: torch.Tensor,
-    t: torch.Tensor,
-    model_variance: str = "beta_tilde",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance of p_theta(z^{t-1} | z^t) for ``z_t: (B, d, *cells)``, ``t: (B,)``."""
-    z0_hat = schedule.predict_z0(z_t, denoiser(z_t, t), t)
-    mean, _ = schedule.posterior(z_t, z0_hat, t)
-    var = schedule.sigma2 * schedule.at(schedule.model_variance_table(model_variance), t, z_t)
-    return mean, var
 
 
 def chain_model_sites(
@@ -134,8 +125,8 @@ class DiffusionPrior(TorchDistribution):
     ``-L_T - sum_{t=2}^T L_{t-1} + log p_theta(z^0 | z^1)`` (a lower bound on log p_theta(z^0)):
     one step ``t ~ q(t)`` per item, the Gaussian KL of that step in closed form
     (``w_t ||eps - eps_theta||^2 + c_t``) weighted by ``1 / q(t)``, and L_T in closed form.
-    With ``steps_per_item = S > 1``, S steps per item, one in each of S equal strata of 1..T,
-    each weighted by T / S (lower variance, S times the cost; for evaluation).
+    With ``strata = S``, S steps per item, one in each of S equal strata of 1..T, each
+    weighted by T / S (lower variance, S times the cost; for evaluation).
 
     Args:
         schedule: the OU bridge.
@@ -144,13 +135,15 @@ class DiffusionPrior(TorchDistribution):
         model_variance: ``"beta"`` or ``"beta_tilde"``
             (see :meth:`OUSchedule.model_variance_table`).
         proposal: q(t) over t = 1..T, shape ``(T,)``; ``None`` for uniform.
-        steps_per_item: S, see above (must divide T).
+        strata: S, see above (must divide T); ``None``: one step per item from ``proposal``.
         denoiser_loss: ``"elbo"`` (every gradient from the bound) or ``"simple"``: the value is
             still the bound and the gradient reaching z^0 is the bound's, but the denoiser's own
             parameters get the gradient of ``mean_t(w_t) ||eps - eps_theta||^2 / q(t)``
             (L_simple, not the ELBO), in the same single denoiser pass.
-        draw: ``z_T -> z^0`` used by ``sample``: a sampler of :mod:`pbridge.samplers`
-            (``None``: the prior scores but does not sample).
+        draw: ``(z_T, sampler) -> z^0`` used by ``sample`` with ``sampler``: e.g.
+            :func:`pbridge.samplers.reverse_sample` (``None``: the prior scores but does not
+            sample).
+        sampler: the :class:`~pbridge.samplers.SamplerSettings` of ``sample``.
     """
 
     arg_constraints: dict = {}
@@ -163,22 +156,22 @@ class DiffusionPrior(TorchDistribution):
         denoiser: nn.Module,
         event_shape: tuple[int, ...],
         batch_size: int,
-        draw: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        draw: Draw | None = None,
         model_variance: str = "beta_tilde",
         proposal: torch.Tensor | None = None,
         denoiser_loss: str = "elbo",
-        steps_per_item: int = 1,
+        strata: int | None = None,
+        sampler: SamplerSettings = ANCESTRAL,
         validate_args: bool | None = None,
     ) -> None:
         if denoiser_loss not in ("elbo", "simple"):
             raise ValueError(f"denoiser_loss must be 'elbo' or 'simple', got {denoiser_loss!r}")
-        if steps_per_item < 1 or schedule.num_steps % steps_per_item:
+        if strata is not None and (strata < 1 or schedule.num_steps % strata):
             raise ValueError(
-                f"steps_per_item must be >= 1 and divide T = {schedule.num_steps}, "
-                f"got {steps_per_item}"
+                f"strata must be >= 1 and divide T = {schedule.num_steps}, got {strata}"
             )
-        if steps_per_item > 1 and proposal is not None:
-            raise ValueError("stratified steps (steps_per_item > 1) need the uniform proposal")
+        if strata is not None and proposal is not None:
+            raise ValueError("stratified steps need the uniform proposal")
         if proposal is not None and proposal.shape != (schedule.num_steps,):
             raise ValueError(
                 f"proposal must have shape ({schedule.num_steps},), got {tuple(proposal.shape)}"
@@ -191,8 +184,27 @@ class DiffusionPrior(TorchDistribution):
             proposal,
             denoiser_loss,
         )
-        self.steps_per_item, self.draw = steps_per_item, draw
+        self.strata, self.draw, self.sampler = strata, draw, sampler
         super().__init__(torch.Size([batch_size]), torch.Size(event_shape), validate_args)
+
+    def with_options(
+        self, sampler: SamplerSettings | None = None, strata: int | None = None
+    ) -> DiffusionPrior:
+        """This prior drawing with ``sampler`` and scored with ``strata`` stratified steps per
+        item (uniform steps) where given; the others as they are."""
+        return DiffusionPrior(
+            self.schedule,
+            self.denoiser,
+            tuple(self.event_shape),
+            self.batch_shape[0],
+            draw=self.draw,
+            model_variance=self.model_variance,
+            proposal=self.proposal if strata is None else None,
+            denoiser_loss=self.denoiser_loss,
+            strata=self.strata if strata is None else strata,
+            sampler=self.sampler if sampler is None else sampler,
+            validate_args=self._validate_args,
+        )
 
     def expand(self, batch_shape, _instance=None):
         if tuple(batch_shape) != tuple(self.batch_shape):
@@ -200,12 +212,11 @@ class DiffusionPrior(TorchDistribution):
         return self
 
     def _draw_steps(self, z0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """t ``(B, S)`` and the weight 1/(S q(t)) ``(B, S)``, S = ``steps_per_item``.
-
-        S > 1: one uniform t in each of S equal strata of 1..T (stratified sampling).
+        """t ``(B, S)`` and the weight 1/(S q(t)) ``(B, S)``: S = ``strata`` uniform steps,
+        one in each of S equal strata of 1..T (stratified sampling), or S = 1 step from q(t).
         """
-        T, S = self.schedule.num_steps, self.steps_per_item
-        if S > 1:
+        T, S = self.schedule.num_steps, self.strata
+        if S is not None:
             offset = torch.rand(z0.shape[0], S, device=z0.device)
             strata = torch.arange(S, device=z0.device)
             t = ((strata + offset) * (T // S)).long().clamp_max(T - 1) + 1
@@ -255,7 +266,7 @@ class DiffusionPrior(TorchDistribution):
             raise ValueError("this DiffusionPrior was built without a draw (a sampler)")
         param = next(self.denoiser.parameters())
         like = param.new_empty(self.batch_shape + self.event_shape)
-        return self.draw(self.schedule.stationary_draw(like))
+        return self.draw(self.schedule.stationary_draw(like), self.sampler)
 
 
 class StepCostTracker(nn.Module):
@@ -346,11 +357,12 @@ class BridgeCodePrior(TorchDistribution):
     Args:
         head: the categorical head (its codebook, schedule and network).
         batch_size: B.  event_shape: ``(d, *cells)``.
-        draw: ``z_T -> z^1``, the backward chain stopped at t = 1
+        draw: ``(z_T, sampler) -> z^1``, the backward chain stopped at t = 1
             (:func:`pbridge.samplers.reverse_sample` with ``to_time=1``); ``None``: the prior
             scores but does not sample.
         proposal / tracker / strata / aux_weight: see above; ``tracker`` (a
             :class:`StepCostTracker`) is updated with the drawn terms in training.
+        sampler: the :class:`~pbridge.samplers.SamplerSettings` of ``sample``.
     """
 
     arg_constraints: dict = {}
@@ -362,11 +374,12 @@ class BridgeCodePrior(TorchDistribution):
         head: CodeHead,
         batch_size: int,
         event_shape: tuple[int, ...],
-        draw: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        draw: Draw | None = None,
         proposal: torch.Tensor | None = None,
         tracker: StepCostTracker | None = None,
         strata: int | None = None,
         aux_weight: float = 0.0,
+        sampler: SamplerSettings = ANCESTRAL,
         validate_args: bool | None = None,
     ) -> None:
         T = head.schedule.num_steps
@@ -375,9 +388,28 @@ class BridgeCodePrior(TorchDistribution):
         if aux_weight < 0:
             raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
         self.head, self.draw, self.proposal, self.tracker = head, draw, proposal, tracker
-        self.strata, self.aux_weight = strata, aux_weight
+        self.strata, self.aux_weight, self.sampler = strata, aux_weight, sampler
         self.readout_logits: torch.Tensor | None = None
         super().__init__(torch.Size([batch_size]), torch.Size(event_shape), validate_args)
+
+    def with_options(
+        self, sampler: SamplerSettings | None = None, strata: int | None = None
+    ) -> BridgeCodePrior:
+        """This prior drawing with ``sampler`` and scored with the read-out and ``strata``
+        stratified steps per item (no proposal, no tracking) where given."""
+        stratified = strata is not None
+        return BridgeCodePrior(
+            self.head,
+            self.batch_shape[0],
+            tuple(self.event_shape),
+            draw=self.draw,
+            proposal=None if stratified else self.proposal,
+            tracker=None if stratified else self.tracker,
+            strata=strata if stratified else self.strata,
+            aux_weight=self.aux_weight,
+            sampler=self.sampler if sampler is None else sampler,
+            validate_args=self._validate_args,
+        )
 
     def expand(self, batch_shape, _instance=None):
         if tuple(batch_shape) != tuple(self.batch_shape):
@@ -446,8 +478,42 @@ class BridgeCodePrior(TorchDistribution):
             raise ValueError("this BridgeCodePrior was built without a draw (a sampler)")
         codes = self.head.codebook().detach()
         like = codes.new_empty(self.batch_shape + self.event_shape)
-        z = self.draw(self.head.schedule.stationary_draw(like))
+        z = self.draw(self.head.schedule.stationary_draw(like), self.sampler)
         t = torch.ones(z.shape[0], dtype=torch.long, device=z.device)
         self.readout_logits = self.head.logits(z, t)
         k = torch.distributions.Categorical(logits=self.readout_logits).sample()
         return gather_codes(k, codes)
+
+
+class PriorOptions(Messenger):
+    """A Pyro handler: the bridge's prior site (a :class:`BridgeCodePrior` or
+    :class:`DiffusionPrior`) draws with ``sampler`` and scores with ``strata`` stratified steps
+    per item, where given (:meth:`BridgeCodePrior.with_options`); every other site is left as
+    it is.
+
+    This is how the options of one evaluation or one batch of draws reach the prior site
+    without entering the model's signature: ``model(x, *more)`` stays the program Pyro's
+    ``Trace_ELBO``, ``Predictive`` and the guide share, and the options are arguments of the
+    function that wraps it (:func:`prior_options`), as ``poutine.condition`` wraps a model
+    with its data. A model without a bridge prior site (the VQ-VAE, the PixelCNN prior, the
+    full-chain estimator) runs unchanged.
+    """
+
+    def __init__(self, sampler: SamplerSettings | None = None, strata: int | None = None) -> None:
+        super().__init__()
+        self.sampler, self.strata = sampler, strata
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if isinstance(msg["fn"], (BridgeCodePrior, DiffusionPrior)):
+            msg["fn"] = msg["fn"].with_options(sampler=self.sampler, strata=self.strata)
+
+
+def prior_options(
+    fn: Callable, sampler: SamplerSettings | None = None, strata: int | None = None
+) -> Callable:
+    """``fn`` (a model) with its bridge prior site drawing by ``sampler`` and scoring with
+    ``strata`` stratified steps per item (:class:`PriorOptions`); ``fn`` itself if neither is
+    given."""
+    if sampler is None and strata is None:
+        return fn
+    return PriorOptions(sampler, strata)(fn)

@@ -8,10 +8,11 @@ pbridge train DATASET --out RUN_DIR [--config FILE] [--set KEY=VALUE ...]
               [--devices N [--nodes M --rdzv-endpoint HOST:PORT]]
 pbridge train path/to/variant.py --out RUN_DIR [--set KEY=VALUE ...] [--resume] ...
 pbridge --version
-pbridge sample RUN_DIR [--num N] [--sampler ancestral|respaced|sde|ode] [--steps S]
+pbridge sample RUN_DIR [--num N] [--sampler ancestral|respaced|sde|ode] [--sample-steps S]
+               [--ddim-eta E] [--method M]
 pbridge evaluate RUN_DIR [--items N] [--samples N] [--fd-draws N] [--patch-items N]
-                 [--patch-draws N] [--sampler ...] [--steps S]
-pbridge analyze RUN_DIR [--num N] [--items N] [--seed S] [--sampler ...] [--steps S]
+                 [--patch-draws N] [--sampler ...] [--sample-steps S]
+pbridge analyze RUN_DIR [--num N] [--items N] [--seed S] [--sampler ...] [--sample-steps S]
 
 docs/cli.md describes every command and option.
 
@@ -316,33 +317,45 @@ def _add_draw_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sampler_options(parser: argparse.ArgumentParser) -> None:
+    """The sampler's flags; their values are checked in one place, when
+    :class:`~pbridge.samplers.SamplerSettings` is built (:func:`_sampler_settings`)."""
     from pbridge.samplers import ODE_METHODS, SAMPLERS, SDE_METHODS
 
     parser.add_argument(
         "--sampler",
         default="ancestral",
-        choices=SAMPLERS,
+        metavar="{" + ",".join(SAMPLERS) + "}",
         help="bridge: the T-step chain; DDIM-style respaced steps; reverse-time SDE; "
         "probability-flow ODE (torchsde)",
     )
     parser.add_argument(
-        "--steps",
-        type=_positive_int,
-        help="bridge: sampling steps (default T; sde/ode without it: adaptive steps)",
+        "--sample-steps",
+        type=int,
+        help="respaced: S <= T steps (default T); sde/ode: solver steps (default adaptive)",
     )
     parser.add_argument(
-        "--eta", type=float, help="respaced: DDIM noise fraction in [0, 1] (default 1)"
+        "--ddim-eta", type=float, help="respaced: DDIM noise fraction in [0, 1] (default 1)"
     )
     parser.add_argument(
         "--method",
-        choices=sorted(set(SDE_METHODS) | set(ODE_METHODS)),
-        help=f"sde: one of {', '.join(SDE_METHODS)}; ode: one of {', '.join(ODE_METHODS)}",
+        help=f"sde: one of {', '.join(SDE_METHODS)}; ode: one of {', '.join(ODE_METHODS)} "
+        "(default euler)",
     )
+    # The former spellings, refused with the new flag's name (_sampler_settings).
+    parser.add_argument("--steps", dest="former_steps", help=argparse.SUPPRESS)
+    parser.add_argument("--eta", dest="former_eta", help=argparse.SUPPRESS)
 
 
-def _sampler_options(args: argparse.Namespace) -> dict:
-    options = {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "method": args.method}
-    return {k: v for k, v in options.items() if v is not None or k == "steps"}
+def _sampler_settings(args: argparse.Namespace):
+    """The :class:`~pbridge.samplers.SamplerSettings` of a sample / evaluate / analyze command,
+    checked before anything is loaded."""
+    from pbridge.samplers import SamplerSettings
+
+    if args.former_steps is not None:
+        raise ValueError("--steps applies to train; use --sample-steps")
+    if args.former_eta is not None:
+        raise ValueError("--eta names the OU coefficient; use --ddim-eta (DDIM noise fraction)")
+    return SamplerSettings(args.sampler, args.sample_steps, args.ddim_eta, args.method)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,42 +456,35 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "analyze":
         from pbridge.inference.analysis import analyze_run
 
-        _check_drawing(args)
+        sampler = _sampler_settings(args)
+        _check_drawing(args, sampler)
         metrics = analyze_run(
-            args.run_dir,
-            args.num,
-            args.items,
-            args.seed,
-            args.device,
-            args.root,
-            **_sampler_options(args),
+            args.run_dir, args.num, args.items, args.seed, args.device, args.root, sampler
         )
     else:
         from pbridge.inference.images import sample_image_run
         from pbridge.inference.toy import sample_toy_run
 
-        kind = _check_drawing(args)
+        sampler = _sampler_settings(args)
+        kind = _check_drawing(args, sampler)
         sample_run = sample_toy_run if kind == "toy" else sample_image_run
-        metrics = sample_run(
-            args.run_dir, args.num, device=args.device, seed=args.seed, **_sampler_options(args)
-        )
+        metrics = sample_run(args.run_dir, args.num, args.device, args.seed, sampler)
     if metrics:  # empty on the processes of a data-parallel job other than the first
         print(json.dumps(metrics, indent=2))
     return 0
 
 
-def _check_drawing(args: argparse.Namespace) -> str:
+def _check_drawing(args: argparse.Namespace, sampler) -> str:
     """Up-front checks of sample / evaluate / analyze: the run directory, its config.json, the
-    sampler options and that the directory can be written; returns the run's kind."""
+    sampler against the run's chain and that the directory can be written; returns the run's
+    kind."""
     from pbridge.inference.run_dir import check_writable, read_config, run_kind
-    from pbridge.inference.sampling import check_sampler_options
 
-    check_sampler_options(args.sampler, args.steps, args.eta, args.method)
     kind = run_kind(args.run_dir)
     config = read_config(args.run_dir)
     num_steps = config.get("num_steps")
     if kind != "variant-file" and isinstance(num_steps, int):
-        check_sampler_options(args.sampler, args.steps, args.eta, args.method, num_steps)
+        sampler.check_chain(num_steps)
         chain_steps = getattr(args, "chain_steps", None)
         tight = config.get("bridge", {}).get("formulation", "tight") == "tight"
         if chain_steps is not None and not tight and num_steps % chain_steps:
@@ -515,6 +521,7 @@ def _evaluate(args: argparse.Namespace) -> dict:
     from pbridge.inference.evaluate import EvalSettings, evaluate_run
     from pbridge.inference.toy import evaluate_toy_run
 
+    sampler = _sampler_settings(args)
     settings = EvalSettings(
         bpd_items=args.items,
         chain_steps=args.chain_steps,
@@ -524,7 +531,7 @@ def _evaluate(args: argparse.Namespace) -> dict:
         patch_draws=args.patch_draws,
         seed=args.seed,
     )
-    kind = _check_drawing(args)
+    kind = _check_drawing(args, sampler)
     if kind == "variant-file":
         from pbridge.inference.user_variant import load_user_run
 
@@ -539,8 +546,8 @@ def _evaluate(args: argparse.Namespace) -> dict:
                 "analyze` works on it"
             )
     if kind == "toy":
-        return evaluate_toy_run(args.run_dir, settings, args.device, **_sampler_options(args))
-    result = evaluate_run(args.run_dir, settings, args.device, args.root, **_sampler_options(args))
+        return evaluate_toy_run(args.run_dir, settings, args.device, sampler)
+    result = evaluate_run(args.run_dir, settings, args.device, args.root, sampler)
     bpd, stderr = result.get("test_bits_per_dim"), result.get("test_bits_per_dim_stderr")
     if bpd is not None and stderr is not None and stderr > abs(bpd) / 4:
         _warn(

@@ -3,7 +3,7 @@
 Every sampler maps ``z_T: (B, d, *cells)`` to a draw of z^0 with the same denoiser
 ``eps_theta(z_t: (B, d, *cells), t: (B,)) -> (B, d, *cells)``:
 
-- ``"ancestral"``: the discrete chain, T steps (Algorithm 2, :func:`bridge_prior.reverse_step`),
+- ``"ancestral"``: the discrete chain, T steps (Algorithm 2, :func:`reverse_step`),
   the one ancestral loop of the project (prior draws, inpainting, plots);
 - ``"respaced"``: S <= T DDIM-style steps on a subsequence of the time indices (eq. S1);
 - ``"sde"``: the reverse-time SDE, solved by ``torchsde.sdeint`` (eq. S3);
@@ -24,15 +24,18 @@ import bisect
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torchsde
 from torch import nn
 
-from .bridge_prior import reverse_step
 from .ou_bridge import OUSchedule
 
 __all__ = [
+    "SamplerSettings",
+    "ANCESTRAL",
+    "reverse_step",
     "SAMPLERS",
     "SDE_METHODS",
     "ODE_METHODS",
@@ -59,6 +62,91 @@ _ADAPTIVE_FIRST_STEPS = 32
 _STEP_SLACK = 1.0 + 1e-9
 # Drifts kept by _FlowSDE: the 4 stages of torchsde's diagonal-noise SRK.
 _CACHE_SIZE = 4
+
+
+def reverse_step(
+    schedule: OUSchedule,
+    denoiser: Denoiser,
+    z_t: torch.Tensor,
+    t: torch.Tensor,
+    model_variance: str = "beta_tilde",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of p_theta(z^{t-1} | z^t) for ``z_t: (B, d, *cells)``, ``t: (B,)``."""
+    z0_hat = schedule.predict_z0(z_t, denoiser(z_t, t), t)
+    mean, _ = schedule.posterior(z_t, z0_hat, t)
+    var = schedule.sigma2 * schedule.at(schedule.model_variance_table(model_variance), t, z_t)
+    return mean, var
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Which sampler draws the backward chain, with its options: the one place they are checked.
+
+    Built by the command line from ``--sampler``, ``--sample-steps``, ``--ddim-eta`` and
+    ``--method`` before any model is loaded, and passed as an argument to whatever draws
+    (:func:`reverse_sample`, prior draws, inpainting, evaluation, analysis). Every error names
+    the option as the command line spells it.
+
+    Attributes:
+        name: one of :data:`SAMPLERS` (see :func:`reverse_sample`).
+        sample_steps: ``"respaced"``: S <= T steps (``None``: T); ``"sde"``/``"ode"``: equal
+            solver steps (``None``: adaptive); must be ``None`` for ``"ancestral"`` (T steps).
+        ddim_eta: ``"respaced"`` only: the DDIM noise fraction in [0, 1] (``None``: 1, the
+            ancestral chain on the subsequence; 0: deterministic).
+        method: ``"sde"``/``"ode"`` only: the torchsde solver, one of :data:`SDE_METHODS` /
+            :data:`ODE_METHODS` (``None``: ``"euler"``).
+    """
+
+    name: str = "ancestral"
+    sample_steps: int | None = None
+    ddim_eta: float | None = None
+    method: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLERS:
+            raise ValueError(f"--sampler {self.name!r} is not one of {', '.join(SAMPLERS)}")
+        steps = self.sample_steps
+        if steps is not None:
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+                raise ValueError(f"--sample-steps must be a positive integer, got {steps!r}")
+            if self.name == "ancestral":
+                raise ValueError(
+                    f"--sample-steps {steps}: the ancestral sampler runs all T steps; use "
+                    "--sampler respaced (or sde/ode) for fewer"
+                )
+        if self.ddim_eta is not None:
+            if self.name != "respaced":
+                raise ValueError(f"--ddim-eta applies to the respaced sampler, not {self.name!r}")
+            if not 0.0 <= self.ddim_eta <= 1.0:
+                raise ValueError(f"--ddim-eta must lie in [0, 1], got {self.ddim_eta}")
+        if self.method is not None:
+            allowed = {"sde": SDE_METHODS, "ode": ODE_METHODS}.get(self.name)
+            if allowed is None:
+                raise ValueError(f"--method applies to the sde and ode samplers, not {self.name!r}")
+            if self.method not in allowed:
+                raise ValueError(
+                    f"--method {self.method!r} is not a method of the {self.name} sampler; "
+                    f"expected one of {', '.join(allowed)}"
+                )
+
+    def check_chain(self, num_steps: int) -> None:
+        """Refuse ``--sample-steps`` beyond the chain's T = ``num_steps`` for ``"respaced"``
+        (the one check that needs the chain; the command line runs it with the run's
+        config.json before loading the model)."""
+        if self.name == "respaced" and self.sample_steps is not None:
+            if self.sample_steps > num_steps:
+                raise ValueError(
+                    f"--sample-steps {self.sample_steps} exceeds the chain's T = {num_steps} steps"
+                )
+
+    @property
+    def solver(self) -> str:
+        """The torchsde method in use (``method``, default ``"euler"``)."""
+        return "euler" if self.method is None else self.method
+
+
+ANCESTRAL = SamplerSettings()
+"""The default sampler: the T-step ancestral chain (Algorithm 2)."""
 
 
 class CountingDenoiser(nn.Module):
@@ -143,7 +231,7 @@ def _respaced(
     denoiser: Denoiser,
     z: torch.Tensor,
     steps: int,
-    eta: float,
+    ddim_eta: float,
     known: Known | None,
     generator: torch.Generator | None,
     to_time: int,
@@ -158,10 +246,10 @@ def _respaced(
         eps_hat = denoiser(z, t)
         z0_hat = schedule.predict_z0(z, eps_hat, t)
         if prev == 0:
-            mean, var = z0_hat, eta**2 * s2 * float(schedule.beta[1])
+            mean, var = z0_hat, ddim_eta**2 * s2 * float(schedule.beta[1])
         else:
             a_cur, a_prev = abar[cur], abar[prev]
-            var = eta**2 * s2 * (1 - a_prev) / (1 - a_cur) * (1 - a_cur / a_prev)
+            var = ddim_eta**2 * s2 * (1 - a_prev) / (1 - a_cur) * (1 - a_cur / a_prev)
             direction = math.sqrt(max(s2 * (1 - a_prev) - var, 0.0))
             mean = zs + math.sqrt(a_prev) * (z0_hat - zs) + direction * eps_hat
         z = mean + math.sqrt(var) * _randn(z, generator)
@@ -315,31 +403,6 @@ def _check_known(known: Known | None, z_T: torch.Tensor) -> Known | None:
     return z0.to(z_T), mask.to(z_T.device)
 
 
-def _check_steps_and_method(
-    schedule: OUSchedule, sampler: str, steps: int | None, method: str | None
-) -> str | None:
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    T = schedule.num_steps
-    if sampler == "ancestral" and steps not in (None, T):
-        raise ValueError(f"the ancestral sampler runs all T = {T} steps, got steps={steps!r}")
-    if sampler == "respaced":
-        respaced_times(T, T if steps is None else steps)
-    if sampler in ("ancestral", "respaced"):
-        if method is not None:
-            raise ValueError(f"method applies to the 'sde' and 'ode' samplers, got {method!r}")
-        return None
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be a positive integer or None (adaptive), got {steps!r}")
-    allowed = SDE_METHODS if sampler == "sde" else ODE_METHODS
-    method = "euler" if method is None else method
-    if method not in allowed:
-        raise ValueError(
-            f"method for the {sampler!r} sampler must be one of {allowed}, got {method!r}"
-        )
-    return method
-
-
 def _entropy(generator: torch.Generator | None) -> int:
     device = generator.device if generator is not None else "cpu"
     return int(torch.randint(0, 2**62, (), generator=generator, device=device))
@@ -350,80 +413,82 @@ def reverse_sample(
     schedule: OUSchedule,
     denoiser: Denoiser,
     z_T: torch.Tensor,
-    sampler: str = "ancestral",
-    steps: int | None = None,
+    sampler: SamplerSettings = ANCESTRAL,
     *,
     model_variance: str = "beta_tilde",
-    eta: float = 1.0,
-    method: str | None = None,
     known: Known | None = None,
     generator: torch.Generator | None = None,
     to_time: int = 0,
     record: Record | None = None,
 ) -> torch.Tensor:
-    """z^0 (or z^1) ``(B, d, *cells)`` from ``z_T: (B, d, *cells)`` by one of :data:`SAMPLERS`.
+    """z^0 (or z^1) ``(B, d, *cells)`` from ``z_T: (B, d, *cells)`` by the sampler ``sampler``.
 
     Args:
         schedule: the OU bridge.  denoiser: eps_theta (see the module docstring).
         z_T: start of the backward chain, e.g. a draw of N(z*, sigma2 I).
-        sampler: ``"ancestral"``: the T-step chain p_theta (Algorithm 2) with variance
-            ``model_variance`` (``steps`` must be ``None`` or T).
-            ``"respaced"``: ``steps = S`` (default T) DDIM steps on :func:`respaced_times`, noise
-            fraction ``eta`` in [0, 1] (eq. S1; 0: deterministic). The last step, tau_1 -> 0, has
-            mean z0_hat and variance eta^2 sigma2 beta_1 (eq. S2), so S = T, eta = 1 is the
-            ancestral chain with ``model_variance="beta_tilde"`` draw for draw.
+        sampler: a :class:`SamplerSettings` (default: the T-step ancestral chain). By name:
+            ``"ancestral"``: the T-step chain p_theta (Algorithm 2) with variance
+            ``model_variance``.
+            ``"respaced"``: S = ``sample_steps`` (default T) DDIM steps on
+            :func:`respaced_times`, noise fraction ``ddim_eta`` in [0, 1] (eq. S1; 0:
+            deterministic). The last step, tau_1 -> 0, has mean z0_hat and variance
+            ddim_eta^2 sigma2 beta_1 (eq. S2), so S = T, ddim_eta = 1 is the ancestral chain with
+            ``model_variance="beta_tilde"`` draw for draw.
             ``"sde"`` / ``"ode"``: the reverse-time SDE (eq. S3) / probability-flow ODE (eq. S4)
             from s_T to s_1 = ``schedule.times[1]``, then z^0 = z0_hat at t = 1 (one more
-            network evaluation). ``steps`` equal steps of (s_T - s_1) / steps; ``None``: adaptive
-            steps with rtol = 1e-4, atol = 1e-4 sqrt(sigma2) (torchsde's step-doubling control;
-            with ``"euler"`` it stays first order and coarse, prefer ``"midpoint"``).
+            network evaluation), solved by ``method`` (:data:`SDE_METHODS` / :data:`ODE_METHODS`,
+            default ``"euler"``) in ``sample_steps`` equal steps of (s_T - s_1) / steps;
+            ``None``: adaptive steps with rtol = 1e-4, atol = 1e-4 sqrt(sigma2) (torchsde's
+            step-doubling control; with ``"euler"`` it stays first order and coarse, prefer
+            ``"midpoint"``). The noise is additive, so Ito and Stratonovich solvers solve the
+            same SDE. ``"reversible_heun"`` amplifies errors where the drift is stiff (data
+            variance << sigma2 near s_1): use it with many steps.
         model_variance: ``"beta_tilde"`` or ``"beta"``, for ``"ancestral"`` only.
-        eta: the DDIM noise fraction of ``"respaced"``, in [0, 1].
-        method: torchsde solver: :data:`SDE_METHODS` for ``"sde"``, :data:`ODE_METHODS` for
-            ``"ode"`` (default ``"euler"``); ``None`` for the discrete samplers. The noise is
-            additive, so Ito and Stratonovich solvers solve the same SDE. ``"reversible_heun"``
-            amplifies errors where the drift is stiff (data variance << sigma2 near s_1): use
-            it with many steps.
         known: ``(z0_known: (B, d, *cells), mask: (B, 1, *cells) bool)``, True on known cells:
             inpainting by replacement. At the start and after every step, at time s, the known
             cells are set to a draw of q(z^s | z0_known) (eq. 3; for ``"ode"`` with one fixed
             noise draw, so the ODE stays deterministic); at the end they equal z0_known.
-            For ``"sde"``/``"ode"`` this needs fixed ``steps``.
+            For ``"sde"``/``"ode"`` this needs fixed ``sample_steps``.
         generator: the source of every random draw (for ``"sde"``, of the Brownian path's seed).
         to_time: 0 (z^0, the paper's chain) or 1 (z^1, where the tight chain reads its codes
             out): the ancestral chain stops after step 2, the respaced one at tau_1 = 1 (or
-            steps straight from T to 1 when ``steps = 1``), the SDE/ODE at s_1 without the
-            final z0_hat.
+            steps straight from T to 1 when S = 1), the SDE/ODE at s_1 without the final z0_hat.
         record: ``record(t, z^t)`` after every step of the ``"ancestral"`` sampler (plots).
     Returns:
         z^{to_time}, shape and dtype of ``z_T``.
     """
     _check_state("z_T", z_T)
-    method = _check_steps_and_method(schedule, sampler, steps, method)
+    if not isinstance(sampler, SamplerSettings):
+        raise TypeError(f"sampler must be a SamplerSettings, got {type(sampler).__name__}")
+    sampler.check_chain(schedule.num_steps)
     if to_time not in (0, 1):
         raise ValueError(f"to_time must be 0 or 1, got {to_time!r}")
-    if record is not None and sampler != "ancestral":
-        raise ValueError(f"record applies to the 'ancestral' sampler, got {sampler!r}")
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must lie in [0, 1], got {eta}")
+    name, steps = sampler.name, sampler.sample_steps
+    if record is not None and name != "ancestral":
+        raise ValueError(f"record applies to the 'ancestral' sampler, got {name!r}")
     schedule.model_variance_table(model_variance)
     known = _check_known(known, z_T)
     T = schedule.num_steps
-    if sampler in ("sde", "ode") and known is not None and steps is None:
-        raise ValueError("inpainting with the 'sde' or 'ode' sampler needs a fixed number of steps")
+    if name in ("sde", "ode") and known is not None and steps is None:
+        raise ValueError(
+            "inpainting with the 'sde' or 'ode' sampler needs a fixed number of steps "
+            "(--sample-steps)"
+        )
 
     # The Brownian path's seed is drawn first, so that inpainting leaves the path unchanged.
-    entropy = _entropy(generator) if sampler == "sde" else 0
-    eps_known = _randn(z_T, generator) if known is not None and sampler == "ode" else None
+    entropy = _entropy(generator) if name == "sde" else 0
+    eps_known = _randn(z_T, generator) if known is not None and name == "ode" else None
     z = _impose_known(schedule, z_T, known, float(schedule.abar[T]), generator, eps_known)
-    if sampler == "ancestral":
+    if name == "ancestral":
         return _ancestral(schedule, denoiser, z, model_variance, known, generator, to_time, record)
-    if sampler == "respaced":
+    if name == "respaced":
+        ddim_eta = 1.0 if sampler.ddim_eta is None else sampler.ddim_eta
         steps = T if steps is None else steps
-        return _respaced(schedule, denoiser, z, steps, eta, known, generator, to_time)
+        return _respaced(schedule, denoiser, z, steps, ddim_eta, known, generator, to_time)
 
     s_T, s_1 = float(schedule.times[T]), float(schedule.times[1])
-    is_sde = sampler == "sde"
+    is_sde = name == "sde"
+    method = sampler.solver
     sde = _FlowSDE(
         schedule,
         denoiser,
@@ -452,18 +517,20 @@ def encode_ode(
     schedule: OUSchedule,
     denoiser: Denoiser,
     z0: torch.Tensor,
-    steps: int | None,
-    method: str = "euler",
+    sampler: SamplerSettings,
 ) -> torch.Tensor:
     """z^T ``(B, d, *cells)``: the probability-flow ODE (eq. S4) run forward from z^0.
 
     Starts at s_1 from the mean z* + sqrt(abar_1)(z^0 - z*) of q(z^1 | z^0) (its noise,
-    of variance sigma2 beta_1, is left out) and integrates to s_T in ``steps`` equal steps of
-    ``method`` (:data:`ODE_METHODS`; ``None`` steps: adaptive). ``reverse_sample(...,
-    "ode", steps)`` of the result gives z^0 back up to the solvers' errors (eq. S5).
+    of variance sigma2 beta_1, is left out) and integrates to s_T with the ``"ode"`` sampler
+    ``sampler`` (its ``sample_steps`` equal steps of its ``method``; ``None`` steps:
+    adaptive). ``reverse_sample(..., sampler)`` of the result gives z^0 back up to the solvers'
+    errors (eq. S5).
     """
     _check_state("z0", z0)
-    method = _check_steps_and_method(schedule, "ode", steps, method)
+    if not isinstance(sampler, SamplerSettings) or sampler.name != "ode":
+        raise ValueError(f"encode_ode runs the 'ode' sampler, got {sampler!r}")
+    method = sampler.solver
     T = schedule.num_steps
     s_T, s_1 = float(schedule.times[T]), float(schedule.times[1])
     zs = schedule.z_star
@@ -478,4 +545,4 @@ def encode_ode(
         diffusion=0.0,
         sde_type="stratonovich" if method in _STRATONOVICH else "ito",
     )
-    return _solve(sde, z1, s_T - s_1, steps, method, entropy=0)
+    return _solve(sde, z1, s_T - s_1, sampler.sample_steps, method, entropy=0)

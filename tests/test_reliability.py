@@ -484,17 +484,18 @@ def test_item6_sampler_options_are_refused_before_loading_without_a_trace_dump(
 
     monkeypatch.setattr("pbridge.inference.toy.load_toy_run", never)
     for options, named in [
-        (["--sampler", "respaced", "--eta", "2"], "--eta must lie in [0, 1], got 2.0"),
-        (["--eta", "0.5"], "--eta applies to the respaced sampler"),
+        (["--sampler", "respaced", "--ddim-eta", "2"], "--ddim-eta must lie in [0, 1], got 2.0"),
+        (["--ddim-eta", "0.5"], "--ddim-eta applies to the respaced sampler"),
         (["--sampler", "ode", "--method", "srk"], "--method 'srk'"),
-        (["--steps", "10"], "the ancestral sampler runs all T = 100 steps"),
+        (["--sample-steps", "10"], "the ancestral sampler runs all T steps"),
     ]:
         assert named in _refused(["sample", run, *options], capsys)
 
 
 def test_item6_pyro_trace_dumps_are_cut_from_the_message(run, capsys):
-    err = _refused(["evaluate", run, "--steps", 7], capsys)
-    assert "--steps 7: the ancestral sampler runs all T = 100 steps" in err
+    err = _refused(["evaluate", run, "--sample-steps", 7], capsys)
+    assert "--sample-steps 7: the ancestral sampler runs all T steps" in err
+    assert "Trace Shapes" not in err
     with pytest.raises(SystemExit, match="2"):  # the parser's usage line and its error
         main(["train", "toy", "--seed", "-1", "--out", str(run)])
     assert "--seed: must be an integer in 0..2**32 - 1, got -1" in capsys.readouterr().err

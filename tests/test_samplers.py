@@ -16,6 +16,7 @@ from torch import nn
 from pbridge.ou_bridge import OUSchedule, image_schedule, toy_schedule
 from pbridge.samplers import (
     CountingDenoiser,
+    SamplerSettings,
     encode_ode,
     respaced_times,
     reverse_sample,
@@ -76,7 +77,7 @@ def start_draws(schedule, m, c2, n, generator=None):
     return mean + sd * torch.randn((n, *m.shape), generator=generator, dtype=torch.float64)
 
 
-def exact_law(schedule: OUSchedule, m: float, c2: float, sampler: str, steps=None, eta=1.0):
+def exact_law(schedule: OUSchedule, m: float, c2: float, sampler: SamplerSettings):
     """Mean and variance of z^0 from one sampler with the oracle, z^T ~ q(z^T), in plain floats.
 
     Each step is z <- A z + B + N(0, q): M <- A M + B, V <- A^2 V + q. The maps are written
@@ -86,6 +87,8 @@ def exact_law(schedule: OUSchedule, m: float, c2: float, sampler: str, steps=Non
     zs, s2, theta, eta2 = schedule.z_star, schedule.sigma2, schedule.theta, schedule.eta2
     times = schedule.times.tolist()
     T = len(times) - 1
+    name, steps = sampler.name, sampler.sample_steps
+    ddim_eta = 1.0 if sampler.ddim_eta is None else sampler.ddim_eta
 
     def abar(t: int) -> float:
         return math.exp(-2 * theta * times[t])
@@ -98,7 +101,7 @@ def exact_law(schedule: OUSchedule, m: float, c2: float, sampler: str, steps=Non
         return zs + (z - zs - math.sqrt(s2 * (1 - a)) * eps(z, a)) / math.sqrt(a)
 
     maps = []  # (z -> mean of the next z, noise variance)
-    if sampler == "ancestral":
+    if name == "ancestral":
         for t in range(T, 0, -1):
             a, ap = abar(t), abar(t - 1)
             alpha, beta = a / ap, 1 - a / ap
@@ -112,14 +115,14 @@ def exact_law(schedule: OUSchedule, m: float, c2: float, sampler: str, steps=Non
                 )
 
             maps.append((mu, s2 * (beta * (1 - ap) / (1 - a) if t > 1 else beta)))
-    elif sampler == "respaced":
-        taus = respaced_times(T, steps)
+    elif name == "respaced":
+        taus = respaced_times(T, T if steps is None else steps)
         for cur, prev in zip(reversed(taus), reversed([0] + taus[:-1]), strict=True):
             ac, ap = abar(cur), abar(prev)
             if prev == 0:
-                maps.append((lambda z, ac=ac: z0_hat(z, ac), eta**2 * s2 * (1 - abar(1))))
+                maps.append((lambda z, ac=ac: z0_hat(z, ac), ddim_eta**2 * s2 * (1 - abar(1))))
                 continue
-            v = eta**2 * s2 * (1 - ap) / (1 - ac) * (1 - ac / ap)
+            v = ddim_eta**2 * s2 * (1 - ap) / (1 - ac) * (1 - ac / ap)
             r = math.sqrt(s2 * (1 - ap) - v)
 
             def ddim(z, ac=ac, ap=ap, r=r):
@@ -127,7 +130,7 @@ def exact_law(schedule: OUSchedule, m: float, c2: float, sampler: str, steps=Non
 
             maps.append((ddim, v))
     else:
-        w, q = (1.0, eta2) if sampler == "sde" else (0.5, 0.0)
+        w, q = (1.0, eta2) if name == "sde" else (0.5, 0.0)
         h = (times[T] - times[1]) / steps
         for k in range(steps):
             s = times[T] - k * h
@@ -147,16 +150,22 @@ def exact_law(schedule: OUSchedule, m: float, c2: float, sampler: str, steps=Non
     return M, V
 
 
-# (sampler, steps, eta) -> discretisation-bias allowance (mean / c, relative variance) per data
-# set: the exact bias of that sampler (``exact_law`` against (m, c2), checked by
+# sampler -> discretisation-bias allowance (mean / c, relative variance) per data set: the
+# exact bias of that sampler (``exact_law`` against (m, c2), checked by
 # ``test_exact_law_bias_is_within_the_allowance``) rounded up. O(1/steps) for the Euler solvers
 # and DDIM; the T = 100 toy chain itself is 2-4% narrow.
 SETTINGS = {
-    "ancestral": (("ancestral", None, 1.0), {"toy": (0.005, 0.05), "image": (0.005, 0.015)}),
-    "respaced50_eta1": (("respaced", 50, 1.0), {"toy": (0.005, 0.09), "image": (0.005, 0.19)}),
-    "respaced50_eta0": (("respaced", 50, 0.0), {"toy": (0.005, 0.05), "image": (0.005, 0.1)}),
-    "sde_euler200": (("sde", 200, 1.0), {"toy": (0.025, 0.05), "image": (0.02, 0.05)}),
-    "ode_euler200": (("ode", 200, 1.0), {"toy": (0.03, 0.05), "image": (0.03, 0.03)}),
+    "ancestral": (SamplerSettings(), {"toy": (0.005, 0.05), "image": (0.005, 0.015)}),
+    "respaced50_eta1": (
+        SamplerSettings("respaced", 50),
+        {"toy": (0.005, 0.09), "image": (0.005, 0.19)},
+    ),
+    "respaced50_eta0": (
+        SamplerSettings("respaced", 50, ddim_eta=0.0),
+        {"toy": (0.005, 0.05), "image": (0.005, 0.1)},
+    ),
+    "sde_euler200": (SamplerSettings("sde", 200), {"toy": (0.025, 0.05), "image": (0.02, 0.05)}),
+    "ode_euler200": (SamplerSettings("ode", 200), {"toy": (0.03, 0.05), "image": (0.03, 0.03)}),
 }
 N_DRAWS = 20000
 
@@ -165,10 +174,10 @@ N_DRAWS = 20000
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_exact_law_bias_is_within_the_allowance(setting, data, float64):
     """The allowances above bound the exact discretisation bias (no Monte Carlo here)."""
-    (sampler, steps, eta), allowance = SETTINGS[setting]
+    sampler, allowance = SETTINGS[setting]
     schedule, m, c2 = gaussian_data(data)
     for mi, ci in zip(m.flatten().tolist(), c2.flatten().tolist(), strict=True):
-        M, V = exact_law(schedule, mi, ci, sampler, steps, eta)
+        M, V = exact_law(schedule, mi, ci, sampler)
         assert abs(M - mi) / math.sqrt(ci) <= allowance[data][0]
         assert abs(V / ci - 1) <= allowance[data][1]
 
@@ -178,16 +187,16 @@ def test_exact_law_bias_is_within_the_allowance(setting, data, float64):
 def test_samples_match_the_exact_law_and_the_data(setting, data, float64):
     """20,000 draws per coordinate: mean and variance against the sampler's exact law within
     5 standard errors, and against the data's (m, c2) within 4 standard errors + allowance."""
-    (sampler, steps, eta), allowance = SETTINGS[setting]
+    sampler, allowance = SETTINGS[setting]
     schedule, m, c2 = gaussian_data(data)
     gen = torch.Generator().manual_seed(1)
     z_T = start_draws(schedule, m, c2, N_DRAWS, gen)
     oracle = GaussianOracle(schedule, m, c2)
-    z0 = reverse_sample(schedule, oracle, z_T, sampler, steps, eta=eta, generator=gen)
+    z0 = reverse_sample(schedule, oracle, z_T, sampler, generator=gen)
     mean, var = z0.mean(0).flatten().tolist(), z0.var(0).flatten().tolist()
     se_var = math.sqrt(2 / (N_DRAWS - 1))
     for i, (mi, ci) in enumerate(zip(m.flatten().tolist(), c2.flatten().tolist(), strict=True)):
-        M, V = exact_law(schedule, mi, ci, sampler, steps, eta)
+        M, V = exact_law(schedule, mi, ci, sampler)
         assert abs(mean[i] - M) < 5 * math.sqrt(V / N_DRAWS)
         assert abs(var[i] / V - 1) < 5 * se_var
         tol_mean, tol_var = allowance[data]
@@ -195,31 +204,31 @@ def test_samples_match_the_exact_law_and_the_data(setting, data, float64):
         assert abs(var[i] / ci - 1) < 4 * se_var + tol_var
 
 
-def deterministic_law(schedule, denoiser, m, c2, **kwargs):
+def deterministic_law(schedule, denoiser, m, c2, sampler):
     """(mean, variance) of a deterministic sampler's output: it is affine in z^T, so two runs,
     from the mean of q(z^T) and from that mean + 1, give both exactly."""
     a = float(schedule.abar[-1])
     start = schedule.z_star + math.sqrt(a) * (m - schedule.z_star)
-    out = reverse_sample(schedule, denoiser, torch.stack([start, start + 1]), **kwargs)
+    out = reverse_sample(schedule, denoiser, torch.stack([start, start + 1]), sampler)
     return out[0], (out[1] - out[0]) ** 2 * (a * c2 + schedule.sigma2 * (1 - a))
 
 
 @pytest.mark.parametrize(
-    "kwargs, tol_mean, tol_var",
+    "sampler, tol_mean, tol_var",
     [
-        (dict(sampler="ode", steps=50, method="heun"), 0.004, 0.01),
-        (dict(sampler="ode", steps=50, method="midpoint"), 0.004, 0.01),
-        (dict(sampler="ode", steps=None, method="midpoint"), 0.004, 0.01),
-        (dict(sampler="ode", steps=None), 0.03, 0.05),
-        (dict(sampler="respaced", steps=1000, eta=0.0), 0.001, 0.01),
+        (SamplerSettings("ode", 50, method="heun"), 0.004, 0.01),
+        (SamplerSettings("ode", 50, method="midpoint"), 0.004, 0.01),
+        (SamplerSettings("ode", method="midpoint"), 0.004, 0.01),
+        (SamplerSettings("ode"), 0.03, 0.05),
+        (SamplerSettings("respaced", 1000, ddim_eta=0.0), 0.001, 0.01),
     ],
     ids=["heun50", "midpoint50", "midpoint_adaptive", "euler_adaptive", "ddim1000"],
 )
-def test_deterministic_samplers_recover_the_data_law(kwargs, tol_mean, tol_var, float64):
+def test_deterministic_samplers_recover_the_data_law(sampler, tol_mean, tol_var, float64):
     """Second-order ODE solvers and all-step DDIM: the exact output law is within a few % of
     N(m, c2) (image preset, where the final z0_hat shrinks the variance by < 1e-4)."""
     schedule, m, c2 = gaussian_data("image")
-    mean, var = deterministic_law(schedule, GaussianOracle(schedule, m, c2), m, c2, **kwargs)
+    mean, var = deterministic_law(schedule, GaussianOracle(schedule, m, c2), m, c2, sampler)
     assert ((mean - m) / c2.sqrt()).abs().max() < tol_mean
     assert (var / c2 - 1).abs().max() < tol_var
 
@@ -238,7 +247,7 @@ def test_respaced_with_all_steps_is_the_ancestral_chain(known, float64):
         reverse_sample(
             schedule, oracle, z_T, sampler, generator=torch.Generator().manual_seed(3), **kw
         )
-        for sampler in ("ancestral", "respaced")
+        for sampler in (SamplerSettings(), SamplerSettings("respaced"))
     ]
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-10)
 
@@ -256,18 +265,19 @@ def test_ode_round_trip(method, steps, tol, float64):
     schedule, m, c2 = gaussian_data("image")
     oracle = GaussianOracle(schedule, m, c2)
     z0 = m + c2.sqrt() * torch.randn(256, 2, 3)
-    z_T = encode_ode(schedule, oracle, z0, steps, method)
-    back = reverse_sample(schedule, oracle, z_T, "ode", steps, method=method)
+    ode = SamplerSettings("ode", steps, method=method)
+    z_T = encode_ode(schedule, oracle, z0, ode)
+    back = reverse_sample(schedule, oracle, z_T, ode)
     a2 = float(schedule.abar[1])
     target = m + a2 * c2 / (a2 * c2 + schedule.sigma2 * (1 - a2)) * (z0 - m)
     assert ((back - target) / c2.sqrt()).abs().max() < tol
 
 
 INPAINT = {
-    "ancestral": dict(sampler="ancestral"),
-    "respaced": dict(sampler="respaced", steps=20),
-    "sde": dict(sampler="sde", steps=50),
-    "ode": dict(sampler="ode", steps=50),
+    "ancestral": SamplerSettings(),
+    "respaced": SamplerSettings("respaced", 20),
+    "sde": SamplerSettings("sde", 50),
+    "ode": SamplerSettings("ode", 50),
 }
 
 
@@ -278,7 +288,7 @@ def test_inpainting_keeps_known_cells_and_the_law_of_the_others(name, float64):
     the known cells), for the discrete chains in law (exact law, 5 standard errors)."""
     schedule, m, c2 = gaussian_data("toy")
     oracle = GaussianOracle(schedule, m, c2)
-    kwargs = INPAINT[name]
+    sampler = INPAINT[name]
     n = 20000 if name in ("ancestral", "respaced") else 2000
     z_T = start_draws(schedule, m, c2, n)
     z0_known = start_draws(schedule, m, c2, n)
@@ -289,39 +299,39 @@ def test_inpainting_keeps_known_cells_and_the_law_of_the_others(name, float64):
         schedule,
         oracle,
         z_T,
+        sampler,
         known=(z0_known, mask),
         generator=torch.Generator().manual_seed(2),
-        **kwargs,
     )
     full = mask.expand_as(z0)
     assert torch.equal(z0[full], z0_known[full])
     if name in ("sde", "ode"):
         plain = reverse_sample(
-            schedule, oracle, z_T, generator=torch.Generator().manual_seed(2), **kwargs
+            schedule, oracle, z_T, sampler, generator=torch.Generator().manual_seed(2)
         )
         torch.testing.assert_close(z0[~full], plain[~full], rtol=0, atol=1e-7)
         return
     unknown = z0[:, :, 1]  # cell 1 is never known
     for d in range(2):
         mi, ci = float(m[d, 1]), float(c2[d, 1])
-        M, V = exact_law(schedule, mi, ci, kwargs["sampler"], kwargs.get("steps"))
+        M, V = exact_law(schedule, mi, ci, sampler)
         assert abs(float(unknown[:, d].mean()) - M) < 5 * math.sqrt(V / n)
         assert abs(float(unknown[:, d].var()) / V - 1) < 5 * math.sqrt(2 / (n - 1))
 
 
 @pytest.mark.parametrize(
-    "kwargs, expected",
+    "sampler, known, expected",
     [
-        (dict(sampler="ancestral"), 100),
-        (dict(sampler="respaced", steps=10), 10),
-        (dict(sampler="sde", steps=20), 21),
-        (dict(sampler="sde", steps=10, method="srk"), 41),
-        (dict(sampler="sde", steps=10, method="reversible_heun"), 12),
-        (dict(sampler="ode", steps=20), 21),
-        (dict(sampler="ode", steps=10, method="heun"), 21),
-        (dict(sampler="ode", steps=10, method="midpoint"), 21),
-        (dict(sampler="sde", steps=20, known=True), 21),
-        (dict(sampler="ode", steps=20, known=True), 21),
+        (SamplerSettings(), False, 100),
+        (SamplerSettings("respaced", 10), False, 10),
+        (SamplerSettings("sde", 20), False, 21),
+        (SamplerSettings("sde", 10, method="srk"), False, 41),
+        (SamplerSettings("sde", 10, method="reversible_heun"), False, 12),
+        (SamplerSettings("ode", 20), False, 21),
+        (SamplerSettings("ode", 10, method="heun"), False, 21),
+        (SamplerSettings("ode", 10, method="midpoint"), False, 21),
+        (SamplerSettings("sde", 20), True, 21),
+        (SamplerSettings("ode", 20), True, 21),
     ],
     ids=[
         "ancestral",
@@ -336,15 +346,14 @@ def test_inpainting_keeps_known_cells_and_the_law_of_the_others(name, float64):
         "ode_inpainting",
     ],
 )
-def test_network_evaluations(kwargs, expected, float64):
+def test_network_evaluations(sampler, known, expected, float64):
     """CountingDenoiser counts: T, S, and per solver step 1 (Euler, reversible Heun after one
     start), 2 (Heun, midpoint) or 4 (SRK), + 1 for the final z0_hat of the continuous samplers."""
     schedule, m, c2 = gaussian_data("toy")
     counter = CountingDenoiser(GaussianOracle(schedule, m, c2))
     z_T = start_draws(schedule, m, c2, 8)
-    if kwargs.pop("known", False):
-        kwargs["known"] = (z_T, torch.ones(8, 1, 3, dtype=torch.bool))
-    z0 = reverse_sample(schedule, counter, z_T, **kwargs)
+    mask = (z_T, torch.ones(8, 1, 3, dtype=torch.bool)) if known else None
+    z0 = reverse_sample(schedule, counter, z_T, sampler, known=mask)
     assert counter.calls == expected and z0.shape == z_T.shape and torch.isfinite(z0).all()
 
 
@@ -356,7 +365,7 @@ def test_sde_generator_reproducible_and_ode_deterministic(float64):
 
     def run(sampler, seed):
         gen = torch.Generator().manual_seed(seed)
-        return reverse_sample(schedule, oracle, z_T, sampler, 20, generator=gen)
+        return reverse_sample(schedule, oracle, z_T, SamplerSettings(sampler, 20), generator=gen)
 
     assert torch.equal(run("sde", 0), run("sde", 0))
     assert not torch.allclose(run("sde", 0), run("sde", 1))
@@ -373,40 +382,73 @@ def test_respaced_times():
 
 
 @pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(name="dpm"), "--sampler 'dpm' is not one of ancestral, respaced, sde, ode"),
+        (dict(name="respaced", sample_steps=0), "--sample-steps must be a positive integer, got 0"),
+        (dict(name="sde", sample_steps=-3), "--sample-steps must be a positive integer, got -3"),
+        (dict(name="ode", sample_steps=2.5), "--sample-steps must be a positive integer, got 2.5"),
+        (dict(sample_steps=50), "--sample-steps 50: the ancestral sampler runs all T steps"),
+        (dict(name="respaced", ddim_eta=1.5), r"--ddim-eta must lie in \[0, 1\], got 1.5"),
+        (dict(name="respaced", ddim_eta=-0.1), r"--ddim-eta must lie in \[0, 1\], got -0.1"),
+        (dict(name="sde", ddim_eta=0.5), "--ddim-eta applies to the respaced sampler, not 'sde'"),
+        (dict(name="ode", method="srk"), "--method 'srk' is not a method of the ode sampler"),
+        (dict(name="respaced", method="euler"), "--method applies to the sde and ode samplers"),
+    ],
+    ids=[
+        "sampler",
+        "zero_steps",
+        "negative_steps",
+        "fractional_steps",
+        "ancestral_steps",
+        "eta_above_1",
+        "eta_below_0",
+        "eta_for_sde",
+        "ode_method",
+        "method_for_discrete",
+    ],
+)
+def test_bad_sampler_settings_are_refused_by_their_flag(options, match):
+    """SamplerSettings is the one place sampler options are checked; each error names the option
+    as the command line spells it."""
+    with pytest.raises(ValueError, match=match):
+        SamplerSettings(**options)
+
+
+def test_sampler_steps_beyond_the_chain_are_refused(float64):
+    """The one check that needs the chain: respaced steps beyond T, refused by reverse_sample
+    (and by the command line before loading a run, from its config.json)."""
+    schedule = DATA["toy"][0]
+    with pytest.raises(ValueError, match="--sample-steps 101 exceeds the chain's T = 100"):
+        reverse_sample(
+            schedule, lambda z, t: z, torch.zeros(4, 2, 3), SamplerSettings("respaced", 101)
+        )
+    SamplerSettings("respaced", 100).check_chain(100)
+    with pytest.raises(ValueError, match="runs the 'ode' sampler"):
+        encode_ode(schedule, lambda z, t: z, torch.zeros(4, 2, 3), SamplerSettings("sde", 10))
+
+
+@pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(sampler="dpm"), "'dpm'"),
-        (dict(sampler="respaced", steps=101), "101"),
-        (dict(sampler="respaced", steps=0), "got 0"),
-        (dict(sampler="ancestral", steps=50), "steps=50"),
-        (dict(sampler="sde", steps=-3), "-3"),
-        (dict(sampler="respaced", eta=1.5), "1.5"),
-        (dict(sampler="respaced", eta=-0.1), "-0.1"),
-        (dict(sampler="ode", steps=10, method="srk2"), "'srk2'"),
-        (dict(sampler="respaced", method="euler"), "'euler'"),
         (dict(model_variance="fixed"), "'fixed'"),
         (dict(known="mask"), "tuple"),
         (dict(known="wrong_mask_shape"), r"\(4, 1, 3\)"),
         (dict(known="float_mask"), "torch.float64"),
         (dict(known="wrong_z0_shape"), r"\(4, 2, 2\)"),
-        (dict(sampler="sde", known="ok"), "fixed number of steps"),
+        (dict(sampler=SamplerSettings("sde"), known="ok"), "fixed number of steps"),
+        (dict(sampler="ode"), "must be a SamplerSettings"),
+        (dict(sampler=SamplerSettings("respaced"), record=print), "record applies"),
     ],
     ids=[
-        "sampler",
-        "respaced_steps_above_T",
-        "respaced_zero_steps",
-        "ancestral_steps",
-        "negative_steps",
-        "eta_above_1",
-        "eta_below_0",
-        "ode_method",
-        "method_for_discrete",
         "model_variance",
         "known_not_tuple",
         "mask_shape",
         "mask_dtype",
         "z0_known_shape",
         "adaptive_inpainting",
+        "sampler_not_settings",
+        "record_for_respaced",
     ],
 )
 def test_bad_input_raises(kwargs, match, float64):
@@ -422,5 +464,5 @@ def test_bad_input_raises(kwargs, match, float64):
     }
     if "known" in kwargs:
         kwargs["known"] = known[kwargs["known"]]
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         reverse_sample(schedule, lambda z, t: torch.zeros_like(z), z_T, **kwargs)
