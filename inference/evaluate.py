@@ -197,14 +197,16 @@ def evaluate_run(
     settings: EvalSettings | None = None,
     device: str = "auto",
     root: str | Path | None = None,
+    weights: str | None = None,
     **sampler,
 ) -> dict:
-    """Run the protocol on a trained image run; returns and writes ``eval.json``/``eval.md``.
+    """Run the protocol on a trained image run (its EMA or raw ``weights``,
+    :func:`~.run_dir.load_run`); returns and writes ``eval.json``/``eval.md``.
     ``sampler``: keywords of :func:`~pbridge.inference.sampling.bridge_sampler` (the bridge's
     sampler for prior draws and inpainting; default the T-step chain)."""
     settings = EvalSettings() if settings is None else settings
     run = Path(run_dir)
-    config, variant = load_image_run(run, device)
+    config, variant = load_image_run(run, device, weights)
     dev = next(variant.parameters()).device
     test = load_images(config.dataset, "test", root)
     test_x = test.as_float().to(dev)

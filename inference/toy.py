@@ -31,6 +31,7 @@ from .run_dir import (
 )
 from .sampling import bridge_sampler, sample_posterior, sample_prior
 from .svi import estimate_elbo
+from .train_hooks import toy_grid, training_hooks
 
 __all__ = [
     "run_toy",
@@ -89,11 +90,21 @@ def run_toy(
     if resume:
         check_resume(variant, out / CHECKPOINT_FILE, config)
     write_run_files(out, config, world, resume, overwrite)
+    hooks = training_hooks(config.train, out, x_test, toy_grid())
     result = train_in_run(
-        variant, x_train, config.train, out / "checkpoint.pt", config, progress, resume, world
+        variant,
+        x_train,
+        config.train,
+        out / "checkpoint.pt",
+        config,
+        progress,
+        resume,
+        world,
+        hooks,
     )
     if not world.is_main:
         return {}
+    result.use_ema(variant)
 
     variant.eval()
     with pyro.validation_enabled(False):
@@ -127,18 +138,24 @@ def run_toy(
     return metrics
 
 
-def load_toy_run(run_dir: str | Path, device: str = "auto"):
-    """The config and trained variant of a toy run directory."""
-    return load_run(run_dir, ToyConfig.from_dict, build_toy_model, device)
+def load_toy_run(run_dir: str | Path, device: str = "auto", weights: str | None = None):
+    """The config and trained variant of a toy run directory, with its EMA or raw ``weights``
+    (:func:`~.run_dir.load_run`)."""
+    return load_run(run_dir, ToyConfig.from_dict, build_toy_model, device, weights)
 
 
 def sample_toy_run(
-    run_dir: str | Path, num: int, device: str = "auto", seed: int = 0, **sampler
+    run_dir: str | Path,
+    num: int,
+    device: str = "auto",
+    seed: int = 0,
+    weights: str | None = None,
+    **sampler,
 ) -> dict:
     """Draw ``num`` prior samples of a toy run; write ``samples.pt`` and ``samples.png``.
     ``sampler``: keywords of :func:`~pbridge.inference.sampling.bridge_sampler`."""
     run = Path(run_dir)
-    _, variant = load_toy_run(run, device)
+    _, variant = load_toy_run(run, device, weights)
     check_writable(run)
     torch.manual_seed(seed)
     with pyro.validation_enabled(False), bridge_sampler(variant, **sampler):
@@ -162,7 +179,9 @@ def sample_toy_run(
     }
 
 
-def evaluate_toy_run(run_dir: str | Path, settings, device: str = "auto", **sampler) -> dict:
+def evaluate_toy_run(
+    run_dir: str | Path, settings, device: str = "auto", weights: str | None = None, **sampler
+) -> dict:
     """``pbridge evaluate`` on a toy run: what applies to walks, on the run's own test walks
     (``settings``: an :class:`~pbridge.inference.evaluate.EvalSettings`): the ELBO (nats per
     walk, ``chain_steps`` stratified steps per walk), transition accuracy of
@@ -170,7 +189,7 @@ def evaluate_toy_run(run_dir: str | Path, settings, device: str = "auto", **samp
     the masked-patch figure and FD-FMNIST are image measures (noted in the result). Writes
     ``eval.json``."""
     run = Path(run_dir)
-    config, variant = load_toy_run(run, device)
+    config, variant = load_toy_run(run, device, weights)
     check_writable(run)
     dev = next(variant.parameters()).device
     generator = torch.Generator().manual_seed(config.train.seed)  # the run's test walks

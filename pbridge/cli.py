@@ -158,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=_seed, default=0, help="random seed")
     sample.add_argument("--device", default="auto", help="auto, cpu or cuda")
     _add_sampler_options(sample)
+    _add_weights_option(sample)
 
     evaluate = sub.add_parser(
         "evaluate",
@@ -215,8 +216,18 @@ def _add_draw_options(parser: argparse.ArgumentParser) -> None:
     read its test split."""
     parser.add_argument("--seed", type=_seed, default=0, help="random seed")
     _add_sampler_options(parser)
+    _add_weights_option(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--root", help="data folder (default: $PBRIDGE_DATA or ~/.cache/pbridge)")
+
+
+def _add_weights_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--weights",
+        choices=("ema", "raw"),
+        help="the EMA of the trained weights or the raw weights (default: ema when the "
+        "checkpoint holds them, else raw)",
+    )
 
 
 def _add_sampler_options(parser: argparse.ArgumentParser) -> None:
@@ -355,6 +366,7 @@ def _run(args: argparse.Namespace) -> int:
             args.seed,
             args.device,
             args.root,
+            args.weights,
             **_sampler_options(args),
         )
     else:
@@ -364,7 +376,12 @@ def _run(args: argparse.Namespace) -> int:
         kind = _check_drawing(args)
         sample_run = sample_toy_run if kind == "toy" else sample_image_run
         metrics = sample_run(
-            args.run_dir, args.num, device=args.device, seed=args.seed, **_sampler_options(args)
+            args.run_dir,
+            args.num,
+            device=args.device,
+            seed=args.seed,
+            weights=args.weights,
+            **_sampler_options(args),
         )
     if metrics:  # empty on the processes of a data-parallel job other than the first
         print(json.dumps(metrics, indent=2))
@@ -432,7 +449,7 @@ def _evaluate(args: argparse.Namespace) -> dict:
     if kind == "variant-file":
         from pbridge.inference.user_variant import load_user_run
 
-        variant = load_user_run(args.run_dir, "cpu")[1]
+        variant = load_user_run(args.run_dir, "cpu", args.weights)[1]
         needed = ("inpaint", "encoder_scale") if hasattr(variant, "schedule") else ("inpaint",)
         missing = [name for name in needed if not hasattr(variant, name)]
         if missing:
@@ -442,9 +459,10 @@ def _evaluate(args: argparse.Namespace) -> dict:
                 "figures); its metrics.json holds test bits/dim and codebook usage, and `pbridge "
                 "analyze` works on it"
             )
+    sampler = _sampler_options(args)
     if kind == "toy":
-        return evaluate_toy_run(args.run_dir, settings, args.device, **_sampler_options(args))
-    result = evaluate_run(args.run_dir, settings, args.device, args.root, **_sampler_options(args))
+        return evaluate_toy_run(args.run_dir, settings, args.device, args.weights, **sampler)
+    result = evaluate_run(args.run_dir, settings, args.device, args.root, args.weights, **sampler)
     bpd, stderr = result.get("test_bits_per_dim"), result.get("test_bits_per_dim_stderr")
     if bpd is not None and stderr is not None and stderr > abs(bpd) / 4:
         _warn(

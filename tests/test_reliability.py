@@ -28,17 +28,11 @@ from pbridge.checkpoint import (
     save_checkpoint,
 )
 from pbridge.cli import main
-from pbridge.config import TrainSettings
+from pbridge.config import ToyConfig, TrainSettings, image_preset
 from pbridge.data import UnreadableDataError, load_images
 from pbridge.inference.run_dir import environment, load_run
 from pbridge.inference.svi import TrainingInterrupted, train
-from pbridge.presets import (
-    ToyConfig,
-    build_image_model,
-    build_image_vqvae,
-    build_toy_model,
-    image_preset,
-)
+from pbridge.presets import build_image_model, build_image_vqvae, build_toy_model
 from pbridge.toy import sample_walks
 
 
