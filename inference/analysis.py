@@ -245,17 +245,17 @@ def reverse_chain_frames(
     return times, decoded.view(chains, len(times), *decoded.shape[1:])
 
 
-def _load(run: Path, device: str) -> tuple[Any, nn.Module]:
+def _load(run: Path, device: str, weights: str | None = None) -> tuple[Any, nn.Module]:
     """The config and trained variant of any run directory (a variant file's, an image or a
-    toy run)."""
+    toy run), with its ``weights`` (:func:`~.run_dir.load_run`)."""
     if (run / VARIANT_FILE).is_file():
-        return load_user_run(run, device)
+        return load_user_run(run, device, weights)
     config_file = run / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{run} is not a run directory: no config.json")
     if "dataset" in json.loads(config_file.read_text()):
-        return load_image_run(run, device)
-    return load_toy_run(run, device)
+        return load_image_run(run, device, weights)
+    return load_toy_run(run, device, weights)
 
 
 def analyze_run(
@@ -266,14 +266,16 @@ def analyze_run(
     device: str = "auto",
     root: str | Path | None = None,
     sampler: SamplerSettings = ANCESTRAL,
+    weights: str | None = None,
 ) -> dict[str, Any]:
     """Analyse a trained run: :func:`to_inferencedata` on ``items`` test items with ``num``
     draws (the prior's by ``sampler``), written to ``analysis.nc``, with
-    ``analysis_summary.csv`` and the plots. Returns what was written and a few figures."""
+    ``analysis_summary.csv`` and the plots; ``weights``: the run's EMA or raw weights
+    (:func:`~.run_dir.load_run`). Returns what was written and a few figures."""
     if items <= 0:
         raise ValueError(f"items must be a positive integer, got {items}")
     run = Path(run_dir)
-    config, variant = _load(run, device)
+    config, variant = _load(run, device, weights)
     dev = next(variant.parameters()).device
     torch.manual_seed(seed)
     pyro.set_rng_seed(seed)

@@ -212,13 +212,15 @@ def evaluate_run(
     device: str = "auto",
     root: str | Path | None = None,
     sampler: SamplerSettings = ANCESTRAL,
+    weights: str | None = None,
 ) -> dict:
-    """Run the protocol on a trained image run; returns and writes ``eval.json``/``eval.md``.
+    """Run the protocol on a trained image run (its EMA or raw ``weights``,
+    :func:`~.run_dir.load_run`); returns and writes ``eval.json``/``eval.md``.
     ``sampler``: the bridge's sampler for prior draws and inpainting (default the T-step
     chain)."""
     settings = EvalSettings() if settings is None else settings
     run = Path(run_dir)
-    config, variant = load_image_run(run, device)
+    config, variant = load_image_run(run, device, weights)
     check_sampler(variant, sampler)
     dev = next(variant.parameters()).device
     test = load_images(config.dataset, "test", root)

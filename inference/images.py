@@ -43,6 +43,7 @@ from .run_dir import (
 )
 from .sampling import sample_posterior, sample_prior
 from .svi import estimate_elbo
+from .train_hooks import image_grid, training_hooks
 from .user_variant import VARIANT_FILE, load_user_run
 
 __all__ = ["run_images", "test_bits_per_dim", "load_image_run", "sample_image_run"]
@@ -118,11 +119,21 @@ def run_images(
             )
     else:
         stage_one = None
+    hooks = training_hooks(config.train, out, test_x, image_grid())
     result = train_in_run(
-        variant, train_x, config.train, out / "checkpoint.pt", config, progress, resume, world
+        variant,
+        train_x,
+        config.train,
+        out / "checkpoint.pt",
+        config,
+        progress,
+        resume,
+        world,
+        hooks,
     )
     if not world.is_main:
         return {}
+    result.use_ema(variant)
 
     variant.eval()
     with pyro.validation_enabled(False):
@@ -151,12 +162,12 @@ def run_images(
     return metrics
 
 
-def load_image_run(run_dir: str | Path, device: str = "auto"):
+def load_image_run(run_dir: str | Path, device: str = "auto", weights: str | None = None):
     """The config and trained variant of an image run directory (a variant file's run is
-    rebuilt from its copy of the file)."""
+    rebuilt from its copy of the file), with its EMA or raw ``weights`` (:func:`load_run`)."""
     if (Path(run_dir) / VARIANT_FILE).is_file():
-        return load_user_run(run_dir, device)
-    return load_run(run_dir, ImageConfig.from_dict, build_image_model, device)
+        return load_user_run(run_dir, device, weights)
+    return load_run(run_dir, ImageConfig.from_dict, build_image_model, device, weights)
 
 
 def sample_image_run(
@@ -165,11 +176,12 @@ def sample_image_run(
     device: str = "auto",
     seed: int = 0,
     sampler: SamplerSettings = ANCESTRAL,
+    weights: str | None = None,
 ) -> dict:
     """Draw ``num`` prior samples by ``sampler``; write ``samples.png`` (a grid) and
     ``samples.pt`` (codes)."""
     run = Path(run_dir)
-    _, variant = load_image_run(run, device)
+    _, variant = load_image_run(run, device, weights)
     check_writable(run)
     torch.manual_seed(seed)
     start = time.perf_counter()

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import warnings
@@ -31,7 +32,7 @@ from pbridge.checkpoint import check_state_fits, load_latest_checkpoint, previou
 from pbridge.config import TrainSettings, config_from_dict
 
 from .distributed import World, world_from_environment
-from .svi import TrainResult, load_checkpoint_of, resolve_device, train
+from .svi import Hook, TrainResult, load_checkpoint_of, resolve_device, train
 
 __all__ = [
     "CONFIG_FILE",
@@ -77,8 +78,13 @@ RUN_FILES = (
     "code_usage.png",
     "code_entropy.png",
     "elbo_trace.png",
+    "train.csv",
+    "vqvae_train.csv",
 )
 """Every file a pbridge command writes into a run directory (removed by ``--overwrite``)."""
+
+RUN_FOLDERS = ("samples", "tensorboard")
+"""Folders training writes into a run directory (removed by ``--overwrite``)."""
 
 
 def _git(*args: str) -> str | None:
@@ -209,6 +215,8 @@ def write_run_files(
     if overwrite:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
+        for name in RUN_FOLDERS:
+            shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / CONFIG_FILE, config.to_dict())
     write_json(out / "environment.json", {**environment(), "processes": world.size})
@@ -293,8 +301,12 @@ def train_in_run(
     progress: bool,
     resume: bool,
     world: World | None = None,
+    hooks: tuple[Hook, ...] = (),
 ) -> TrainResult:
-    """SVI training (validation off) checkpointed to ``checkpoint`` with the config alongside."""
+    """SVI training (validation off) checkpointed to ``checkpoint`` with the config alongside,
+    logged to ``train.csv`` beside it (``<stem>_train.csv`` for another checkpoint name), with
+    ``hooks`` (:mod:`.train_hooks`)."""
+    name = "train.csv" if checkpoint.name == CHECKPOINT_FILE else f"{checkpoint.stem}_train.csv"
     with pyro.validation_enabled(False):
         return train(
             variant,
@@ -305,6 +317,8 @@ def train_in_run(
             resume=resume,
             extra={"config": config.to_dict()},
             world=world,
+            log=checkpoint.with_name(name),
+            hooks=hooks,
         )
 
 
@@ -313,8 +327,11 @@ def load_run(
     from_dict: Callable[[dict], Any],
     build: Callable[[Any], nn.Module],
     device: str = "auto",
+    weights: str | None = None,
 ) -> tuple[Any, nn.Module]:
-    """The config and trained variant (eval mode) of a run directory. Refuses (naming the file)
+    """The config and trained variant (eval mode) of a run directory, with its EMA weights
+    (``weights="ema"``; ``None``: those when the checkpoint has them, else the raw ones) or
+    the raw ones (``"raw"``). Refuses (naming the file)
     a missing, unreadable or mistyped ``config.json``, a run without a checkpoint yet, and a
     ``config.json`` that contradicts its checkpoint; warns when the run stopped before its
     last step."""
@@ -347,5 +364,9 @@ def load_run(
             "... --resume`); using the model as it is",
             stacklevel=2,
         )
-    variant.load_state_dict(state["model"])
+    if weights not in (None, "ema", "raw"):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+    if weights == "ema" and "ema" not in state:
+        raise ValueError(f"{used} holds no EMA weights (trained without them); use raw weights")
+    variant.load_state_dict(state["ema" if weights != "raw" and "ema" in state else "model"])
     return config, variant.to(resolve_device(device)).eval()

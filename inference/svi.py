@@ -16,7 +16,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +30,7 @@ from pyro.poutine.scale_messenger import ScaleMessenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pbridge.bridge_prior import prior_options
 from pbridge.checkpoint import (
@@ -43,11 +43,14 @@ from pbridge.codebook import CodeUsage, code_usage
 from pbridge.config import TrainSettings
 
 from .distributed import ELBOLoss, World, local_batches, mean_over_processes, step_seed
+from .training_log import Hook, TrainingLog, csv_columns, untouched
 
 __all__ = [
     "Batch",
     "TrainSettings",
     "TrainResult",
+    "TrainState",
+    "Hook",
     "TrainingInterrupted",
     "non_finite_sites",
     "resolve_device",
@@ -88,10 +91,18 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class TrainResult:
-    """Per-step negative ELBO per item (``losses``) and the wall time of the loop."""
+    """Per-step negative ELBO per item (``losses``), the wall time of the loop, and the EMA of
+    the weights at the end (a state dict of the variant; ``None`` when not kept)."""
 
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    ema: dict[str, torch.Tensor] | None = None
+
+    def use_ema(self, variant: nn.Module) -> None:
+        """Load the EMA weights into ``variant`` (as sampling and evaluation use by default);
+        nothing when none were kept."""
+        if self.ema is not None:
+            variant.load_state_dict(self.ema)
 
 
 class _LatentScale(ScaleMessenger):
@@ -277,23 +288,253 @@ def non_finite_sites(variant: nn.Module, x: Batch) -> list[str]:
     return bad
 
 
-def _summary(variant: nn.Module, batch: Batch, dims: int) -> dict[str, str | int]:
-    """The progress bar's figures for ``batch``: -ELBO, bits/dim, its terms, codebook usage.
-    Their draws come from forked random states, restored afterwards, so showing the bar
-    never changes the training run."""
-    device = _arguments(batch)[0].device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+def _raise_non_finite(loop: _Loop, step: int, batch: Batch, beta: float, loss: float) -> None:
+    """Raise ``FloatingPointError`` naming the sites whose log-density went non-finite (a
+    non-finite ``loss``) or the parameters whose gradient did; the caller has restored the
+    random states of the step, so the diagnosis replays the same draws."""
+    variant = loop.state.variant
+    if not math.isfinite(loss):
+        sites = non_finite_sites(variant, batch)
+        named = ", ".join(sites) or "no single site (the surrogate or a sum)"
+        raise FloatingPointError(f"non-finite loss at step {step}: {named}")
+    _loss_and_gradients(loop.loss_of, loop.state.optimiser, batch, beta, loop.settings.autocast)
+    names = [
+        n
+        for n, p in variant.named_parameters()
+        if p.grad is not None and not torch.isfinite(p.grad).all()
+    ]
+    raise FloatingPointError(
+        f"non-finite gradient at step {step} in {', '.join(names[:5])}"
+        + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    )
+
+
+def _summary(variant: nn.Module, batch: Batch) -> dict[str, float | int]:
+    """The log's figures of ``batch`` (:data:`~.training_log.SUMMARY_COLUMNS`, the codebook's
+    for a variant with one, and one ``term_<site>`` per ELBO term), computed
+    :func:`~.training_log.untouched`: showing or logging them never changes the training run."""
+    with untouched(variant):
         terms = elbo_terms(variant, batch)
-        usage = posterior_code_usage(variant, batch)
-    elbo = sum(terms.values())
-    shown = {
-        "-elbo": -elbo,
-        "bits/dim": -elbo / (dims * math.log(2)),
-        **terms,
-        "codes": usage.codes_used,
-        "perplexity": usage.perplexity,
+        usage = posterior_code_usage(variant, batch) if hasattr(variant, "codebook") else None
+    elbo, dims = sum(terms.values()), _arguments(batch)[0][0].numel()
+    summary: dict[str, float | int] = {
+        "neg_elbo": -elbo,
+        "bits_per_dim": -elbo / (dims * math.log(2)),
     }
-    return {k: f"{v:.2f}" if isinstance(v, float) else v for k, v in shown.items()}
+    if usage is not None:
+        summary.update(codes_used=usage.codes_used, perplexity=usage.perplexity)
+    return summary | {f"term_{name}": value for name, value in terms.items()}
+
+
+def _lr_factor(steps: int, decay: str) -> Callable[[int], float]:
+    """The learning-rate factor after ``i`` schedule steps: cosine from 1 to 0 over ``steps``,
+    or constant."""
+    return lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)) if decay == "cosine" else 1.0
+
+
+class TrainState:
+    """Everything a checkpoint restores: the variant's weights, the optimiser (Adam), the
+    learning-rate schedule, the batch generator, the EMA of the weights (when
+    ``settings.ema_decay > 0``: ``AveragedModel`` with ``get_ema_multi_avg_fn``, buffers
+    averaged too), the per-step losses and the last step done."""
+
+    def __init__(self, variant: nn.Module, settings: TrainSettings, device: torch.device) -> None:
+        self.variant, self.settings = variant, settings
+        self.optimiser = torch.optim.Adam(variant.parameters(), lr=settings.lr, foreach=True)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimiser, _lr_factor(settings.steps, settings.lr_decay)
+        )
+        self.generator = torch.Generator(device=device).manual_seed(settings.seed)
+        self.ema = (
+            AveragedModel(
+                variant, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True
+            )
+            if settings.ema_decay
+            else None
+        )
+        self.losses: list[float] = []
+        self.step = 0
+
+    @property
+    def weights_for_sampling(self) -> nn.Module:
+        """The model sampling and evaluation use by default: the EMA weights when kept."""
+        return self.variant if self.ema is None else self.ema.module
+
+    def advance(self) -> None:
+        """The optimiser's step, the schedule's and the EMA's, after the gradients."""
+        self.optimiser.step()
+        self.schedule.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.variant)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint's training state, every random-number state included."""
+        state = {
+            "variant": type(self.variant).__name__,
+            "model": self.variant.state_dict(),
+            "optimiser": self.optimiser.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "batch_rng": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "losses": self.losses,
+            "step": self.step,
+        }
+        if self.ema is not None:
+            state["ema"] = self.ema.module.state_dict()
+            state["ema_updates"] = int(self.ema.n_averaged)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``; a checkpoint without EMA weights (written before they were
+        kept) starts the average at the next step's weights."""
+        self.variant.load_state_dict(state["model"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.generator.set_state(state["batch_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if torch.cuda.is_available() and state.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.ema is not None and "ema" in state:
+            self.ema.module.load_state_dict(state["ema"])
+            self.ema.n_averaged.fill_(state["ema_updates"])
+        self.losses, self.step = list(state["losses"]), int(state["step"])
+
+
+@dataclass
+class _Loop:
+    """What every step of :func:`train` reads: the state, the data, the settings, the
+    data-parallel world, the loss (DDP-wrapped across processes) and the stop flag that the
+    signal handler sets."""
+
+    state: TrainState
+    data: Batch
+    settings: TrainSettings
+    world: World
+    loss_of: Callable[[Batch, float], torch.Tensor]
+    shards: Iterator[torch.Tensor] | None
+    stop: dict[str, str | None]
+
+    @property
+    def device(self) -> torch.device:
+        return _arguments(self.data)[0].device
+
+    def batch(self, step: int) -> Batch:
+        """The batch of ``step``: this process's shard of the global batch (re-seeding torch
+        by (seed, rank, step)), or ``batch_size`` items drawn with the batch generator."""
+        if self.shards is not None:
+            index = next(self.shards).to(self.device)
+            torch.manual_seed(step_seed(self.settings.seed, self.world.rank, step))
+        else:
+            num_items = _arguments(self.data)[0].shape[0]
+            index = torch.randint(
+                num_items,
+                (self.settings.batch_size,),
+                generator=self.state.generator,
+                device=self.device,
+            )
+        return _rows(self.data, index)
+
+
+def _open_loop(
+    variant: nn.Module, data: Batch, settings: TrainSettings, world: World, first_step: int
+) -> _Loop:
+    """The loop of a run continuing at ``first_step`` (its state is loaded by the caller)."""
+    device = _arguments(data)[0].device
+    state = TrainState(variant, settings, device)
+    if world.size == 1:
+        loss_of, shards = (lambda x, beta: negative_elbo(variant, x, beta)), None
+    else:
+        ids = [device.index] if device.type == "cuda" else None
+        ddp = DistributedDataParallel(ELBOLoss(variant), device_ids=ids)
+        num_items = _arguments(data)[0].shape[0]
+        loss_of = ddp
+        shards = local_batches(num_items, settings.batch_size, world, settings.seed, first_step)
+    return _Loop(state, data, settings, world, loss_of, shards, {"signal": None})
+
+
+def _take_step(loop: _Loop, step: int) -> tuple[dict[str, float], Batch]:
+    """One SVI step: the batch, the loss and its gradients, clipping, the loss and the stop
+    flag averaged over the processes, the non-finite guard, then the optimiser's, schedule's
+    and EMA's steps. Returns the step's figures (:data:`~.training_log.STEP_COLUMNS`) and
+    its batch."""
+    state, settings = loop.state, loop.settings
+    start = time.perf_counter()
+    batch = loop.batch(step)
+    rng_before = _rng_states(loop.device)
+    beta = min(1.0, step / settings.latent_warmup) if settings.latent_warmup else 1.0
+    loss = _loss_and_gradients(loop.loss_of, state.optimiser, batch, beta, settings.autocast)
+    grad_norm = float(
+        torch.nn.utils.clip_grad_norm_(state.variant.parameters(), settings.clip_norm)
+    )
+    stopping = float(loop.stop["signal"] is not None)
+    shared = torch.tensor([float(loss.detach()), stopping], device=loop.device)
+    shared = mean_over_processes(shared, loop.world)
+    value = float(shared[0])
+    if shared[1] > 0 and loop.stop["signal"] is None:
+        loop.stop["signal"] = "a signal to another process"
+    if not (math.isfinite(value) and math.isfinite(grad_norm)):
+        _set_rng_states(loop.device, rng_before)  # replay the same draws, unclipped
+        _raise_non_finite(loop, step, batch, beta, value)
+    lr = state.optimiser.param_groups[0]["lr"]
+    state.advance()
+    state.losses.append(value)
+    state.step = step
+    seconds = time.perf_counter() - start
+    return {
+        "step": step,
+        "loss": value,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "seconds": seconds,
+    }, batch
+
+
+def _checkpoint_due(loop: _Loop, step: int) -> bool:
+    """Process 0 writes a checkpoint every ``checkpoint_every`` steps, at the last step and
+    when training stops on a signal."""
+    every = loop.settings.checkpoint_every
+    return loop.world.is_main and (
+        step == loop.settings.steps
+        or loop.stop["signal"] is not None
+        or bool(every and step % every == 0)
+    )
+
+
+def _report(loop: _Loop, log: TrainingLog, hooks: Sequence[Hook], row: dict, batch: Batch) -> None:
+    """Add the summary of the batch (every ``log_every`` steps) and the figures of the hooks
+    that are due to the step's row and write it to the log (process 0 only)."""
+    if not loop.world.is_main:
+        return
+    step, settings = int(row["step"]), loop.settings
+    if log.wants_summary and (step % settings.log_every == 0 or step == settings.steps):
+        row.update(_summary(loop.state.variant, batch))
+    model = loop.state.weights_for_sampling
+    for hook in hooks:
+        if hook.due(step, settings.steps):
+            with untouched(model, eval_mode=True):
+                row.update(hook.run(step, model) or {})
+    log.write(row)
+
+
+def _open_log(
+    loop: _Loop, progress: bool, log: str | Path | None, hooks: Sequence[Hook], first_step: int
+) -> TrainingLog:
+    """The training log of process 0 (``train.csv`` at ``log``, if given); silent elsewhere."""
+    main, settings = loop.world.is_main, loop.settings
+    path = Path(log) if log is not None and main else None
+    terms: list[str] = []
+    if path is not None:  # the ELBO's sites name the term columns
+        probe = _rows(loop.data, torch.arange(min(2, _arguments(loop.data)[0].shape[0])))
+        terms = [
+            k.removeprefix("term_")
+            for k in _summary(loop.state.variant, probe)
+            if k.startswith("term_")
+        ]
+    columns = csv_columns(terms, hooks)
+    return TrainingLog(
+        path, columns, first_step, settings.steps, settings.log_every, progress and main
+    )
 
 
 def train(
@@ -305,6 +546,8 @@ def train(
     resume: bool = False,
     extra: dict[str, Any] | None = None,
     world: World | None = None,
+    log: str | Path | None = None,
+    hooks: Sequence[Hook] = (),
 ) -> TrainResult:
     """Train ``variant`` on ``data: (N, ...)``, or on ``(x, *more)`` of tensors with N rows each
     (passed to model and guide as ``model(x, *more)``), already on the variant's device.
@@ -312,14 +555,19 @@ def train(
     With ``world`` of more than one process (:mod:`pbridge.inference.distributed`), the loss
     runs under DistributedDataParallel on this process's shard of each global batch of
     ``settings.batch_size`` items, losses and stop requests are averaged over the processes,
-    and only process 0 writes checkpoints and shows progress.
+    and only process 0 writes checkpoints, logs and shows progress.
 
-    With ``checkpoint``, the training state (parameters, optimiser, learning-rate schedule, step,
-    losses, every random-number state, the variant's class) is written there atomically, with a
-    checksum and the previous file kept as ``<checkpoint>.prev`` (:mod:`pbridge.checkpoint`),
-    every ``settings.checkpoint_every`` steps and at the end, with ``extra`` (e.g. the config)
-    alongside; ``resume=True`` continues from the newest intact one, so an interrupted run ends
-    with the same parameters as an uninterrupted one.
+    With ``checkpoint``, the training state (:class:`TrainState`: parameters, optimiser,
+    learning-rate schedule, EMA weights, step, losses, every random-number state, the variant's
+    class) is written there atomically, with a checksum and the previous file kept as
+    ``<checkpoint>.prev`` (:mod:`pbridge.checkpoint`), every ``settings.checkpoint_every`` steps
+    and at the end, with ``extra`` (e.g. the config) alongside; ``resume=True`` continues from
+    the newest intact one, so an interrupted run ends with the same parameters as an
+    uninterrupted one.
+
+    ``log``: the per-step CSV (and TensorBoard scalars beside it; :mod:`.training_log`);
+    ``hooks``: functions of the model run every so many steps (:class:`Hook`). Neither changes
+    the trained bits.
 
     SIGINT / SIGTERM during training finish the current step, write a checkpoint and raise
     :class:`TrainingInterrupted`. A non-finite loss or gradient raises ``FloatingPointError``
@@ -327,128 +575,38 @@ def train(
     then left as it was.
     """
     _check_data(variant, data)
-    x_all = _arguments(data)[0]
     world = world or World()
-    distributed = world.size > 1
-    if distributed:
-        ids = [x_all.device.index] if x_all.device.type == "cuda" else None
-        ddp = DistributedDataParallel(ELBOLoss(variant), device_ids=ids)
-    optimiser = torch.optim.Adam(variant.parameters(), lr=settings.lr, foreach=True)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser,
-        lambda i: (
-            0.5 * (1 + math.cos(math.pi * i / settings.steps))
-            if settings.lr_decay == "cosine"
-            else 1.0
-        ),
-    )
-    generator = torch.Generator(device=x_all.device).manual_seed(settings.seed)
-    result = TrainResult()
-    first_step = 1
+    saved = None
     if resume and checkpoint is not None:
         path = Path(checkpoint)
         if path.is_file() or previous_path(path).is_file():
-            state, _ = load_checkpoint_of(variant, path)
-            variant.load_state_dict(state["model"])
-            optimiser.load_state_dict(state["optimiser"])
-            schedule.load_state_dict(state["schedule"])
-            generator.set_state(state["batch_rng"])
-            torch.set_rng_state(state["torch_rng"])
-            if torch.cuda.is_available() and state.get("cuda_rng"):
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-            result.losses = list(state["losses"])
-            first_step = state["step"] + 1
-    if distributed:
-        batches = local_batches(
-            x_all.shape[0], settings.batch_size, world, settings.seed, first_step
-        )
-
-    def loss_of(x: Batch, beta: float) -> torch.Tensor:
-        return ddp(x, beta) if distributed else negative_elbo(variant, x, beta)
-
-    def save(step: int) -> None:
-        save_checkpoint(
-            {
-                **(extra or {}),
-                "variant": type(variant).__name__,
-                "model": variant.state_dict(),
-                "optimiser": optimiser.state_dict(),
-                "schedule": schedule.state_dict(),
-                "batch_rng": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "losses": result.losses,
-                "step": step,
-            },
-            checkpoint,
-        )
-
+            saved = load_checkpoint_of(variant, path)[0]
+    first_step = saved["step"] + 1 if saved else 1
+    loop = _open_loop(variant, data, settings, world, first_step)
+    if saved:
+        loop.state.load_state_dict(saved)
+    training_log = _open_log(loop, progress, log, hooks, first_step)
     start = time.perf_counter()
-    steps = range(first_step, settings.steps + 1)
-    bar = tqdm(
-        steps,
-        disable=not (progress and world.is_main),
-        desc="SVI",
-        unit="step",
-        initial=first_step - 1,
-        total=settings.steps,
-    )
-    stop: dict[str, str | None] = {"signal": None}
-    with _signals_as_flag(stop):
-        for step in bar:
-            if distributed:
-                index = next(batches).to(x_all.device)
-                torch.manual_seed(step_seed(settings.seed, world.rank, step))
-            else:
-                index = torch.randint(
-                    x_all.shape[0], (settings.batch_size,), generator=generator, device=x_all.device
-                )
-            batch = _rows(data, index)
-            rng_before = _rng_states(x_all.device)
-            beta = min(1.0, step / settings.latent_warmup) if settings.latent_warmup else 1.0
-            loss = _loss_and_gradients(loss_of, optimiser, batch, beta, settings.autocast)
-            grad_norm = torch.nn.utils.clip_grad_norm_(variant.parameters(), settings.clip_norm)
-            shared = torch.tensor(
-                [float(loss.detach()), float(stop["signal"] is not None)], device=x_all.device
-            )
-            shared = mean_over_processes(shared, world)
-            value = float(shared[0])
-            if shared[1] > 0 and stop["signal"] is None:
-                stop["signal"] = "a signal to another process"
-            if not (math.isfinite(value) and math.isfinite(float(grad_norm))):
-                _set_rng_states(x_all.device, rng_before)  # replay the same draws, unclipped
-                if not math.isfinite(value):
-                    sites = non_finite_sites(variant, batch)
-                    named = ", ".join(sites) or "no single site (the surrogate or a sum)"
-                    raise FloatingPointError(f"non-finite loss at step {step}: {named}")
-                _loss_and_gradients(loss_of, optimiser, batch, beta, settings.autocast)
-                names = [
-                    n
-                    for n, p in variant.named_parameters()
-                    if p.grad is not None and not torch.isfinite(p.grad).all()
-                ]
-                raise FloatingPointError(
-                    f"non-finite gradient at step {step} in {', '.join(names[:5])}"
-                    + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-                )
-            optimiser.step()
-            schedule.step()
-            result.losses.append(value)
-            if progress and world.is_main and step % 100 == 0:
-                bar.set_postfix(_summary(variant, batch, x_all[0].numel()))
-            if (checkpoint is not None and world.is_main) and (
-                step == settings.steps
-                or stop["signal"] is not None
-                or (settings.checkpoint_every and step % settings.checkpoint_every == 0)
-            ):
-                save(step)
-            if stop["signal"] is not None:
-                bar.close()
-                raise TrainingInterrupted(
-                    step, stop["signal"], Path(checkpoint) if checkpoint else None
-                )
-    result.seconds = time.perf_counter() - start
-    if distributed:  # every process leaves together, after process 0's last checkpoint
+    try:
+        with _signals_as_flag(loop.stop):
+            for step in range(first_step, settings.steps + 1):
+                row, batch = _take_step(loop, step)
+                _report(loop, training_log, hooks, row, batch)
+                if checkpoint is not None and _checkpoint_due(loop, step):
+                    training_log.flush()
+                    save_checkpoint({**(extra or {}), **loop.state.state_dict()}, checkpoint)
+                if loop.stop["signal"] is not None:
+                    raise TrainingInterrupted(
+                        step, loop.stop["signal"], Path(checkpoint) if checkpoint else None
+                    )
+    finally:
+        training_log.close()
+    if world.size > 1:  # every process leaves together, after process 0's last checkpoint
         torch.distributed.barrier()
     pyro.clear_param_store()
-    return result
+    ema = loop.state.ema
+    return TrainResult(
+        loop.state.losses,
+        time.perf_counter() - start,
+        None if ema is None else ema.module.state_dict(),
+    )

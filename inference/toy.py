@@ -33,6 +33,7 @@ from .run_dir import (
 )
 from .sampling import check_sampler, sample_posterior, sample_prior
 from .svi import estimate_elbo
+from .train_hooks import toy_grid, training_hooks
 
 __all__ = [
     "run_toy",
@@ -92,11 +93,21 @@ def run_toy(
     if resume:
         check_resume(variant, out / CHECKPOINT_FILE, config)
     write_run_files(out, config, world, resume, overwrite)
+    hooks = training_hooks(config.train, out, x_test, toy_grid())
     result = train_in_run(
-        variant, x_train, config.train, out / "checkpoint.pt", config, progress, resume, world
+        variant,
+        x_train,
+        config.train,
+        out / "checkpoint.pt",
+        config,
+        progress,
+        resume,
+        world,
+        hooks,
     )
     if not world.is_main:
         return {}
+    result.use_ema(variant)
 
     variant.eval()
     with pyro.validation_enabled(False):
@@ -129,9 +140,10 @@ def run_toy(
     return metrics
 
 
-def load_toy_run(run_dir: str | Path, device: str = "auto"):
-    """The config and trained variant of a toy run directory."""
-    return load_run(run_dir, ToyConfig.from_dict, build_toy_model, device)
+def load_toy_run(run_dir: str | Path, device: str = "auto", weights: str | None = None):
+    """The config and trained variant of a toy run directory, with its EMA or raw ``weights``
+    (:func:`~.run_dir.load_run`)."""
+    return load_run(run_dir, ToyConfig.from_dict, build_toy_model, device, weights)
 
 
 def sample_toy_run(
@@ -140,11 +152,12 @@ def sample_toy_run(
     device: str = "auto",
     seed: int = 0,
     sampler: SamplerSettings = ANCESTRAL,
+    weights: str | None = None,
 ) -> dict:
     """Draw ``num`` prior samples of a toy run by ``sampler``; write ``samples.pt`` and
     ``samples.png``."""
     run = Path(run_dir)
-    _, variant = load_toy_run(run, device)
+    _, variant = load_toy_run(run, device, weights)
     check_writable(run)
     torch.manual_seed(seed)
     with pyro.validation_enabled(False):
@@ -173,6 +186,7 @@ def evaluate_toy_run(
     settings,
     device: str = "auto",
     sampler: SamplerSettings = ANCESTRAL,
+    weights: str | None = None,
 ) -> dict:
     """``pbridge evaluate`` on a toy run: what applies to walks, on the run's own test walks
     (``settings``: an :class:`~pbridge.inference.evaluate.EvalSettings`): the ELBO (nats per
@@ -181,7 +195,7 @@ def evaluate_toy_run(
     the masked-patch figure and FD-FMNIST are image measures (noted in the result). Writes
     ``eval.json``."""
     run = Path(run_dir)
-    config, variant = load_toy_run(run, device)
+    config, variant = load_toy_run(run, device, weights)
     check_sampler(variant, sampler)
     check_writable(run)
     dev = next(variant.parameters()).device

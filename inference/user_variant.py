@@ -57,6 +57,7 @@ from .run_dir import (
 )
 from .sampling import sample_prior
 from .svi import estimate_elbo
+from .train_hooks import image_grid, training_hooks
 
 __all__ = ["VARIANT_FILE", "VariantFile", "load_variant_file", "run_user_variant", "load_user_run"]
 
@@ -217,11 +218,13 @@ def run_user_variant(
     write_run_files(out, config, world, resume, overwrite)
     if world.is_main and source.path.resolve() != variant_file.resolve():
         shutil.copyfile(source.path, variant_file)
+    hooks = training_hooks(config.train, out, test, image_grid())
     result = train_in_run(
-        variant, data, config.train, out / "checkpoint.pt", config, progress, resume, world
+        variant, data, config.train, out / "checkpoint.pt", config, progress, resume, world, hooks
     )
     if not world.is_main:
         return {}
+    result.use_ema(variant)
     variant.eval()
     with pyro.validation_enabled(False):
         metrics = _score(variant, test, out)
@@ -235,8 +238,10 @@ def run_user_variant(
     return metrics
 
 
-def load_user_run(run_dir: str | Path, device: str = "auto") -> tuple[ImageConfig, nn.Module]:
+def load_user_run(
+    run_dir: str | Path, device: str = "auto", weights: str | None = None
+) -> tuple[ImageConfig, nn.Module]:
     """The config and trained variant (eval mode) of a run of a variant file, rebuilt from the
-    run directory's copy of the file."""
+    run directory's copy of the file, with its EMA or raw ``weights`` (:func:`load_run`)."""
     source = load_variant_file(Path(run_dir) / VARIANT_FILE)
-    return load_run(run_dir, ImageConfig.from_dict, source.build_variant, device)
+    return load_run(run_dir, ImageConfig.from_dict, source.build_variant, device, weights)

@@ -250,6 +250,7 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
     sample.add_argument("--seed", type=_seed, default=0, help="random seed")
     sample.add_argument("--device", default="auto", help="auto, cpu or cuda")
     _add_sampler_options(sample)
+    _add_weights_option(sample)
 
 
 def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
@@ -312,8 +313,18 @@ def _add_draw_options(parser: argparse.ArgumentParser) -> None:
     read its test split."""
     parser.add_argument("--seed", type=_seed, default=0, help="random seed")
     _add_sampler_options(parser)
+    _add_weights_option(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--root", help="data folder (default: $PBRIDGE_DATA or ~/.cache/pbridge)")
+
+
+def _add_weights_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--weights",
+        choices=("ema", "raw"),
+        help="the EMA of the trained weights or the raw weights (default: ema when the "
+        "checkpoint holds them, else raw)",
+    )
 
 
 def _add_sampler_options(parser: argparse.ArgumentParser) -> None:
@@ -459,7 +470,14 @@ def _run(args: argparse.Namespace) -> int:
         sampler = _sampler_settings(args)
         _check_drawing(args, sampler)
         metrics = analyze_run(
-            args.run_dir, args.num, args.items, args.seed, args.device, args.root, sampler
+            args.run_dir,
+            args.num,
+            args.items,
+            args.seed,
+            args.device,
+            args.root,
+            sampler,
+            args.weights,
         )
     else:
         from pbridge.inference.images import sample_image_run
@@ -468,7 +486,7 @@ def _run(args: argparse.Namespace) -> int:
         sampler = _sampler_settings(args)
         kind = _check_drawing(args, sampler)
         sample_run = sample_toy_run if kind == "toy" else sample_image_run
-        metrics = sample_run(args.run_dir, args.num, args.device, args.seed, sampler)
+        metrics = sample_run(args.run_dir, args.num, args.device, args.seed, sampler, args.weights)
     if metrics:  # empty on the processes of a data-parallel job other than the first
         print(json.dumps(metrics, indent=2))
     return 0
@@ -535,7 +553,7 @@ def _evaluate(args: argparse.Namespace) -> dict:
     if kind == "variant-file":
         from pbridge.inference.user_variant import load_user_run
 
-        variant = load_user_run(args.run_dir, "cpu")[1]
+        variant = load_user_run(args.run_dir, "cpu", args.weights)[1]
         needed = ("inpaint", "encoder_scale") if hasattr(variant, "schedule") else ("inpaint",)
         missing = [name for name in needed if not hasattr(variant, name)]
         if missing:
@@ -546,8 +564,8 @@ def _evaluate(args: argparse.Namespace) -> dict:
                 "analyze` works on it"
             )
     if kind == "toy":
-        return evaluate_toy_run(args.run_dir, settings, args.device, sampler)
-    result = evaluate_run(args.run_dir, settings, args.device, args.root, sampler)
+        return evaluate_toy_run(args.run_dir, settings, args.device, sampler, args.weights)
+    result = evaluate_run(args.run_dir, settings, args.device, args.root, sampler, args.weights)
     bpd, stderr = result.get("test_bits_per_dim"), result.get("test_bits_per_dim_stderr")
     if bpd is not None and stderr is not None and stderr > abs(bpd) / 4:
         _warn(

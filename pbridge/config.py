@@ -114,6 +114,14 @@ class TrainSettings:
             1 / latent_warmup to 1 (0: no warm-up; the loss is the ELBO from the start).
         autocast: run the model and guide under ``torch.autocast`` in bfloat16 (mixed
             precision: convolutions and matrix products in bf16, the rest in float32).
+        ema_decay: decay of the exponential moving average of the weights (and buffers)
+            kept beside them, ``ema <- decay ema + (1 - decay) weights`` after every step;
+            sampling and evaluation use it by default (0: none kept). docs/training.md.
+        log_every: steps between the log's summary (ELBO terms, bits/dim, codebook usage of
+            the step's batch) and the plain progress lines.
+        eval_every: steps between held-out bounds in the log (0: none).
+        heldout_items: items of the fixed held-out batch of that bound.
+        sample_every: steps between grids of samples, ``samples/step_NNNNNN.png`` (0: none).
     """
 
     steps: int = 3000
@@ -125,6 +133,11 @@ class TrainSettings:
     checkpoint_every: int = 500
     latent_warmup: int = 0
     autocast: bool = False
+    ema_decay: float = 0.995
+    log_every: int = 100
+    eval_every: int = 500
+    heldout_items: int = 256
+    sample_every: int = 1000
 
     def __post_init__(self) -> None:
         if self.steps <= 0:
@@ -139,6 +152,14 @@ class TrainSettings:
             raise ValueError(f"lr_decay must be 'cosine' or 'none', got {self.lr_decay!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1) (0: no EMA), got {self.ema_decay}")
+        for name in ("log_every", "heldout_items"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("eval_every", "sample_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: never), got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -280,7 +301,9 @@ def image_preset(dataset: str, preset: str) -> ImageConfig:
             pixelcnn_channels=128,
             pixelcnn_layers=15,
             eval_items=None,
-            train=TrainSettings(steps=200_000, batch_size=128, lr=2e-4),
+            train=TrainSettings(
+                steps=200_000, batch_size=128, lr=2e-4, ema_decay=0.9999, sample_every=10_000
+            ),
         )
     raise ValueError(f"unknown preset {preset!r}; expected 'small' or 'paper'")
 
