@@ -29,17 +29,19 @@ from pbridge.codebook import gather_codes  # noqa: E402
 from pbridge.data import load_images  # noqa: E402
 from pbridge.feature_distance import fd_fmnist, load_classifier  # noqa: E402
 from pbridge.inference.images import load_image_run  # noqa: E402
-from pbridge.inference.sampling import (  # noqa: E402
-    bridge_sampler,
-    sample_posterior,
-    sample_prior,
+from pbridge.inference.sampling import sample_posterior, sample_prior  # noqa: E402
+from pbridge.samplers import (  # noqa: E402
+    ANCESTRAL,
+    CountingDenoiser,
+    SamplerSettings,
+    encode_ode,
+    reverse_sample,
 )
-from pbridge.samplers import CountingDenoiser, encode_ode, reverse_sample  # noqa: E402
 
 STEPS = (50, 25, 10)
 SAMPLERS = (
-    ("respaced", {"eta": 0.0}, "DDIM (respaced, eta = 0)"),
-    ("respaced", {"eta": 1.0}, "respaced ancestral (eta = 1)"),
+    ("respaced", {"ddim_eta": 0.0}, "DDIM (respaced, eta = 0)"),
+    ("respaced", {"ddim_eta": 1.0}, "respaced ancestral (eta = 1)"),
     ("sde", {"method": "euler"}, "reverse SDE, Euler-Maruyama"),
     ("ode", {"method": "midpoint"}, "probability-flow ODE, midpoint"),
 )
@@ -80,9 +82,9 @@ def main() -> None:
     torch.manual_seed(0)
     pyro.set_rng_seed(0)
 
-    def measure(variant, label: str, evaluations_of) -> dict:
+    def measure(variant, label: str, evaluations_of, sampler=ANCESTRAL) -> dict:
         def draw(n: int) -> torch.Tensor:
-            return sample_prior(variant, n).x_mean
+            return sample_prior(variant, n, sampler).x_mean
 
         _, single = _timed(lambda n: torch.cat([draw(1) for _ in range(n)]), args.single)
         before = evaluations_of()
@@ -105,8 +107,8 @@ def main() -> None:
         calls = lambda: bridge.denoiser.calls  # noqa: E731
         for name, options, label in SAMPLERS:
             for steps in args.steps:
-                with bridge_sampler(bridge, name, steps, **options):
-                    rows.append(measure(bridge, f"{label}, {steps} steps", calls))
+                sampler = SamplerSettings(name, sample_steps=steps, **options)
+                rows.append(measure(bridge, f"{label}, {steps} steps", calls, sampler))
         round_trip = _ode_round_trip(bridge, test_x[:64])
     train_x = load_images("fashion-mnist", "train").as_float()[: args.num]
     floor = fd_fmnist(train_x, test_x, net)
@@ -121,8 +123,9 @@ def _ode_round_trip(bridge, x: torch.Tensor, steps: int = 100) -> dict:
     codes = sample_posterior(bridge, x).codes
     z0 = gather_codes(codes, bridge.codebook())
     schedule, denoiser = bridge.schedule, bridge.chain_denoiser()
-    z_T = encode_ode(schedule, denoiser, z0, steps, "midpoint")
-    back = reverse_sample(schedule, denoiser, z_T, "ode", steps, method="midpoint", to_time=1)
+    ode = SamplerSettings("ode", sample_steps=steps, method="midpoint")
+    z_T = encode_ode(schedule, denoiser, z0, ode)
+    back = reverse_sample(schedule, denoiser, z_T, ode, to_time=1)
     start = schedule.z_star + float(schedule.abar[1]) ** 0.5 * (z0 - schedule.z_star)
     same = bridge.readout_logits(back).argmax(-1) == codes
     return {

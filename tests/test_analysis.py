@@ -21,11 +21,12 @@ from pbridge.codebook import code_logits, gather_codes
 from pbridge.config import image_preset
 from pbridge.data import load_images
 from pbridge.inference.analysis import summarise, to_inferencedata
-from pbridge.inference.sampling import bridge_sampler, sample_prior
+from pbridge.inference.sampling import sample_prior
 from pbridge.inference.svi import train
 from pbridge.inference.user_variant import load_user_run
 from pbridge.models import class_conditional
 from pbridge.presets import build_image_model
+from pbridge.samplers import SamplerSettings
 
 TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorial-variant.md"
 ITEMS, NUM = 3, 5
@@ -268,8 +269,7 @@ def test_class_conditional_samples_are_of_the_requested_class():
 
     classifier = LogisticRegression(max_iter=2000).fit(x.flatten(1).numpy(), y.numpy())
     requested = torch.arange(10).repeat_interleave(20)
-    with bridge_sampler(variant, "respaced", 50):
-        samples = variant.sample_class(requested)
+    samples = variant.sample_class(requested, SamplerSettings("respaced", sample_steps=50))
     assigned = torch.from_numpy(classifier.predict(samples.flatten(1).numpy()))
     accuracy = float((assigned == requested).float().mean())
     assert accuracy >= 0.35, accuracy
