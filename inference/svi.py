@@ -30,7 +30,7 @@ from pyro.poutine.scale_messenger import ScaleMessenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from pbridge.bridge_prior import prior_options
 from pbridge.checkpoint import (
@@ -332,11 +332,35 @@ def _lr_factor(steps: int, decay: str) -> Callable[[int], float]:
     return lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)) if decay == "cosine" else 1.0
 
 
+def ema_decay_at(decay: float, updates: int) -> float:
+    """The EMA's decay at its ``updates``-th update after the first (which copies the weights):
+    ``min(decay, (1 + n) / (10 + n))``, the warm-up of TensorFlow's ExponentialMovingAverage, so
+    that a short run's average forgets its random initialisation (with 0.995 fixed, 150 steps
+    leave 47% of it in)."""
+    return min(decay, (1 + updates) / (10 + updates))
+
+
+def warmup_ema(decay: float) -> Callable[[list, list, torch.Tensor], None]:
+    """``AveragedModel``'s ``multi_avg_fn`` for an EMA with :func:`ema_decay_at`'s warm-up:
+    ``ema <- d ema + (1 - d) weights``, integer buffers copied."""
+
+    @torch.no_grad()
+    def update(averaged: list, current: list, updates: torch.Tensor) -> None:
+        weight = 1.0 - ema_decay_at(decay, int(updates))
+        for mean, value in zip(averaged, current, strict=True):
+            if mean.is_floating_point():
+                mean.lerp_(value, weight)
+            else:
+                mean.copy_(value)
+
+    return update
+
+
 class TrainState:
     """Everything a checkpoint restores: the variant's weights, the optimiser (Adam), the
     learning-rate schedule, the batch generator, the EMA of the weights (when
-    ``settings.ema_decay > 0``: ``AveragedModel`` with ``get_ema_multi_avg_fn``, buffers
-    averaged too), the per-step losses and the last step done."""
+    ``settings.ema_decay > 0``: ``AveragedModel`` with :func:`warmup_ema`, buffers averaged
+    too), the per-step losses and the last step done."""
 
     def __init__(self, variant: nn.Module, settings: TrainSettings, device: torch.device) -> None:
         self.variant, self.settings = variant, settings
@@ -346,9 +370,7 @@ class TrainState:
         )
         self.generator = torch.Generator(device=device).manual_seed(settings.seed)
         self.ema = (
-            AveragedModel(
-                variant, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True
-            )
+            AveragedModel(variant, multi_avg_fn=warmup_ema(settings.ema_decay), use_buffers=True)
             if settings.ema_decay
             else None
         )

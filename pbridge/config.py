@@ -115,8 +115,9 @@ class TrainSettings:
         autocast: run the model and guide under ``torch.autocast`` in bfloat16 (mixed
             precision: convolutions and matrix products in bf16, the rest in float32).
         ema_decay: decay of the exponential moving average of the weights (and buffers)
-            kept beside them, ``ema <- decay ema + (1 - decay) weights`` after every step;
-            sampling and evaluation use it by default (0: none kept). docs/training.md.
+            kept beside them, ``ema <- d ema + (1 - d) weights`` after every step with
+            ``d = min(decay, (1 + n) / (10 + n))`` at the n-th update (a warm-up); sampling and
+            evaluation use it by default (0: none kept). docs/training.md.
         log_every: steps between the log's summary (ELBO terms, bits/dim, codebook usage of
             the step's batch) and the plain progress lines.
         eval_every: steps between held-out bounds in the log (0: none).

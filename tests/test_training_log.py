@@ -155,6 +155,27 @@ def test_an_interrupted_run_resumes_to_the_same_ema_and_one_csv_row_per_step(tmp
     assert [r["loss"] for r in cut_rows] == [r["loss"] for r in whole_rows]
 
 
+def test_the_ema_warms_up_then_decays_at_its_set_rate():
+    """AveragedModel with warmup_ema, fed the weights w_1..w_N, against the recursion written
+    out: e_1 = w_1, e_{n+1} = d_n e_n + (1 - d_n) w_{n+1}, d_n = min(decay, (1 + n) / (10 + n));
+    an integer buffer follows the weights."""
+    layer = torch.nn.Linear(1, 1, bias=False, dtype=torch.float64)
+    layer.register_buffer("count", torch.zeros((), dtype=torch.long))
+    decay, weights = 0.9, torch.linspace(-1.0, 3.0, 60, dtype=torch.float64) ** 2
+    ema = svi.AveragedModel(layer, multi_avg_fn=svi.warmup_ema(decay), use_buffers=True)
+    expected = None
+    for n, w in enumerate(weights.tolist()):
+        layer.weight.data.fill_(w)
+        layer.count.fill_(n)
+        ema.update_parameters(layer)
+        d = min(decay, (1 + n) / (10 + n))
+        expected = w if expected is None else d * expected + (1 - d) * w
+    assert ema.module.weight.item() == pytest.approx(expected, rel=1e-12)
+    assert int(ema.module.count) == len(weights) - 1
+    assert svi.ema_decay_at(decay, 1) == pytest.approx(2 / 11)  # warm-up: the early weights
+    assert svi.ema_decay_at(decay, 500) == decay  # count little
+
+
 def test_without_ema_no_average_is_kept():
     pyro.enable_validation(False)
     result = train(_toy(), _walks(), TrainSettings(steps=2, batch_size=8, ema_decay=0.0), False)
