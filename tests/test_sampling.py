@@ -13,7 +13,7 @@ from pbridge.code_head import CodeHead
 from pbridge.codebook import Codebook
 from pbridge.networks import ResidualMLPDenoiser
 from pbridge.ou_bridge import OUSchedule, image_schedule, toy_schedule
-from pbridge.samplers import reverse_sample
+from pbridge.samplers import SamplerSettings, reverse_sample
 
 
 class GaussianOracle(nn.Module):
@@ -130,7 +130,7 @@ def test_recorded_states_are_the_chain(float64):
 
 
 def _capture(store: list):
-    def draw(z_T: torch.Tensor) -> torch.Tensor:
+    def draw(z_T: torch.Tensor, sampler: SamplerSettings) -> torch.Tensor:
         store.append(z_T)
         return z_T
 
