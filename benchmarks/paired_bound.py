@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import math
-from contextlib import nullcontext
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from pbridge.bridge_prior import prior_options
 from pbridge.data import load_images
 from pbridge.inference.images import load_image_run
 
@@ -31,14 +31,12 @@ def bits_per_image(variant, x: torch.Tensor, chain_steps: int, batch: int = 100)
     """``-ELBO / (D log 2)`` of every image of ``x``, ``(N,)``: one draw of the guide and of the
     prior's estimate per image, surrogate sites left out."""
     guide = poutine.block(variant.guide, hide=list(getattr(variant, "surrogate_sites", ())))
-    stratified = getattr(variant, "stratified_steps", None)
+    model = prior_options(variant.model, strata=chain_steps)  # no effect without a bridge prior
     out = []
     for start in range(0, len(x), batch):
         xb = x[start : start + batch]
-        with stratified(chain_steps) if stratified else nullcontext():
-            guide_trace = poutine.trace(guide).get_trace(xb)
-            replayed = poutine.replay(variant.model, trace=guide_trace)
-            model_trace = poutine.trace(replayed).get_trace(xb)
+        guide_trace = poutine.trace(guide).get_trace(xb)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(xb)
         elbo = torch.zeros(len(xb), dtype=torch.float64)
         for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
             for site in trace.nodes.values():
@@ -54,13 +52,14 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=500, help="test images")
     parser.add_argument("--chain-steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", choices=("ema", "raw"), help="default: ema when kept")
     args = parser.parse_args()
 
     pyro.set_rng_seed(args.seed)
     scores = {}
     with pyro.validation_enabled(False):
         for run in args.runs:
-            config, variant = load_image_run(run, "cpu")
+            config, variant = load_image_run(run, "cpu", args.weights)
             x = load_images(config.dataset, "test").as_float()[: args.items]
             scores[run] = [bits_per_image(variant, x, args.chain_steps) for _ in range(2)]
     n = args.items
