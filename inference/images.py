@@ -30,6 +30,7 @@ from pbridge.presets import (
 )
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 
+from .progress import QUIET, Progress
 from .run_dir import (
     CHECKPOINT_FILE,
     atomic_write,
@@ -54,13 +55,18 @@ SAMPLES_IN_GRID = 1024
 
 @torch.no_grad()
 def test_bits_per_dim(
-    variant, x: torch.Tensor, batch_size: int = 250, strata: int = 10
+    variant,
+    x: torch.Tensor,
+    batch_size: int = 250,
+    strata: int = 10,
+    progress: Progress = QUIET,
 ) -> tuple[float, float]:
     """Negative ELBO of ``x`` in bits/dim (all terms; discretised likelihood, no dequantisation)
     with ``strata`` stratified chain steps per image (a bridge's), and its standard error over
-    batches."""
+    batches (shown by ``progress``)."""
     values = []
-    for start in range(0, x.shape[0], batch_size):
+    starts = range(0, x.shape[0], batch_size)
+    for start in progress.iterate(starts, len(starts), "test bound", "batch"):
         batch = x[start : start + batch_size]
         elbo, _ = estimate_elbo(variant, batch, repeats=1, strata=strata)
         values.append(bits_per_dim(-elbo, x[0].numel()))
@@ -136,11 +142,16 @@ def run_images(
     result.use_ema(variant)
 
     variant.eval()
+    shown = Progress(progress)
+    shown.stage(
+        f"scoring: the test bound on {len(test_x):,} test images, their reconstructions, "
+        "then 64 prior samples"
+    )
     with pyro.validation_enabled(False):
-        bpd, bpd_se = test_bits_per_dim(variant, test_x)
+        bpd, bpd_se = test_bits_per_dim(variant, test_x, progress=shown)
         posterior = sample_posterior(variant, test_x)
         sample_start = time.perf_counter()
-        prior = sample_prior(variant, 64)
+        prior = sample_prior(variant, 64, progress=shown)
         sample_seconds = time.perf_counter() - sample_start
     usage = code_usage(posterior.codes, variant.codebook.num_codes)
     with atomic_write(out / "reconstructions.png") as tmp:
@@ -177,16 +188,18 @@ def sample_image_run(
     seed: int = 0,
     sampler: SamplerSettings = ANCESTRAL,
     weights: str | None = None,
+    progress: Progress = QUIET,
 ) -> dict:
-    """Draw ``num`` prior samples by ``sampler``; write ``samples.png`` (a grid) and
-    ``samples.pt`` (codes)."""
+    """Draw ``num`` prior samples by ``sampler`` (steps shown by ``progress``); write
+    ``samples.png`` (a grid) and ``samples.pt`` (codes)."""
     run = Path(run_dir)
     _, variant = load_image_run(run, device, weights)
     check_writable(run)
     torch.manual_seed(seed)
+    progress.stage(f"drawing {num:,} samples")
     start = time.perf_counter()
     with pyro.validation_enabled(False):
-        draws = sample_prior(variant, num, sampler)
+        draws = sample_prior(variant, num, sampler, progress)
     seconds = time.perf_counter() - start
     with atomic_write(run / "samples.png") as tmp:
         save_image(draws.x_mean[:SAMPLES_IN_GRID].cpu(), tmp)

@@ -45,6 +45,7 @@ from pbridge.config import ImageConfig, image_preset
 from pbridge.data import load_images
 from pbridge.likelihoods import bits_per_dim
 
+from .progress import Progress
 from .run_dir import (
     CHECKPOINT_FILE,
     atomic_write,
@@ -226,6 +227,10 @@ def run_user_variant(
         return {}
     result.use_ema(variant)
     variant.eval()
+    Progress(progress).stage(
+        f"scoring: the test bound on {len(test[0]):,} test images, their reconstructions, then "
+        "prior samples"
+    )
     with pyro.validation_enabled(False):
         metrics = _score(variant, test, out)
     metrics.update(
