@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pyro
 import torch
-from torchvision.utils import save_image
 
 from pbridge.codebook import code_usage
 from pbridge.data import load_images
@@ -30,6 +29,7 @@ from pbridge.presets import (
 )
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 
+from .plots import plot_image_grid, plot_reconstructions, sampler_name, weights_name
 from .progress import QUIET, Progress
 from .run_dir import (
     CHECKPOINT_FILE,
@@ -154,10 +154,13 @@ def run_images(
         prior = sample_prior(variant, 64, progress=shown)
         sample_seconds = time.perf_counter() - sample_start
     usage = code_usage(posterior.codes, variant.codebook.num_codes)
+    weights = "EMA weights" if result.ema is not None else "raw weights"
     with atomic_write(out / "reconstructions.png") as tmp:
-        save_image(torch.cat([test_x[:32], posterior.x_mean[:32]]).cpu(), tmp)
+        title = f"32 test images and their reconstructions (decoder mean), {weights}"
+        plot_reconstructions(test_x[:32].cpu(), posterior.x_mean[:32].cpu(), tmp, title)
     with atomic_write(out / "samples.png") as tmp:
-        save_image(prior.x_mean.cpu(), tmp)
+        title = f"64 prior samples (decoder mean), ancestral sampler, {weights}"
+        plot_image_grid(prior.x_mean.cpu(), tmp, title)
     metrics = {
         "test_bits_per_dim": bpd,
         "test_bits_per_dim_stderr": bpd_se,
@@ -202,7 +205,12 @@ def sample_image_run(
         draws = sample_prior(variant, num, sampler, progress)
     seconds = time.perf_counter() - start
     with atomic_write(run / "samples.png") as tmp:
-        save_image(draws.x_mean[:SAMPLES_IN_GRID].cpu(), tmp)
+        shown = draws.x_mean[:SAMPLES_IN_GRID].cpu()
+        title = (
+            f"{len(shown)} of {num} prior samples (decoder mean), {sampler_name(sampler)}, "
+            f"{weights_name(weights)}"
+        )
+        plot_image_grid(shown, tmp, title, nrow=max(8, round(len(shown) ** 0.5)))
     with atomic_write(run / "samples.pt") as tmp:
         torch.save({"codes": draws.codes.cpu(), "x": draws.x_mean.cpu()}, tmp)
     return {"num": num, "seconds_per_image": seconds / num}

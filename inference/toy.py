@@ -19,7 +19,7 @@ from pbridge.presets import build_toy_model
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 from pbridge.toy import nearest_centroid, sample_walks, transition_accuracy
 
-from .plots import plot_toy_samples, plot_toy_trajectories
+from .plots import plot_toy_samples, plot_toy_trajectories, sampler_name, weights_name
 from .progress import QUIET, Progress
 from .run_dir import (
     CHECKPOINT_FILE,
@@ -182,7 +182,11 @@ def sample_toy_run(
             tmp,
         )
     with atomic_write(run / "samples.png") as tmp:
-        plot_toy_samples(draws.x_mean[:16].cpu(), tmp)
+        title = (
+            f"{min(num, 16)} of {num} sampled walks, {sampler_name(sampler)}, "
+            f"{weights_name(weights)}"
+        )
+        plot_toy_samples(draws.x_mean[:16].cpu(), tmp, title)
     centroid_of = code_centroids(variant)
     return {
         "num": num,
