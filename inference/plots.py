@@ -252,7 +252,7 @@ def plot_code_entropy(
     bar = fig.colorbar(image, cax=side, orientation=orientation)
     bar.set_label(f"entropy, nats (log K = {max_entropy:.2f}: all codes equally likely)")
     ax.set_xticks(range(cols))
-    ax.set_yticks(range(rows))
+    ax.set_yticks([] if rows == 1 else range(rows))
     ax.set_xlabel("cell" if rows == 1 else "cell x")
     ax.set_ylabel("" if rows == 1 else "cell y")
     ax.set_title(f"per-cell code entropy\n{what}", fontsize=9)

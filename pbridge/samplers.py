@@ -455,9 +455,10 @@ def _check_call(
 
 
 def _solver_progress(on_step: OnStep | None, span: float, steps: int | None):
-    """``on_time(u)`` for :class:`_FlowSDE`: reports ``on_step(done, total)`` whenever the solver
-    time u in [0, ``span``] passes one more of ``total`` equal parts (``steps``, or
-    :data:`ADAPTIVE_PROGRESS_PARTS` for adaptive steps); ``None`` without ``on_step``."""
+    """``on_time(u)`` for :class:`_FlowSDE`: reports ``on_step(done, total)`` once the solver
+    time u in [0, ``span``] has passed one more of ``total`` equal parts (``steps``, or
+    :data:`ADAPTIVE_PROGRESS_PARTS` for adaptive steps), each count once; ``None`` without
+    ``on_step``."""
     if on_step is None:
         return None
     total, shown = steps or ADAPTIVE_PROGRESS_PARTS, [0]
@@ -505,9 +506,8 @@ def _flow(
         return _impose_known(schedule, z_new, known, abar, generator, eps_known)
 
     z = _solve(sde, z, s_T - s_1, steps, method, entropy, None if known is None else after_step)
-    if on_step is not None:
-        total = steps or ADAPTIVE_PROGRESS_PARTS
-        on_step(total, total)
+    if sde.on_time is not None:
+        sde.on_time(s_T - s_1)  # the end of the last step
     if to_time == 1:
         return z
     t = _indices(1, z)
