@@ -75,6 +75,39 @@ def test_bits_per_dim(
     return float(tensor.mean()), stderr
 
 
+def _score(
+    variant, test_x: torch.Tensor, out: Path, weights: str, progress: Progress
+) -> dict[str, float]:
+    """Test bits/dim, codebook usage and reconstruction error of a trained ``variant`` (eval
+    mode, its ``weights`` named in the figures) on ``test_x``, and the time of 64 prior draws;
+    writes ``reconstructions.png`` and ``samples.png`` to ``out``."""
+    progress.stage(
+        f"scoring: the test bound on {len(test_x):,} test images, their reconstructions, "
+        "then 64 prior samples"
+    )
+    with pyro.validation_enabled(False):
+        bpd, bpd_se = test_bits_per_dim(variant, test_x, progress=progress)
+        posterior = sample_posterior(variant, test_x)
+        sample_start = time.perf_counter()
+        prior = sample_prior(variant, 64, progress=progress)
+        sample_seconds = time.perf_counter() - sample_start
+    usage = code_usage(posterior.codes, variant.codebook.num_codes)
+    with atomic_write(out / "reconstructions.png") as tmp:
+        title = f"32 test images and their reconstructions (decoder mean), {weights}"
+        plot_reconstructions(test_x[:32].cpu(), posterior.x_mean[:32].cpu(), tmp, title)
+    with atomic_write(out / "samples.png") as tmp:
+        title = f"64 prior samples (decoder mean), ancestral sampler, {weights}"
+        plot_image_grid(prior.x_mean.cpu(), tmp, title)
+    return {
+        "test_bits_per_dim": bpd,
+        "test_bits_per_dim_stderr": bpd_se,
+        "codes_used": usage.codes_used,
+        "perplexity": usage.perplexity,
+        "reconstruction_mse": float((posterior.x_mean - test_x).pow(2).mean()),
+        "sampling_seconds_per_image": sample_seconds / 64,
+    }
+
+
 def run_images(
     config: ImageConfig,
     out_dir: str | Path,
@@ -142,36 +175,13 @@ def run_images(
     result.use_ema(variant)
 
     variant.eval()
-    shown = Progress(progress)
-    shown.stage(
-        f"scoring: the test bound on {len(test_x):,} test images, their reconstructions, "
-        "then 64 prior samples"
-    )
-    with pyro.validation_enabled(False):
-        bpd, bpd_se = test_bits_per_dim(variant, test_x, progress=shown)
-        posterior = sample_posterior(variant, test_x)
-        sample_start = time.perf_counter()
-        prior = sample_prior(variant, 64, progress=shown)
-        sample_seconds = time.perf_counter() - sample_start
-    usage = code_usage(posterior.codes, variant.codebook.num_codes)
     weights = "EMA weights" if result.ema is not None else "raw weights"
-    with atomic_write(out / "reconstructions.png") as tmp:
-        title = f"32 test images and their reconstructions (decoder mean), {weights}"
-        plot_reconstructions(test_x[:32].cpu(), posterior.x_mean[:32].cpu(), tmp, title)
-    with atomic_write(out / "samples.png") as tmp:
-        title = f"64 prior samples (decoder mean), ancestral sampler, {weights}"
-        plot_image_grid(prior.x_mean.cpu(), tmp, title)
-    metrics = {
-        "test_bits_per_dim": bpd,
-        "test_bits_per_dim_stderr": bpd_se,
-        "codes_used": usage.codes_used,
-        "perplexity": usage.perplexity,
-        "reconstruction_mse": float((posterior.x_mean - test_x).pow(2).mean()),
-        "steps": config.train.steps,
-        "train_seconds": result.seconds + (stage_one.seconds if stage_one else 0.0),
-        "sampling_seconds_per_image": sample_seconds / 64,
-        "seconds": time.perf_counter() - start,
-    }
+    metrics = _score(variant, test_x, out, weights, Progress(progress))
+    metrics.update(
+        steps=config.train.steps,
+        train_seconds=result.seconds + (stage_one.seconds if stage_one else 0.0),
+        seconds=time.perf_counter() - start,
+    )
     write_json(out / "metrics.json", metrics)
     return metrics
 
