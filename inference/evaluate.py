@@ -29,7 +29,6 @@ from pathlib import Path
 import pyro
 import torch
 import torch.nn.functional as F
-from torchvision.utils import save_image
 
 from pbridge.codebook import code_usage, gather_codes
 from pbridge.data import load_images
@@ -39,6 +38,7 @@ from pbridge.models.pixelcnn_prior import PixelCNNVQVAE
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 
 from .images import load_image_run, test_bits_per_dim
+from .plots import plot_image_grid, plot_image_table, sampler_name
 from .progress import QUIET, Progress
 from .sampling import check_sampler, sample_posterior, sample_prior
 
@@ -99,9 +99,10 @@ def _inpainting_grid(variant, x, codes, known, completions, path: Path) -> None:
     masked = torch.where(hidden[:, None], torch.full_like(x, 0.5), x)
     book = variant.codebook()
     decoded = [variant.decoder(gather_codes(c, book)).mean for c in completions]
-    columns = [masked, *decoded, x]
-    grid = torch.stack(columns, dim=1).flatten(0, 1)
-    save_image(grid.cpu(), path, nrow=len(columns))
+    frames = torch.stack([masked, *decoded, x], dim=1)
+    names = ["input, patch grey", *(f"completion {i + 1}" for i in range(len(decoded)))]
+    title = f"inpainting the central latent patch of {len(x)} test images"
+    plot_image_table(frames.cpu(), path, title, [*names, "original"])
 
 
 def _inpaint(variant, codes: torch.Tensor, known: torch.Tensor, sampler: SamplerSettings):
@@ -269,7 +270,8 @@ def evaluate_run(
         ]
         seconds = time.perf_counter() - start
         result["sampling_seconds_per_image"] = seconds / (settings.num_samples * settings.fd_draws)
-        save_image(draws[0][:64].cpu(), run / "eval_samples.png")
+        title = f"64 of {settings.num_samples} prior samples, {sampler_name(sampler)}"
+        plot_image_grid(draws[0][:64].cpu(), run / "eval_samples.png", title)
 
         start = time.perf_counter()
         recon = sample_posterior(variant, test_x[: settings.num_samples]).x_mean
