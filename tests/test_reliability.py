@@ -471,7 +471,7 @@ def test_item6_ctrl_c_in_sample_exits_130_with_one_line(run, capsys, monkeypatch
         raise KeyboardInterrupt
 
     monkeypatch.setattr("pbridge.inference.toy.sample_prior", interrupted)
-    err = _refused(["sample", run, "--num", "4"], capsys, status=130)
+    err = _refused(["sample", run, "--num", "4", "--no-progress"], capsys, status=130)
     assert "stopped by SIGINT" in err
     assert _snapshot(run) == before
 
