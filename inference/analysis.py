@@ -42,11 +42,12 @@ from pbridge.checkpoint import load_latest_checkpoint
 from pbridge.codebook import code_logits, gather_codes
 from pbridge.config import ImageConfig
 from pbridge.data import load_images
-from pbridge.samplers import ANCESTRAL, SamplerSettings
+from pbridge.samplers import ANCESTRAL, OnStep, SamplerSettings
 from pbridge.toy import sample_walks
 
 from .images import load_image_run
 from .plots import plot_code_entropy, plot_code_usage, plot_elbo_trace, plot_reverse_chain
+from .progress import QUIET, Progress
 from .sampling import check_sampler
 from .toy import load_toy_run
 from .user_variant import VARIANT_FILE, load_user_run
@@ -102,27 +103,14 @@ def _one_chain(values: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {name: value[None] for name, value in _numpy(values).items()}
 
 
-@torch.no_grad()
-def to_inferencedata(
+def _check_inputs(
     variant: nn.Module,
     x: torch.Tensor,
-    num: int = 16,
-    labels: torch.Tensor | None = None,
-    losses: Sequence[float] | None = None,
-    sampler: SamplerSettings = ANCESTRAL,
-) -> az.InferenceData:
-    """Prior, posterior and predictive draws of a trained ``variant`` (in eval mode) as arviz
-    InferenceData (``az.from_dict``, one chain), with the test items as observed data.
-
-    Args:
-        x: ``(items, *data_shape)`` test items for the posterior.
-        num: prior draws, and guide draws per test item.
-        labels: ``(items,)`` class labels, for (and only for) a variant with
-            ``takes_labels = True``.
-        losses: the per-step training loss (``TrainResult.losses``, the checkpoint's
-            ``"losses"``), stored in the group ``training``; ``None``: no such group.
-        sampler: the sampler of the bridge's prior draws.
-    """
+    num: int,
+    labels: torch.Tensor | None,
+    sampler: SamplerSettings,
+) -> None:
+    """Refuses the arguments of :func:`to_inferencedata` that do not fit ``variant``."""
     if num <= 0:
         raise ValueError(f"num must be a positive integer, got {num}")
     takes_labels = getattr(variant, "takes_labels", False)
@@ -132,27 +120,44 @@ def to_inferencedata(
     if labels is not None and labels.shape != x.shape[:1]:
         raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(labels.shape)}")
     check_sampler(variant, sampler)
-    codes = variant.codebook()
-    cell_dims, data_dims = _dims(variant)
-    args = (x,) if labels is None else (x, labels)
-    tau = getattr(getattr(variant, "settings", None), "tau_p", None)
 
+
+def _draw_all(
+    variant: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    num: int,
+    sampler: SamplerSettings,
+    progress: Progress,
+) -> tuple[poutine.Trace, dict[str, torch.Tensor], torch.Tensor]:
+    """The prior's trace of ``num`` draws (the chain's steps shown by ``progress``), ``num``
+    guide draws of the latents per item of ``args = (x, [labels])`` ``(num, items, ...)``, and
+    the model's x given each of them ``(num, items, *data_shape)``."""
+    x = args[0]
     with pyro.validation_enabled(False):
         placeholder = x.new_zeros((num, *variant.data_shape))
-        prior_model = prior_options(poutine.uncondition(variant.model), sampler=sampler)
+        on_step = progress.steps(f"backward chain ({sampler.name}), {num} prior draws")
+        prior_model = prior_options(poutine.uncondition(variant.model), sampler, None, on_step)
         trace = poutine.trace(prior_model).get_trace(placeholder)
-        prior = {n: trace.nodes[n]["value"] for n in (*_LATENTS, "y") if n in trace.nodes}
-        readout = getattr(trace.nodes["z_q_0"]["fn"], "readout_logits", None)
-        prior_x = trace.nodes["x"]["value"]
         latents = Predictive(variant.guide, num_samples=num, return_sites=_LATENTS)(*args)
         # Predictive runs the model twice to set up before its draws: with the latents pinned
         # to the guide's first draw, those runs do not draw the prior (the whole chain).
         pinned = {name: value[0] for name, value in latents.items()}
-        if labels is not None:
-            pinned["y"] = labels
+        if len(args) > 1:
+            pinned["y"] = args[1]
         model = poutine.condition(poutine.uncondition(variant.model), data=pinned)
         posterior_x = Predictive(model, posterior_samples=latents, return_sites=("x",))(*args)["x"]
+    return trace, latents, posterior_x
 
+
+def _latent_variables(
+    variant: nn.Module, trace: poutine.Trace, latents: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The prior's and the posterior's variables of the groups ``prior`` and ``posterior``:
+    code indices, code counts, z_e^0, code entropy and labels, where the variant has them."""
+    codes = variant.codebook()
+    prior = {n: trace.nodes[n]["value"] for n in (*_LATENTS, "y") if n in trace.nodes}
+    readout = getattr(trace.nodes["z_q_0"]["fn"], "readout_logits", None)
+    tau = getattr(getattr(variant, "settings", None), "tau_p", None)
     prior_codes = _indices(prior["z_q_0"], codes, 1)
     post_codes = _indices(latents["z_q_0"], codes, 2)
     prior_vars = {"z_q_0": prior_codes, "code_count": _counts(prior_codes, codes.shape[0])}
@@ -165,12 +170,17 @@ def to_inferencedata(
         prior_vars["code_entropy"] = _entropy_of(readout)
     if "y" in prior:
         prior_vars["y"] = prior["y"]
-    prior_predictive = {"x": prior_x, "x_mean": variant.decoder(prior["z_q_0"]).mean}
-    post_mean = variant.decoder(latents["z_q_0"].flatten(0, 1)).mean
-    posterior_predictive = {"x": posterior_x, "x_mean": post_mean.view(posterior_x.shape)}
-    observed = {"x": x} if labels is None else {"x": x, "y": labels}
+    return prior_vars, post_vars
 
-    coords = {"code": np.arange(codes.shape[0]), "item": np.arange(x.shape[0])}
+
+def _groups(
+    variant: nn.Module, groups: dict[str, dict[str, torch.Tensor]], items: int
+) -> az.InferenceData:
+    """InferenceData of the named ``groups`` (``posterior``, ``posterior_predictive``,
+    ``observed_data``, ``prior``, ``prior_predictive``) with the dims of docs/analysis.md; a
+    prior draw is one generated item: its variables have no item dim."""
+    cell_dims, data_dims = _dims(variant)
+    coords = {"code": np.arange(variant.codebook.num_codes), "item": np.arange(items)}
     dims = {
         "z_e_0": ["item", "latent_dim", *cell_dims],
         "z_q_0": ["item", *cell_dims],
@@ -182,26 +192,69 @@ def to_inferencedata(
     }
     attrs = {"variant": type(variant).__name__}
     idata = az.from_dict(
-        posterior=_one_chain(post_vars),
-        posterior_predictive=_one_chain(posterior_predictive),
-        observed_data=_numpy(observed),
+        posterior=_one_chain(groups["posterior"]),
+        posterior_predictive=_one_chain(groups["posterior_predictive"]),
+        observed_data=_numpy(groups["observed_data"]),
         coords=coords,
         dims=dims,
         attrs=attrs,
     )
-    # A prior draw is one generated item: the same variables without the item dim.
     prior_dims = {name: [d for d in value if d != "item"] for name, value in dims.items()}
     prior_side = az.from_dict(
-        prior=_one_chain(prior_vars),
-        prior_predictive=_one_chain(prior_predictive),
+        prior=_one_chain(groups["prior"]),
+        prior_predictive=_one_chain(groups["prior_predictive"]),
         coords=coords,
         dims=prior_dims,
         attrs=attrs,
     )
     idata.extend(prior_side)
+    return idata
+
+
+@torch.no_grad()
+def to_inferencedata(
+    variant: nn.Module,
+    x: torch.Tensor,
+    num: int = 16,
+    labels: torch.Tensor | None = None,
+    losses: Sequence[float] | None = None,
+    sampler: SamplerSettings = ANCESTRAL,
+    progress: Progress = QUIET,
+) -> az.InferenceData:
+    """Prior, posterior and predictive draws of a trained ``variant`` (in eval mode) as arviz
+    InferenceData (``az.from_dict``, one chain), with the test items as observed data.
+
+    Args:
+        x: ``(items, *data_shape)`` test items for the posterior.
+        num: prior draws, and guide draws per test item.
+        labels: ``(items,)`` class labels, for (and only for) a variant with
+            ``takes_labels = True``.
+        losses: the per-step training loss (``TrainResult.losses``, the checkpoint's
+            ``"losses"``), stored in the group ``training``; ``None``: no such group.
+        sampler: the sampler of the bridge's prior draws.
+        progress: shows the steps of the prior's chain (:mod:`.progress`).
+    """
+    _check_inputs(variant, x, num, labels, sampler)
+    args = (x,) if labels is None else (x, labels)
+    trace, latents, posterior_x = _draw_all(variant, args, num, sampler, progress)
+    prior_vars, post_vars = _latent_variables(variant, trace, latents)
+    prior_z_q = trace.nodes["z_q_0"]["value"]
+    post_mean = variant.decoder(latents["z_q_0"].flatten(0, 1)).mean
+    groups = {
+        "prior": prior_vars,
+        "prior_predictive": {
+            "x": trace.nodes["x"]["value"],
+            "x_mean": variant.decoder(prior_z_q).mean,
+        },
+        "posterior": post_vars,
+        "posterior_predictive": {"x": posterior_x, "x_mean": post_mean.view(posterior_x.shape)},
+        "observed_data": {"x": x} if labels is None else {"x": x, "y": labels},
+    }
+    idata = _groups(variant, groups, x.shape[0])
     if losses is not None:
         steps = np.arange(1, len(losses) + 1)
         loss = xr.DataArray(np.asarray(losses, dtype=np.float64), coords={"step": steps})
+        attrs = {"variant": type(variant).__name__}
         idata.add_groups(training=xr.Dataset({"negative_elbo": loss}, attrs=attrs))
     return idata
 
@@ -224,20 +277,24 @@ def summarise(idata: az.InferenceData) -> pd.DataFrame:
 
 @torch.no_grad()
 def reverse_chain_frames(
-    variant: nn.Module, chains: int, columns: int, labels: torch.Tensor | None = None
+    variant: nn.Module,
+    chains: int,
+    columns: int,
+    labels: torch.Tensor | None = None,
+    on_step: OnStep | None = None,
 ) -> tuple[list[int], torch.Tensor]:
     """Run ``chains`` backward chains (Algorithm 2, T steps) and decode the states at
     ``columns`` times from T to 0 through their nearest codes.
 
     ``labels: (chains,)`` condition a labelled variant's chains (its network bound to them,
-    ``chain_network(labels)``). Returns the times and the decoder means
-    ``(chains, columns, *data_shape)``.
+    ``chain_network(labels)``); ``on_step(done, total)`` is told the chain's progress. Returns
+    the times and the decoder means ``(chains, columns, *data_shape)``.
     """
     schedule, codes = variant.schedule, variant.codebook()
     times = sorted({round(schedule.num_steps * i / (columns - 1)) for i in range(columns)})[::-1]
     z_T = schedule.stationary_draw(codes.new_empty((chains, *variant.latent_shape)))
     network = variant.chain_network(labels) if labels is not None else None
-    kept = variant.chain_states(z_T, tuple(times), network)
+    kept = variant.chain_states(z_T, tuple(times), network, on_step)
     # z_q^t per state: the head's most probable code (tight), the nearest code (paper).
     indices = [variant.state_logits(kept[t], t, network).argmax(-1) for t in times]
     nearest = torch.stack(indices, dim=1).flatten(0, 1)  # (chains * columns, *cells)
@@ -267,11 +324,13 @@ def analyze_run(
     root: str | Path | None = None,
     sampler: SamplerSettings = ANCESTRAL,
     weights: str | None = None,
+    progress: Progress = QUIET,
 ) -> dict[str, Any]:
     """Analyse a trained run: :func:`to_inferencedata` on ``items`` test items with ``num``
     draws (the prior's by ``sampler``), written to ``analysis.nc``, with
     ``analysis_summary.csv`` and the plots; ``weights``: the run's EMA or raw weights
-    (:func:`~.run_dir.load_run`). Returns what was written and a few figures."""
+    (:func:`~.run_dir.load_run`); ``progress`` shows the stages and the chains' steps.
+    Returns what was written and a few figures."""
     if items <= 0:
         raise ValueError(f"items must be a positive integer, got {items}")
     run = Path(run_dir)
@@ -288,21 +347,45 @@ def analyze_run(
     if not getattr(variant, "takes_labels", False):
         labels = None
     state, _ = load_latest_checkpoint(run / "checkpoint.pt")
-    idata = to_inferencedata(variant, x, num, labels, state.get("losses"), sampler)
+    progress.stage(f"drawing {num:,} prior samples and {num:,} guide draws of {items:,} items")
+    idata = to_inferencedata(variant, x, num, labels, state.get("losses"), sampler, progress)
     idata.to_netcdf(str(run / "analysis.nc"))
     summary = summarise(idata)
     summary.to_csv(run / "analysis_summary.csv")
-
-    written = ["analysis.nc", "analysis_summary.csv", "code_usage.png", "elbo_trace.png"]
     counts = {
         "posterior": torch.from_numpy(idata.posterior["code_count"].sum(("chain", "draw")).values),
         "prior": torch.from_numpy(idata.prior["code_count"].sum(("chain", "draw")).values),
     }
+    written = ["analysis.nc", "analysis_summary.csv", *_plots(idata, variant, counts, run)]
+    if hasattr(variant, "schedule") and len(variant.data_shape) == 3:
+        chains = 10 if labels is not None else 8
+        progress.stage(f"running {chains} backward chains for reverse_chain.png")
+        classes = torch.arange(chains, device=dev) if labels is not None else None
+        on_step = progress.steps(f"backward chain, {chains} chains")
+        times, frames = reverse_chain_frames(variant, chains, 9, classes, on_step)
+        rows = [f"y = {c}" for c in range(chains)] if classes is not None else None
+        plot_reverse_chain(frames.cpu(), times, run / "reverse_chain.png", rows)
+        written.append("reverse_chain.png")
+    return {
+        "written": written,
+        "groups": idata.groups(),
+        "posterior_codes_used": int((counts["posterior"] > 0).sum()),
+        "prior_codes_used": int((counts["prior"] > 0).sum()),
+    }
+
+
+def _plots(
+    idata: az.InferenceData, variant: nn.Module, counts: dict[str, torch.Tensor], run: Path
+) -> list[str]:
+    """``code_usage.png`` of the prior's and posterior's code ``counts`` ``(K,)``,
+    ``elbo_trace.png`` and ``code_entropy.png`` where ``idata`` has what they show; returns
+    the names written."""
+    written = ["code_usage.png"]
     plot_code_usage(counts, run / "code_usage.png")
     if "training" in idata.groups():
-        plot_elbo_trace(
-            torch.from_numpy(idata.training["negative_elbo"].values), run / "elbo_trace.png"
-        )
+        losses = torch.from_numpy(idata.training["negative_elbo"].values)
+        plot_elbo_trace(losses, run / "elbo_trace.png")
+        written.append("elbo_trace.png")
     for group, over, label in (
         (
             "posterior",
@@ -320,16 +403,4 @@ def analyze_run(
                 label,
             )
             written.append("code_entropy.png")
-    if hasattr(variant, "schedule") and len(variant.data_shape) == 3:
-        chains = 10 if getattr(variant, "takes_labels", False) else 8
-        classes = torch.arange(chains, device=dev) if labels is not None else None
-        times, frames = reverse_chain_frames(variant, chains, 9, classes)
-        rows = [f"y = {c}" for c in range(chains)] if classes is not None else None
-        plot_reverse_chain(frames.cpu(), times, run / "reverse_chain.png", rows)
-        written.append("reverse_chain.png")
-    return {
-        "written": written,
-        "groups": idata.groups(),
-        "posterior_codes_used": int((counts["posterior"] > 0).sum()),
-        "prior_codes_used": int((counts["prior"] > 0).sum()),
-    }
+    return written

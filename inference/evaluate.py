@@ -29,7 +29,6 @@ from pathlib import Path
 import pyro
 import torch
 import torch.nn.functional as F
-from torchvision.utils import save_image
 
 from pbridge.codebook import code_usage, gather_codes
 from pbridge.data import load_images
@@ -39,6 +38,8 @@ from pbridge.models.pixelcnn_prior import PixelCNNVQVAE
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 
 from .images import load_image_run, test_bits_per_dim
+from .plots import plot_image_grid, plot_image_table, sampler_name
+from .progress import QUIET, Progress
 from .sampling import check_sampler, sample_posterior, sample_prior
 
 __all__ = ["EvalSettings", "evaluate_run", "results_table", "chain_bits_by_step"]
@@ -98,9 +99,10 @@ def _inpainting_grid(variant, x, codes, known, completions, path: Path) -> None:
     masked = torch.where(hidden[:, None], torch.full_like(x, 0.5), x)
     book = variant.codebook()
     decoded = [variant.decoder(gather_codes(c, book)).mean for c in completions]
-    columns = [masked, *decoded, x]
-    grid = torch.stack(columns, dim=1).flatten(0, 1)
-    save_image(grid.cpu(), path, nrow=len(columns))
+    frames = torch.stack([masked, *decoded, x], dim=1)
+    names = ["input, patch grey", *(f"completion {i + 1}" for i in range(len(decoded)))]
+    title = f"inpainting the central latent patch of {len(x)} test images"
+    plot_image_table(frames.cpu(), path, title, [*names, "original"])
 
 
 def _inpaint(variant, codes: torch.Tensor, known: torch.Tensor, sampler: SamplerSettings):
@@ -213,11 +215,12 @@ def evaluate_run(
     root: str | Path | None = None,
     sampler: SamplerSettings = ANCESTRAL,
     weights: str | None = None,
+    progress: Progress = QUIET,
 ) -> dict:
     """Run the protocol on a trained image run (its EMA or raw ``weights``,
     :func:`~.run_dir.load_run`); returns and writes ``eval.json``/``eval.md``.
     ``sampler``: the bridge's sampler for prior draws and inpainting (default the T-step
-    chain)."""
+    chain); ``progress`` shows each stage, the bound's batches and the chain's steps."""
     settings = EvalSettings() if settings is None else settings
     run = Path(run_dir)
     config, variant = load_image_run(run, device, weights)
@@ -236,10 +239,10 @@ def evaluate_run(
     pyro.set_rng_seed(settings.seed)
     with pyro.validation_enabled(False):
         start = time.perf_counter()
+        bpd_x = test_x[: settings.bpd_items]
+        progress.stage(f"evaluating the test bound on {len(bpd_x):,} test images")
         batch = max(1, min(BATCH_SIZE, settings.bpd_items // 4))  # >= 4 batches: s.e.
-        bpd, bpd_se = test_bits_per_dim(
-            variant, test_x[: settings.bpd_items], batch, settings.chain_steps
-        )
+        bpd, bpd_se = test_bits_per_dim(variant, bpd_x, batch, settings.chain_steps, progress)
         result.update(test_bits_per_dim=bpd, test_bits_per_dim_stderr=bpd_se)
         timings["bits_per_dim"] = time.perf_counter() - start
 
@@ -252,17 +255,23 @@ def evaluate_run(
 
         start = time.perf_counter()
         patch_x = test_x[: settings.patch_items]
+        progress.stage(
+            f"inpainting the central patch of {len(patch_x):,} test images, "
+            f"{settings.patch_draws} draws each"
+        )
         result.update(_masked_patch(variant, patch_x, settings, sampler, run / "inpainting.png"))
         timings["masked_patch"] = time.perf_counter() - start
 
+        progress.stage(f"drawing {settings.fd_draws} x {settings.num_samples:,} samples")
         start = time.perf_counter()
         draws = [
-            sample_prior(variant, settings.num_samples, sampler).x_mean
+            sample_prior(variant, settings.num_samples, sampler, progress).x_mean
             for _ in range(settings.fd_draws)
         ]
         seconds = time.perf_counter() - start
         result["sampling_seconds_per_image"] = seconds / (settings.num_samples * settings.fd_draws)
-        save_image(draws[0][:64].cpu(), run / "eval_samples.png")
+        title = f"64 of {settings.num_samples} prior samples, {sampler_name(sampler)}"
+        plot_image_grid(draws[0][:64].cpu(), run / "eval_samples.png", title)
 
         start = time.perf_counter()
         recon = sample_posterior(variant, test_x[: settings.num_samples]).x_mean

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pyro
 import torch
-from torchvision.utils import save_image
 
 from pbridge.codebook import code_usage
 from pbridge.data import load_images
@@ -30,6 +29,8 @@ from pbridge.presets import (
 )
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 
+from .plots import plot_image_grid, plot_reconstructions, sampler_name, weights_name
+from .progress import QUIET, Progress
 from .run_dir import (
     CHECKPOINT_FILE,
     atomic_write,
@@ -54,19 +55,57 @@ SAMPLES_IN_GRID = 1024
 
 @torch.no_grad()
 def test_bits_per_dim(
-    variant, x: torch.Tensor, batch_size: int = 250, strata: int = 10
+    variant,
+    x: torch.Tensor,
+    batch_size: int = 250,
+    strata: int = 10,
+    progress: Progress = QUIET,
 ) -> tuple[float, float]:
     """Negative ELBO of ``x`` in bits/dim (all terms; discretised likelihood, no dequantisation)
     with ``strata`` stratified chain steps per image (a bridge's), and its standard error over
-    batches."""
+    batches (shown by ``progress``)."""
     values = []
-    for start in range(0, x.shape[0], batch_size):
+    starts = range(0, x.shape[0], batch_size)
+    for start in progress.iterate(starts, len(starts), "test bound", "batch"):
         batch = x[start : start + batch_size]
         elbo, _ = estimate_elbo(variant, batch, repeats=1, strata=strata)
         values.append(bits_per_dim(-elbo, x[0].numel()))
     tensor = torch.tensor(values)
     stderr = float(tensor.std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
     return float(tensor.mean()), stderr
+
+
+def _score(
+    variant, test_x: torch.Tensor, out: Path, weights: str, progress: Progress
+) -> dict[str, float]:
+    """Test bits/dim, codebook usage and reconstruction error of a trained ``variant`` (eval
+    mode, its ``weights`` named in the figures) on ``test_x``, and the time of 64 prior draws;
+    writes ``reconstructions.png`` and ``samples.png`` to ``out``."""
+    progress.stage(
+        f"scoring: the test bound on {len(test_x):,} test images, their reconstructions, "
+        "then 64 prior samples"
+    )
+    with pyro.validation_enabled(False):
+        bpd, bpd_se = test_bits_per_dim(variant, test_x, progress=progress)
+        posterior = sample_posterior(variant, test_x)
+        sample_start = time.perf_counter()
+        prior = sample_prior(variant, 64, progress=progress)
+        sample_seconds = time.perf_counter() - sample_start
+    usage = code_usage(posterior.codes, variant.codebook.num_codes)
+    with atomic_write(out / "reconstructions.png") as tmp:
+        title = f"32 test images and their reconstructions (decoder mean), {weights}"
+        plot_reconstructions(test_x[:32].cpu(), posterior.x_mean[:32].cpu(), tmp, title)
+    with atomic_write(out / "samples.png") as tmp:
+        title = f"64 prior samples (decoder mean), ancestral sampler, {weights}"
+        plot_image_grid(prior.x_mean.cpu(), tmp, title)
+    return {
+        "test_bits_per_dim": bpd,
+        "test_bits_per_dim_stderr": bpd_se,
+        "codes_used": usage.codes_used,
+        "perplexity": usage.perplexity,
+        "reconstruction_mse": float((posterior.x_mean - test_x).pow(2).mean()),
+        "sampling_seconds_per_image": sample_seconds / 64,
+    }
 
 
 def run_images(
@@ -136,28 +175,13 @@ def run_images(
     result.use_ema(variant)
 
     variant.eval()
-    with pyro.validation_enabled(False):
-        bpd, bpd_se = test_bits_per_dim(variant, test_x)
-        posterior = sample_posterior(variant, test_x)
-        sample_start = time.perf_counter()
-        prior = sample_prior(variant, 64)
-        sample_seconds = time.perf_counter() - sample_start
-    usage = code_usage(posterior.codes, variant.codebook.num_codes)
-    with atomic_write(out / "reconstructions.png") as tmp:
-        save_image(torch.cat([test_x[:32], posterior.x_mean[:32]]).cpu(), tmp)
-    with atomic_write(out / "samples.png") as tmp:
-        save_image(prior.x_mean.cpu(), tmp)
-    metrics = {
-        "test_bits_per_dim": bpd,
-        "test_bits_per_dim_stderr": bpd_se,
-        "codes_used": usage.codes_used,
-        "perplexity": usage.perplexity,
-        "reconstruction_mse": float((posterior.x_mean - test_x).pow(2).mean()),
-        "steps": config.train.steps,
-        "train_seconds": result.seconds + (stage_one.seconds if stage_one else 0.0),
-        "sampling_seconds_per_image": sample_seconds / 64,
-        "seconds": time.perf_counter() - start,
-    }
+    weights = "EMA weights" if result.ema is not None else "raw weights"
+    metrics = _score(variant, test_x, out, weights, Progress(progress))
+    metrics.update(
+        steps=config.train.steps,
+        train_seconds=result.seconds + (stage_one.seconds if stage_one else 0.0),
+        seconds=time.perf_counter() - start,
+    )
     write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -177,19 +201,26 @@ def sample_image_run(
     seed: int = 0,
     sampler: SamplerSettings = ANCESTRAL,
     weights: str | None = None,
+    progress: Progress = QUIET,
 ) -> dict:
-    """Draw ``num`` prior samples by ``sampler``; write ``samples.png`` (a grid) and
-    ``samples.pt`` (codes)."""
+    """Draw ``num`` prior samples by ``sampler`` (steps shown by ``progress``); write
+    ``samples.png`` (a grid) and ``samples.pt`` (codes)."""
     run = Path(run_dir)
     _, variant = load_image_run(run, device, weights)
     check_writable(run)
     torch.manual_seed(seed)
+    progress.stage(f"drawing {num:,} samples")
     start = time.perf_counter()
     with pyro.validation_enabled(False):
-        draws = sample_prior(variant, num, sampler)
+        draws = sample_prior(variant, num, sampler, progress)
     seconds = time.perf_counter() - start
     with atomic_write(run / "samples.png") as tmp:
-        save_image(draws.x_mean[:SAMPLES_IN_GRID].cpu(), tmp)
+        shown = draws.x_mean[:SAMPLES_IN_GRID].cpu()
+        title = (
+            f"{len(shown)} of {num} prior samples (decoder mean), {sampler_name(sampler)}, "
+            f"{weights_name(weights)}"
+        )
+        plot_image_grid(shown, tmp, title, nrow=max(8, round(len(shown) ** 0.5)))
     with atomic_write(run / "samples.pt") as tmp:
         torch.save({"codes": draws.codes.cpu(), "x": draws.x_mean.cpu()}, tmp)
     return {"num": num, "seconds_per_image": seconds / num}

@@ -20,6 +20,8 @@ from torch import nn
 from pbridge.bridge_prior import BridgeCodePrior, prior_options
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 
+from .progress import QUIET, Progress
+
 __all__ = [
     "Draws",
     "sample_prior",
@@ -120,9 +122,15 @@ def check_memory_for_draws(
 
 
 @torch.no_grad()
-def sample_prior(variant: nn.Module, num: int, sampler: SamplerSettings = ANCESTRAL) -> Draws:
+def sample_prior(
+    variant: nn.Module,
+    num: int,
+    sampler: SamplerSettings = ANCESTRAL,
+    progress: Progress = QUIET,
+) -> Draws:
     """``num`` draws from the generative model (every site sampled, x included), the bridge's
-    chain drawn by ``sampler`` (:func:`~pbridge.bridge_prior.prior_options`)."""
+    chain drawn by ``sampler`` (:func:`~pbridge.bridge_prior.prior_options`), its steps shown
+    by ``progress``."""
     if num <= 0:
         raise ValueError(f"num must be a positive integer, got {num}")
     check_sampler(variant, sampler)
@@ -131,7 +139,8 @@ def sample_prior(variant: nn.Module, num: int, sampler: SamplerSettings = ANCEST
     check_memory_for_draws(num, variant.data_shape, variant.latent_shape, num_codes, param.device)
     shape_x = variant.data_shape
     placeholder = torch.zeros((num, *shape_x), dtype=param.dtype, device=param.device)
-    model = prior_options(poutine.uncondition(variant.model), sampler=sampler)
+    on_step = progress.steps(f"backward chain ({sampler.name}), {num} draws")
+    model = prior_options(poutine.uncondition(variant.model), sampler=sampler, on_step=on_step)
     trace = poutine.trace(model).get_trace(placeholder)
     return _draws(variant, trace, trace.nodes["x"]["value"])
 

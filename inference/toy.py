@@ -19,7 +19,8 @@ from pbridge.presets import build_toy_model
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 from pbridge.toy import nearest_centroid, sample_walks, transition_accuracy
 
-from .plots import plot_toy_samples, plot_toy_trajectories
+from .plots import plot_toy_samples, plot_toy_trajectories, sampler_name, weights_name
+from .progress import QUIET, Progress
 from .run_dir import (
     CHECKPOINT_FILE,
     atomic_write,
@@ -53,14 +54,16 @@ def code_centroids(variant) -> torch.Tensor:
     return nearest_centroid(variant.decoder(one_cell_items).mean).squeeze(-1)
 
 
-def score_toy_samples(variant, num: int, sampler: SamplerSettings = ANCESTRAL) -> dict[str, float]:
-    """Transition accuracy of ``num`` prior draws by ``sampler``, codes mapped to the centroids
-    they decode to.
+def score_toy_samples(
+    variant, num: int, sampler: SamplerSettings = ANCESTRAL, progress: Progress = QUIET
+) -> dict[str, float]:
+    """Transition accuracy of ``num`` prior draws by ``sampler`` (steps shown by ``progress``),
+    codes mapped to the centroids they decode to.
 
     ``transition_accuracy`` reads z_q^0 as the most probable code of the read-out at the
     chain's end; ``transition_accuracy_sampled_zq`` uses z_q^0 as the model draws it.
     """
-    draws = sample_prior(variant, num, sampler)
+    draws = sample_prior(variant, num, sampler, progress)
     centroid_of = code_centroids(variant)
     return {
         "transition_accuracy": transition_accuracy(centroid_of[draws.mode_codes]),
@@ -110,10 +113,15 @@ def run_toy(
     result.use_ema(variant)
 
     variant.eval()
+    shown = Progress(progress)
+    shown.stage(
+        f"scoring: the held-out bound on {len(x_test):,} test walks, then "
+        f"{config.num_samples:,} prior draws"
+    )
     with pyro.validation_enabled(False):
         elbo, elbo_se = estimate_elbo(variant, x_test, repeats=4, strata=EVAL_STEPS_PER_ITEM)
         posterior = sample_posterior(variant, x_test)
-        scores = score_toy_samples(variant, config.num_samples)
+        scores = score_toy_samples(variant, config.num_samples, progress=shown)
     usage = code_usage(posterior.codes, variant.codebook.num_codes)
     metrics = {
         **scores,
@@ -153,15 +161,17 @@ def sample_toy_run(
     seed: int = 0,
     sampler: SamplerSettings = ANCESTRAL,
     weights: str | None = None,
+    progress: Progress = QUIET,
 ) -> dict:
-    """Draw ``num`` prior samples of a toy run by ``sampler``; write ``samples.pt`` and
-    ``samples.png``."""
+    """Draw ``num`` prior samples of a toy run by ``sampler`` (steps shown by ``progress``);
+    write ``samples.pt`` and ``samples.png``."""
     run = Path(run_dir)
     _, variant = load_toy_run(run, device, weights)
     check_writable(run)
     torch.manual_seed(seed)
+    progress.stage(f"drawing {num:,} samples")
     with pyro.validation_enabled(False):
-        draws = sample_prior(variant, num, sampler)
+        draws = sample_prior(variant, num, sampler, progress)
     with atomic_write(run / "samples.pt") as tmp:
         torch.save(
             {
@@ -172,7 +182,11 @@ def sample_toy_run(
             tmp,
         )
     with atomic_write(run / "samples.png") as tmp:
-        plot_toy_samples(draws.x_mean[:16].cpu(), tmp)
+        title = (
+            f"{min(num, 16)} of {num} sampled walks, {sampler_name(sampler)}, "
+            f"{weights_name(weights)}"
+        )
+        plot_toy_samples(draws.x_mean[:16].cpu(), tmp, title)
     centroid_of = code_centroids(variant)
     return {
         "num": num,
@@ -187,13 +201,14 @@ def evaluate_toy_run(
     device: str = "auto",
     sampler: SamplerSettings = ANCESTRAL,
     weights: str | None = None,
+    progress: Progress = QUIET,
 ) -> dict:
     """``pbridge evaluate`` on a toy run: what applies to walks, on the run's own test walks
     (``settings``: an :class:`~pbridge.inference.evaluate.EvalSettings`): the ELBO (nats per
     walk, ``chain_steps`` stratified steps per walk), transition accuracy of
     ``num_samples`` prior draws by ``sampler``, codebook usage and sampling time. Bits/dim,
     the masked-patch figure and FD-FMNIST are image measures (noted in the result). Writes
-    ``eval.json``."""
+    ``eval.json``; ``progress`` shows its stages and the chain's steps."""
     run = Path(run_dir)
     config, variant = load_toy_run(run, device, weights)
     check_sampler(variant, sampler)
@@ -206,10 +221,12 @@ def evaluate_toy_run(
     torch.manual_seed(settings.seed)
     pyro.set_rng_seed(settings.seed)
     with pyro.validation_enabled(False):
+        progress.stage(f"evaluating the bound on {len(x_test):,} test walks")
         elbo, elbo_se = estimate_elbo(variant, x_test, repeats=4, strata=settings.chain_steps)
         usage = code_usage(sample_posterior(variant, x_test).codes, variant.codebook.num_codes)
+        progress.stage(f"drawing {settings.num_samples:,} samples")
         start = time.perf_counter()
-        scores = score_toy_samples(variant, settings.num_samples, sampler)
+        scores = score_toy_samples(variant, settings.num_samples, sampler, progress)
         seconds = time.perf_counter() - start
     result = {
         "variant": "toy",

@@ -76,12 +76,12 @@ def training_hooks(
 
 def image_grid(num: int = 16) -> Callable[[nn.Module, Path], None]:
     """``draw`` for image variants: ``num`` prior samples (decoder means) as one PNG grid."""
-    from torchvision.utils import save_image
-
+    from .plots import plot_image_grid
     from .sampling import sample_prior
 
     def draw(model: nn.Module, path: Path) -> None:
-        save_image(sample_prior(model, num).x_mean.cpu(), path, nrow=int(num**0.5))
+        title = f"{num} prior samples during training, ancestral sampler"
+        plot_image_grid(sample_prior(model, num).x_mean.cpu(), path, title, int(num**0.5))
 
     return draw
 
@@ -92,6 +92,7 @@ def toy_grid(num: int = 16) -> Callable[[nn.Module, Path], None]:
     from .sampling import sample_prior
 
     def draw(model: nn.Module, path: Path) -> None:
-        plot_toy_samples(sample_prior(model, num).x_mean.cpu(), path)
+        title = f"{num} sampled walks during training, ancestral sampler"
+        plot_toy_samples(sample_prior(model, num).x_mean.cpu(), path, title)
 
     return draw

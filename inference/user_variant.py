@@ -38,13 +38,14 @@ import pyro
 import torch
 from pyro import poutine
 from torch import nn
-from torchvision.utils import save_image
 
 from pbridge.codebook import code_usage
 from pbridge.config import ImageConfig, image_preset
 from pbridge.data import load_images
 from pbridge.likelihoods import bits_per_dim
 
+from .plots import plot_image_grid, plot_reconstructions
+from .progress import Progress
 from .run_dir import (
     CHECKPOINT_FILE,
     atomic_write,
@@ -154,15 +155,18 @@ def _score(variant: nn.Module, args: tuple[torch.Tensor, ...], out: Path) -> dic
     x_mean, codes = _reconstructions(variant, args)
     usage = code_usage(codes, variant.codebook.num_codes)
     with atomic_write(out / "reconstructions.png") as tmp:
-        save_image(torch.cat([x[:32], x_mean[:32]]).cpu(), tmp)
+        title = "32 test images and their reconstructions (decoder mean)"
+        plot_reconstructions(x[:32].cpu(), x_mean[:32].cpu(), tmp, title)
     sample_class = getattr(variant, "sample_class", None)
     with atomic_write(out / "samples.png") as tmp:
         if sample_class is not None:
             classes = torch.arange(variant.num_classes, device=x.device)
             samples = sample_class(classes.repeat_interleave(_SAMPLES_PER_CLASS))
-            save_image(samples.cpu(), tmp, nrow=_SAMPLES_PER_CLASS)
+            title = f"{_SAMPLES_PER_CLASS} prior samples per class (rows: classes 0, 1, ...)"
+            plot_image_grid(samples.cpu(), tmp, title, nrow=_SAMPLES_PER_CLASS)
         else:
-            save_image(sample_prior(variant, 64).x_mean.cpu(), tmp)
+            title = "64 prior samples (decoder mean), ancestral sampler"
+            plot_image_grid(sample_prior(variant, 64).x_mean.cpu(), tmp, title)
     return {
         "test_bits_per_dim": bits_per_dim(-elbo, x[0].numel()),
         "test_bits_per_dim_stderr": bits_per_dim(stderr, x[0].numel()),
@@ -226,6 +230,10 @@ def run_user_variant(
         return {}
     result.use_ema(variant)
     variant.eval()
+    Progress(progress).stage(
+        f"scoring: the test bound on {len(test[0]):,} test images, their reconstructions, then "
+        "prior samples"
+    )
     with pyro.validation_enabled(False):
         metrics = _score(variant, test, out)
     metrics.update(

@@ -43,7 +43,7 @@ from pbridge.code_head import CodeHead
 from pbridge.codebook import Codebook, code_logits, gather_codes
 from pbridge.config import BridgeSettings
 from pbridge.ou_bridge import OUSchedule
-from pbridge.samplers import ANCESTRAL, SamplerSettings, reverse_sample
+from pbridge.samplers import ANCESTRAL, OnStep, SamplerSettings, reverse_sample
 
 __all__ = ["DiffusionBridgeVQVAE"]
 
@@ -118,7 +118,7 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
     ) -> torch.Tensor:
         """The backward chain from ``z_T: (B, d, *cells)`` by ``sampler``, to z^1 (tight) or
         z^0 (paper); ``network`` as in :meth:`chain_denoiser`; ``extra``: more keywords of
-        :func:`~pbridge.samplers.reverse_sample`, e.g. ``known`` or ``record``."""
+        :func:`~pbridge.samplers.reverse_sample`, e.g. ``known``, ``record`` or ``on_step``."""
         return reverse_sample(
             self.schedule,
             self.chain_denoiser(network),
@@ -138,8 +138,10 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
         :func:`~pbridge.bridge_prior.prior_options`. ``network`` as in :meth:`chain_denoiser`."""
         settings, denoiser = self.settings, self.chain_denoiser(network)
 
-        def draw(z_T: torch.Tensor, sampler: SamplerSettings) -> torch.Tensor:
-            return self.draw_chain(z_T, sampler, network)
+        def draw(
+            z_T: torch.Tensor, sampler: SamplerSettings, on_step: OnStep | None = None
+        ) -> torch.Tensor:
+            return self.draw_chain(z_T, sampler, network, on_step=on_step)
 
         if settings.tight:
             tracker = self.step_costs
@@ -180,18 +182,23 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
 
     @torch.no_grad()
     def chain_states(
-        self, z_T: torch.Tensor, times: tuple[int, ...], network: nn.Module | None = None
+        self,
+        z_T: torch.Tensor,
+        times: tuple[int, ...],
+        network: nn.Module | None = None,
+        on_step: OnStep | None = None,
     ) -> dict[int, torch.Tensor]:
         """``{t: z^t}`` of one T-step ancestral backward chain from ``z_T`` at ``times`` (for
         plots). Tight: the chain ends at z^1 and time 0 holds the code vectors of the
-        read-out's most probable codes. ``network`` as in :meth:`chain_denoiser`."""
+        read-out's most probable codes. ``network`` as in :meth:`chain_denoiser`;
+        ``on_step(done, total)`` is told the chain's progress."""
         kept = {self.schedule.num_steps: z_T} if self.schedule.num_steps in times else {}
 
         def record(t: int, z: torch.Tensor) -> None:
             if t in times:
                 kept[t] = z
 
-        end = self.draw_chain(z_T, ANCESTRAL, network, record=record)
+        end = self.draw_chain(z_T, ANCESTRAL, network, record=record, on_step=on_step)
         if self.settings.tight and 0 in times:
             kept[0] = gather_codes(self.readout_logits(end, network).argmax(-1), self.codebook())
         return kept

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import pyro
 import pyro.distributions as dist
@@ -33,7 +34,7 @@ from torch.distributions import constraints
 from .code_head import CodeHead, mean_code
 from .codebook import code_logits, gather_codes
 from .ou_bridge import OUSchedule
-from .samplers import ANCESTRAL, SamplerSettings, reverse_step
+from .samplers import ANCESTRAL, OnStep, SamplerSettings, reverse_step
 
 _NO_SHAPE = torch.Size()
 
@@ -50,7 +51,15 @@ __all__ = [
 ]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Draw = Callable[[torch.Tensor, SamplerSettings], torch.Tensor]
+Draw = Callable[..., torch.Tensor]
+"""``draw(z_T, sampler) -> z``, taking a keyword ``on_step`` too when a prior's
+``with_options`` is given one."""
+
+
+def _reporting(draw: Draw | None, on_step: OnStep | None) -> Draw | None:
+    """``draw`` telling ``on_step(done, total)`` its progress (its keyword ``on_step``, as
+    :func:`pbridge.samplers.reverse_sample`'s), or ``draw`` itself without ``on_step``."""
+    return draw if draw is None or on_step is None else partial(draw, on_step=on_step)
 
 
 def _steps(t: int, like: torch.Tensor) -> torch.Tensor:
@@ -140,7 +149,7 @@ class DiffusionPrior(TorchDistribution):
             still the bound and the gradient reaching z^0 is the bound's, but the denoiser's own
             parameters get the gradient of ``mean_t(w_t) ||eps - eps_theta||^2 / q(t)``
             (L_simple, not the ELBO), in the same single denoiser pass.
-        draw: ``(z_T, sampler) -> z^0`` used by ``sample`` with ``sampler``: e.g.
+        draw: ``(z_T, sampler) -> z^0`` used by ``sample`` with ``sampler`` (:data:`Draw`): e.g.
             :func:`pbridge.samplers.reverse_sample` (``None``: the prior scores but does not
             sample).
         sampler: the :class:`~pbridge.samplers.SamplerSettings` of ``sample``.
@@ -188,16 +197,20 @@ class DiffusionPrior(TorchDistribution):
         super().__init__(torch.Size([batch_size]), torch.Size(event_shape), validate_args)
 
     def with_options(
-        self, sampler: SamplerSettings | None = None, strata: int | None = None
+        self,
+        sampler: SamplerSettings | None = None,
+        strata: int | None = None,
+        on_step: OnStep | None = None,
     ) -> DiffusionPrior:
-        """This prior drawing with ``sampler`` and scored with ``strata`` stratified steps per
-        item (uniform steps) where given; the others as they are."""
+        """This prior drawing with ``sampler`` (its progress told to ``on_step``) and scored
+        with ``strata`` stratified steps per item (uniform steps) where given; the others as
+        they are."""
         return DiffusionPrior(
             self.schedule,
             self.denoiser,
             tuple(self.event_shape),
             self.batch_shape[0],
-            draw=self.draw,
+            draw=_reporting(self.draw, on_step),
             model_variance=self.model_variance,
             proposal=self.proposal if strata is None else None,
             denoiser_loss=self.denoiser_loss,
@@ -357,7 +370,7 @@ class BridgeCodePrior(TorchDistribution):
     Args:
         head: the categorical head (its codebook, schedule and network).
         batch_size: B.  event_shape: ``(d, *cells)``.
-        draw: ``(z_T, sampler) -> z^1``, the backward chain stopped at t = 1
+        draw: ``(z_T, sampler) -> z^1`` (:data:`Draw`), the backward chain stopped at t = 1
             (:func:`pbridge.samplers.reverse_sample` with ``to_time=1``); ``None``: the prior
             scores but does not sample.
         proposal / tracker / strata / aux_weight: see above; ``tracker`` (a
@@ -393,16 +406,20 @@ class BridgeCodePrior(TorchDistribution):
         super().__init__(torch.Size([batch_size]), torch.Size(event_shape), validate_args)
 
     def with_options(
-        self, sampler: SamplerSettings | None = None, strata: int | None = None
+        self,
+        sampler: SamplerSettings | None = None,
+        strata: int | None = None,
+        on_step: OnStep | None = None,
     ) -> BridgeCodePrior:
-        """This prior drawing with ``sampler`` and scored with the read-out and ``strata``
-        stratified steps per item (no proposal, no tracking) where given."""
+        """This prior drawing with ``sampler`` (its progress told to ``on_step``) and scored
+        with the read-out and ``strata`` stratified steps per item (no proposal, no tracking)
+        where given."""
         stratified = strata is not None
         return BridgeCodePrior(
             self.head,
             self.batch_shape[0],
             tuple(self.event_shape),
-            draw=self.draw,
+            draw=_reporting(self.draw, on_step),
             proposal=None if stratified else self.proposal,
             tracker=None if stratified else self.tracker,
             strata=strata if stratified else self.strata,
@@ -487,9 +504,9 @@ class BridgeCodePrior(TorchDistribution):
 
 class PriorOptions(Messenger):
     """A Pyro handler: the bridge's prior site (a :class:`BridgeCodePrior` or
-    :class:`DiffusionPrior`) draws with ``sampler`` and scores with ``strata`` stratified steps
-    per item, where given (:meth:`BridgeCodePrior.with_options`); every other site is left as
-    it is.
+    :class:`DiffusionPrior`) draws with ``sampler``, telling ``on_step(done, total)`` its
+    progress, and scores with ``strata`` stratified steps per item, where given
+    (:meth:`BridgeCodePrior.with_options`); every other site is left as it is.
 
     This is how the options of one evaluation or one batch of draws reach the prior site
     without entering the model's signature: ``model(x, *more)`` stays the program Pyro's
@@ -499,21 +516,29 @@ class PriorOptions(Messenger):
     full-chain estimator) runs unchanged.
     """
 
-    def __init__(self, sampler: SamplerSettings | None = None, strata: int | None = None) -> None:
+    def __init__(
+        self,
+        sampler: SamplerSettings | None = None,
+        strata: int | None = None,
+        on_step: OnStep | None = None,
+    ) -> None:
         super().__init__()
-        self.sampler, self.strata = sampler, strata
+        self.sampler, self.strata, self.on_step = sampler, strata, on_step
 
     def _pyro_sample(self, msg: dict) -> None:
         if isinstance(msg["fn"], (BridgeCodePrior, DiffusionPrior)):
-            msg["fn"] = msg["fn"].with_options(sampler=self.sampler, strata=self.strata)
+            msg["fn"] = msg["fn"].with_options(self.sampler, self.strata, self.on_step)
 
 
 def prior_options(
-    fn: Callable, sampler: SamplerSettings | None = None, strata: int | None = None
+    fn: Callable,
+    sampler: SamplerSettings | None = None,
+    strata: int | None = None,
+    on_step: OnStep | None = None,
 ) -> Callable:
-    """``fn`` (a model) with its bridge prior site drawing by ``sampler`` and scoring with
-    ``strata`` stratified steps per item (:class:`PriorOptions`); ``fn`` itself if neither is
-    given."""
-    if sampler is None and strata is None:
+    """``fn`` (a model) with its bridge prior site drawing by ``sampler`` (its progress told
+    to ``on_step(done, total)``) and scoring with ``strata`` stratified steps per item
+    (:class:`PriorOptions`); ``fn`` itself if none is given."""
+    if sampler is None and strata is None and on_step is None:
         return fn
-    return PriorOptions(sampler, strata)(fn)
+    return PriorOptions(sampler, strata, on_step)(fn)

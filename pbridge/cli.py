@@ -9,10 +9,11 @@ pbridge train DATASET --out RUN_DIR [--config FILE] [--set KEY=VALUE ...]
 pbridge train path/to/variant.py --out RUN_DIR [--set KEY=VALUE ...] [--resume] ...
 pbridge --version
 pbridge sample RUN_DIR [--num N] [--sampler ancestral|respaced|sde|ode] [--sample-steps S]
-               [--ddim-eta E] [--method M]
+               [--ddim-eta E] [--method M] [--no-progress]
 pbridge evaluate RUN_DIR [--items N] [--samples N] [--fd-draws N] [--patch-items N]
-                 [--patch-draws N] [--sampler ...] [--sample-steps S]
+                 [--patch-draws N] [--sampler ...] [--sample-steps S] [--no-progress]
 pbridge analyze RUN_DIR [--num N] [--items N] [--seed S] [--sampler ...] [--sample-steps S]
+                [--no-progress]
 
 docs/cli.md describes every command and option.
 
@@ -191,7 +192,7 @@ def _add_run_options(train: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--rdzv-endpoint", help="HOST:PORT of the rendezvous, the same on every machine"
     )
-    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_progress_option(train)
     train.add_argument(
         "--resume",
         action="store_true",
@@ -251,6 +252,7 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
     sample.add_argument("--device", default="auto", help="auto, cpu or cuda")
     _add_sampler_options(sample)
     _add_weights_option(sample)
+    _add_progress_option(sample)
 
 
 def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
@@ -316,6 +318,22 @@ def _add_draw_options(parser: argparse.ArgumentParser) -> None:
     _add_weights_option(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--root", help="data folder (default: $PBRIDGE_DATA or ~/.cache/pbridge)")
+    _add_progress_option(parser)
+
+
+def _add_progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide progress (bars on a terminal, else plain lines); results are the same bits",
+    )
+
+
+def _progress(args: argparse.Namespace):
+    """The :class:`~pbridge.inference.progress.Progress` of ``--no-progress``."""
+    from pbridge.inference.progress import Progress
+
+    return Progress(not args.no_progress)
 
 
 def _add_weights_option(parser: argparse.ArgumentParser) -> None:
@@ -478,6 +496,7 @@ def _run(args: argparse.Namespace) -> int:
             args.root,
             sampler,
             args.weights,
+            _progress(args),
         )
     else:
         from pbridge.inference.images import sample_image_run
@@ -486,7 +505,9 @@ def _run(args: argparse.Namespace) -> int:
         sampler = _sampler_settings(args)
         kind = _check_drawing(args, sampler)
         sample_run = sample_toy_run if kind == "toy" else sample_image_run
-        metrics = sample_run(args.run_dir, args.num, args.device, args.seed, sampler, args.weights)
+        metrics = sample_run(
+            args.run_dir, args.num, args.device, args.seed, sampler, args.weights, _progress(args)
+        )
     if metrics:  # empty on the processes of a data-parallel job other than the first
         print(json.dumps(metrics, indent=2))
     return 0
@@ -563,9 +584,14 @@ def _evaluate(args: argparse.Namespace) -> dict:
                 "figures); its metrics.json holds test bits/dim and codebook usage, and `pbridge "
                 "analyze` works on it"
             )
+    progress = _progress(args)
     if kind == "toy":
-        return evaluate_toy_run(args.run_dir, settings, args.device, sampler, args.weights)
-    result = evaluate_run(args.run_dir, settings, args.device, args.root, sampler, args.weights)
+        return evaluate_toy_run(
+            args.run_dir, settings, args.device, sampler, args.weights, progress
+        )
+    result = evaluate_run(
+        args.run_dir, settings, args.device, args.root, sampler, args.weights, progress
+    )
     bpd, stderr = result.get("test_bits_per_dim"), result.get("test_bits_per_dim_stderr")
     if bpd is not None and stderr is not None and stderr > abs(bpd) / 4:
         _warn(

@@ -35,6 +35,7 @@ from .ou_bridge import OUSchedule
 __all__ = [
     "SamplerSettings",
     "ANCESTRAL",
+    "OnStep",
     "reverse_step",
     "SAMPLERS",
     "SDE_METHODS",
@@ -43,11 +44,13 @@ __all__ = [
     "respaced_times",
     "reverse_sample",
     "encode_ode",
+    "ADAPTIVE_PROGRESS_PARTS",
 ]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Known = tuple[torch.Tensor, torch.Tensor]
 Record = Callable[[int, torch.Tensor], None]
+OnStep = Callable[[int, int], None]
 
 SAMPLERS = ("ancestral", "respaced", "sde", "ode")
 SDE_METHODS = ("euler", "srk", "reversible_heun")
@@ -60,6 +63,9 @@ _ADAPTIVE_ATOL = 1e-4
 _ADAPTIVE_FIRST_STEPS = 32
 # A fixed step is lengthened by this factor so that rounding never adds a last tiny step.
 _STEP_SLACK = 1.0 + 1e-9
+ADAPTIVE_PROGRESS_PARTS = 100
+"""Parts of the solver's time span that ``on_step`` counts for the adaptive ``"sde"``/``"ode"``
+samplers, whose number of steps is not known in advance."""
 # Drifts kept by _FlowSDE: the 4 stages of torchsde's diagonal-noise SRK.
 _CACHE_SIZE = 4
 
@@ -215,14 +221,17 @@ def _ancestral(
     generator: torch.Generator | None,
     to_time: int,
     record: Record | None,
+    on_step: OnStep | None,
 ) -> torch.Tensor:
-    abar = schedule.abar.tolist()
+    abar, total = schedule.abar.tolist(), schedule.num_steps - to_time
     for t in range(schedule.num_steps, to_time, -1):
         mean, var = reverse_step(schedule, denoiser, z, _indices(t, z), model_variance)
         z = mean + var.sqrt() * _randn(z, generator)
         z = _impose_known(schedule, z, known, abar[t - 1], generator)
         if record is not None:
             record(t - 1, z)
+        if on_step is not None:
+            on_step(schedule.num_steps - t + 1, total)
     return z
 
 
@@ -235,13 +244,15 @@ def _respaced(
     known: Known | None,
     generator: torch.Generator | None,
     to_time: int,
+    on_step: OnStep | None,
 ) -> torch.Tensor:
     """DDIM-style steps tau_i -> tau_{i-1} (eq. S1) down to ``to_time``; a last step
     tau_1 -> 0 is eq. S2 (with ``to_time = 1`` and tau_1 = 1 there is none)."""
     abar, s2, zs = schedule.abar.tolist(), schedule.sigma2, schedule.z_star
     times = respaced_times(schedule.num_steps, steps)
     pairs = zip(reversed(times), reversed([to_time] + times[:-1]), strict=True)
-    for cur, prev in ((c, p) for c, p in pairs if c > p):
+    pairs = [(c, p) for c, p in pairs if c > p]
+    for done, (cur, prev) in enumerate(pairs, 1):
         t = _indices(cur, z)
         eps_hat = denoiser(z, t)
         z0_hat = schedule.predict_z0(z, eps_hat, t)
@@ -254,6 +265,8 @@ def _respaced(
             mean = zs + math.sqrt(a_prev) * (z0_hat - zs) + direction * eps_hat
         z = mean + math.sqrt(var) * _randn(z, generator)
         z = _impose_known(schedule, z, known, abar[prev], generator)
+        if on_step is not None:
+            on_step(done, len(pairs))
     return z
 
 
@@ -270,6 +283,7 @@ class _FlowSDE(nn.Module):
     The drifts at the last few (u, y) are cached (by the identity of ``y``): the contract check
     that ``sdeint`` runs at its start time then costs no network evaluation (the first solver
     step reuses it), nor do the repeated stage evaluations of ``"srk"`` (4 per step, not 10).
+    ``on_time(u)``, if given, is told the solver time of every drift evaluation (progress).
     """
 
     noise_type = "diagonal"
@@ -284,11 +298,12 @@ class _FlowSDE(nn.Module):
         score_weight: float,
         diffusion: float,
         sde_type: str,
+        on_time: Callable[[float], None] | None = None,
     ) -> None:
         super().__init__()
         self.schedule, self.denoiser, self.shape = schedule, denoiser, shape
         self.origin, self.sign, self.score_weight = origin, sign, score_weight
-        self.diffusion, self.sde_type = diffusion, sde_type
+        self.diffusion, self.sde_type, self.on_time = diffusion, sde_type, on_time
         self.times = schedule.times.tolist()
         self._cache: list[tuple[float, torch.Tensor, torch.Tensor]] = []
 
@@ -303,6 +318,8 @@ class _FlowSDE(nn.Module):
         for u_seen, y_seen, out in self._cache:
             if u_seen == u and y_seen is y:
                 return out
+        if self.on_time is not None:
+            self.on_time(u)
         sch = self.schedule
         s = self.origin + self.sign * u
         z = y.reshape(self.shape)
@@ -408,6 +425,96 @@ def _entropy(generator: torch.Generator | None) -> int:
     return int(torch.randint(0, 2**62, (), generator=generator, device=device))
 
 
+def _check_call(
+    schedule: OUSchedule,
+    z_T: torch.Tensor,
+    sampler: SamplerSettings,
+    model_variance: str,
+    known: Known | None,
+    to_time: int,
+    record: Record | None,
+) -> Known | None:
+    """Refuses the arguments of :func:`reverse_sample` that do not go together; returns
+    ``known`` on the device and dtype of ``z_T``."""
+    _check_state("z_T", z_T)
+    if not isinstance(sampler, SamplerSettings):
+        raise TypeError(f"sampler must be a SamplerSettings, got {type(sampler).__name__}")
+    sampler.check_chain(schedule.num_steps)
+    if to_time not in (0, 1):
+        raise ValueError(f"to_time must be 0 or 1, got {to_time!r}")
+    if record is not None and sampler.name != "ancestral":
+        raise ValueError(f"record applies to the 'ancestral' sampler, got {sampler.name!r}")
+    schedule.model_variance_table(model_variance)
+    known = _check_known(known, z_T)
+    if sampler.name in ("sde", "ode") and known is not None and sampler.sample_steps is None:
+        raise ValueError(
+            "inpainting with the 'sde' or 'ode' sampler needs a fixed number of steps "
+            "(--sample-steps)"
+        )
+    return known
+
+
+def _solver_progress(on_step: OnStep | None, span: float, steps: int | None):
+    """``on_time(u)`` for :class:`_FlowSDE`: reports ``on_step(done, total)`` once the solver
+    time u in [0, ``span``] has passed one more of ``total`` equal parts (``steps``, or
+    :data:`ADAPTIVE_PROGRESS_PARTS` for adaptive steps), each count once; ``None`` without
+    ``on_step``."""
+    if on_step is None:
+        return None
+    total, shown = steps or ADAPTIVE_PROGRESS_PARTS, [0]
+
+    def on_time(u: float) -> None:
+        done = min(total, int(u / span * total * _STEP_SLACK))
+        if done > shown[0]:
+            shown[0] = done
+            on_step(done, total)
+
+    return on_time
+
+
+def _flow(
+    schedule: OUSchedule,
+    denoiser: Denoiser,
+    z: torch.Tensor,
+    sampler: SamplerSettings,
+    known: Known | None,
+    generator: torch.Generator | None,
+    eps_known: torch.Tensor | None,
+    entropy: int,
+    to_time: int,
+    on_step: OnStep | None,
+) -> torch.Tensor:
+    """The ``"sde"`` / ``"ode"`` sampler of :func:`reverse_sample` from ``z: (B, d, *cells)``
+    (the known cells already imposed at s_T)."""
+    T, steps, method = schedule.num_steps, sampler.sample_steps, sampler.solver
+    s_T, s_1 = float(schedule.times[T]), float(schedule.times[1])
+    is_sde = sampler.name == "sde"
+    sde = _FlowSDE(
+        schedule,
+        denoiser,
+        z.shape,
+        origin=s_T,
+        sign=-1.0,
+        score_weight=1.0 if is_sde else 0.5,
+        diffusion=math.sqrt(schedule.eta2) if is_sde else 0.0,
+        sde_type="stratonovich" if method in _STRATONOVICH else "ito",
+        on_time=_solver_progress(on_step, s_T - s_1, steps),
+    )
+
+    def after_step(z_new: torch.Tensor, u: float) -> torch.Tensor:
+        abar = math.exp(-2.0 * schedule.theta * (s_T - u))
+        return _impose_known(schedule, z_new, known, abar, generator, eps_known)
+
+    z = _solve(sde, z, s_T - s_1, steps, method, entropy, None if known is None else after_step)
+    if sde.on_time is not None:
+        sde.on_time(s_T - s_1)  # the end of the last step
+    if to_time == 1:
+        return z
+    t = _indices(1, z)
+    z0 = schedule.predict_z0(z, denoiser(z, t), t)
+    return _impose_known(schedule, z0, known, 1.0, generator)
+
+
 @torch.no_grad()
 def reverse_sample(
     schedule: OUSchedule,
@@ -420,6 +527,7 @@ def reverse_sample(
     generator: torch.Generator | None = None,
     to_time: int = 0,
     record: Record | None = None,
+    on_step: OnStep | None = None,
 ) -> torch.Tensor:
     """z^0 (or z^1) ``(B, d, *cells)`` from ``z_T: (B, d, *cells)`` by the sampler ``sampler``.
 
@@ -454,62 +562,30 @@ def reverse_sample(
             out): the ancestral chain stops after step 2, the respaced one at tau_1 = 1 (or
             steps straight from T to 1 when S = 1), the SDE/ODE at s_1 without the final z0_hat.
         record: ``record(t, z^t)`` after every step of the ``"ancestral"`` sampler (plots).
+        on_step: ``on_step(done, total)`` as the sampler progresses (progress bars): after
+            each of its ``total`` steps; for ``"sde"``/``"ode"`` as the solver's time passes
+            each of ``sample_steps`` equal parts (:data:`ADAPTIVE_PROGRESS_PARTS` parts when
+            adaptive). It draws nothing: the result is the same with or without it.
     Returns:
         z^{to_time}, shape and dtype of ``z_T``.
     """
-    _check_state("z_T", z_T)
-    if not isinstance(sampler, SamplerSettings):
-        raise TypeError(f"sampler must be a SamplerSettings, got {type(sampler).__name__}")
-    sampler.check_chain(schedule.num_steps)
-    if to_time not in (0, 1):
-        raise ValueError(f"to_time must be 0 or 1, got {to_time!r}")
-    name, steps = sampler.name, sampler.sample_steps
-    if record is not None and name != "ancestral":
-        raise ValueError(f"record applies to the 'ancestral' sampler, got {name!r}")
-    schedule.model_variance_table(model_variance)
-    known = _check_known(known, z_T)
-    T = schedule.num_steps
-    if name in ("sde", "ode") and known is not None and steps is None:
-        raise ValueError(
-            "inpainting with the 'sde' or 'ode' sampler needs a fixed number of steps "
-            "(--sample-steps)"
-        )
-
+    known = _check_call(schedule, z_T, sampler, model_variance, known, to_time, record)
+    name, T = sampler.name, schedule.num_steps
     # The Brownian path's seed is drawn first, so that inpainting leaves the path unchanged.
     entropy = _entropy(generator) if name == "sde" else 0
     eps_known = _randn(z_T, generator) if known is not None and name == "ode" else None
     z = _impose_known(schedule, z_T, known, float(schedule.abar[T]), generator, eps_known)
     if name == "ancestral":
-        return _ancestral(schedule, denoiser, z, model_variance, known, generator, to_time, record)
+        return _ancestral(
+            schedule, denoiser, z, model_variance, known, generator, to_time, record, on_step
+        )
     if name == "respaced":
         ddim_eta = 1.0 if sampler.ddim_eta is None else sampler.ddim_eta
-        steps = T if steps is None else steps
-        return _respaced(schedule, denoiser, z, steps, ddim_eta, known, generator, to_time)
-
-    s_T, s_1 = float(schedule.times[T]), float(schedule.times[1])
-    is_sde = name == "sde"
-    method = sampler.solver
-    sde = _FlowSDE(
-        schedule,
-        denoiser,
-        z.shape,
-        origin=s_T,
-        sign=-1.0,
-        score_weight=1.0 if is_sde else 0.5,
-        diffusion=math.sqrt(schedule.eta2) if is_sde else 0.0,
-        sde_type="stratonovich" if method in _STRATONOVICH else "ito",
+        steps = T if sampler.sample_steps is None else sampler.sample_steps
+        return _respaced(schedule, denoiser, z, steps, ddim_eta, known, generator, to_time, on_step)
+    return _flow(
+        schedule, denoiser, z, sampler, known, generator, eps_known, entropy, to_time, on_step
     )
-
-    def after_step(z_new: torch.Tensor, u: float) -> torch.Tensor:
-        abar = math.exp(-2.0 * schedule.theta * (s_T - u))
-        return _impose_known(schedule, z_new, known, abar, generator, eps_known)
-
-    z = _solve(sde, z, s_T - s_1, steps, method, entropy, None if known is None else after_step)
-    if to_time == 1:
-        return z
-    t = _indices(1, z)
-    z0 = schedule.predict_z0(z, denoiser(z, t), t)
-    return _impose_known(schedule, z0, known, 1.0, generator)
 
 
 @torch.no_grad()

@@ -471,7 +471,7 @@ def test_item6_ctrl_c_in_sample_exits_130_with_one_line(run, capsys, monkeypatch
         raise KeyboardInterrupt
 
     monkeypatch.setattr("pbridge.inference.toy.sample_prior", interrupted)
-    err = _refused(["sample", run, "--num", "4"], capsys, status=130)
+    err = _refused(["sample", run, "--num", "4", "--no-progress"], capsys, status=130)
     assert "stopped by SIGINT" in err
     assert _snapshot(run) == before
 
@@ -695,3 +695,18 @@ def test_an_image_folder_of_mixed_sizes_loads_and_a_broken_image_is_named(tmp_pa
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(UnreadableDataError, match="broken.jpg is not a readable image"):
         load_images("miniimagenet", "test", root=tmp_path)
+
+
+def test_sample_progress_shows_lines_is_silenced_and_never_changes_the_draws(run, capsys):
+    """``pbridge sample`` says what it draws and shows the chain's steps as plain lines on a
+    stderr that is not a terminal (no carriage returns); ``--no-progress`` shows nothing; the
+    samples are the same bits either way."""
+    assert main(["sample", str(run), "--num", "8"]) == 0
+    err = capsys.readouterr().err
+    assert "drawing 8 samples ..." in err and "backward chain (ancestral), 8 draws: " in err
+    assert "/99 steps" in err and "\r" not in err
+    shown = torch.load(run / "samples.pt", weights_only=True)
+    assert main(["sample", str(run), "--num", "8", "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+    hidden = torch.load(run / "samples.pt", weights_only=True)
+    assert all(torch.equal(shown[name], hidden[name]) for name in shown)

@@ -372,6 +372,39 @@ def test_sde_generator_reproducible_and_ode_deterministic(float64):
     assert torch.equal(run("ode", 0), run("ode", 1))
 
 
+@pytest.mark.parametrize(
+    "sampler, to_time, total",
+    [
+        (SamplerSettings(), 0, 100),
+        (SamplerSettings(), 1, 99),
+        (SamplerSettings("respaced", 10, 0.5), 0, 10),
+        (SamplerSettings("sde", 20, method="srk"), 0, 20),
+        (SamplerSettings("ode", 15, method="heun"), 1, 15),
+        (SamplerSettings("ode", method="midpoint"), 0, 100),
+    ],
+    ids=["ancestral", "ancestral_to_1", "respaced", "sde_srk", "ode_heun", "ode_adaptive"],
+)
+def test_on_step_counts_the_steps_and_changes_no_draw(sampler, to_time, total, float64):
+    """``on_step(done, total)`` sees done rise to ``total`` (the sampler's steps; 100 parts of
+    the solver's span when adaptive), and the same generator seed gives the same bits with and
+    without it."""
+    schedule, m, c2 = gaussian_data("toy")
+    oracle = GaussianOracle(schedule, m, c2)
+    z_T = start_draws(schedule, m, c2, 4)
+    seen = []
+
+    def run(on_step):
+        gen = torch.Generator().manual_seed(5)
+        return reverse_sample(
+            schedule, oracle, z_T, sampler, generator=gen, to_time=to_time, on_step=on_step
+        )
+
+    assert torch.equal(run(lambda done, of: seen.append((done, of))), run(None))
+    done = [d for d, _ in seen]
+    assert {of for _, of in seen} == {total} and done[-1] == total
+    assert done == sorted(set(done)) and len(done) > total // 2
+
+
 def test_respaced_times():
     """S evenly spaced indices in 1..T, from 1 to T; S = T gives every index, S = 1 only T."""
     assert respaced_times(10, 10) == list(range(1, 11))
