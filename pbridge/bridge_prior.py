@@ -32,7 +32,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from .code_head import CodeHead, mean_code
-from .codebook import code_logits, gather_codes
+from .codebook import code_indices, gather_codes
 from .ou_bridge import OUSchedule
 from .samplers import ANCESTRAL, OnStep, SamplerSettings, reverse_step
 
@@ -435,7 +435,7 @@ class BridgeCodePrior(TorchDistribution):
 
     def indices(self, value: torch.Tensor) -> torch.Tensor:
         """The code index ``(B, *cells)`` of every cell of a value ``(B, d, *cells)``."""
-        return code_logits(value, self.head.codebook(), 1.0).argmax(-1)
+        return code_indices(value, self.head.codebook())
 
     def step_terms(
         self, k: torch.Tensor, t: torch.Tensor, eps: torch.Tensor | None = None

@@ -19,7 +19,7 @@ import torch
 from pyro.distributions import RelaxedOneHotCategoricalStraightThrough, TorchDistribution
 from torch.distributions import constraints, register_kl
 
-from .codebook import categorical_kl, code_logits, gather_codes
+from .codebook import categorical_kl, code_indices, gather_codes
 
 _NO_SHAPE = torch.Size()
 
@@ -75,7 +75,7 @@ class CodeVector(TorchDistribution):
 
     def indices(self, value: torch.Tensor) -> torch.Tensor:
         """The code index ``(B, *cells)`` of each cell of a value ``(B, d, *cells)``."""
-        return code_logits(value, self.codes, 1.0).argmax(-1)  # the nearest code, by matmul
+        return code_indices(value, self.codes)
 
     def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
         with torch.no_grad():

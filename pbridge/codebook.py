@@ -24,6 +24,7 @@ __all__ = [
     "categorical_kl",
     "code_usage",
     "gather_codes",
+    "code_indices",
     "spherical",
     "kmeans",
 ]
@@ -76,6 +77,22 @@ def gather_codes(indices: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     # codebook in a thread-dependent order on CPU; a matrix product is deterministic.
     one_hot = torch.nn.functional.one_hot(indices, codes.shape[0]).to(codes.dtype)
     return (one_hot @ codes).movedim(-1, 1)
+
+
+def code_indices(value: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """The index ``(B, *cells)`` of the code nearest to each cell of ``value: (B, d, *cells)``:
+    the inverse of :func:`gather_codes`.
+
+    The two nearest codes by the matrix-product form of the distance (:func:`code_logits`) are
+    compared by the exact ``||z - e_k||^2``. Training can bring two codes closer together than
+    that form's rounding (about 1e-7 ||z||^2 in float32); without the exact comparison a value
+    drawn as one of them can read back as its twin, and a point-mass guide then scores -inf.
+    """
+    k = min(2, codes.shape[0])
+    candidates = code_logits(value, codes, 1.0).topk(k, dim=-1).indices  # (B, *cells, k)
+    z = value.movedim(1, -1).unsqueeze(-2)  # (B, *cells, 1, d)
+    exact = (z - codes.detach()[candidates]).pow(2).sum(-1)  # (B, *cells, k)
+    return candidates.gather(-1, exact.argmin(-1, keepdim=True)).squeeze(-1)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pyro.distributions import TorchDistribution
 from torch import nn
 from torch.distributions import constraints
 
-from .codebook import code_logits, gather_codes
+from .codebook import code_indices, gather_codes
 
 __all__ = ["GatedPixelCNN", "PixelCNNPrior"]
 
@@ -176,7 +176,7 @@ class PixelCNNPrior(TorchDistribution):
 
     def indices(self, value: torch.Tensor) -> torch.Tensor:
         """The code index of every cell of ``value: (B, d, H, W)``, ``(B, H, W)``."""
-        return code_logits(value, self.codes, 0.0).argmax(-1)
+        return code_indices(value, self.codes)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:

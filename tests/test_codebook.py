@@ -12,10 +12,43 @@ from pbridge.codebook import (
     Codebook,
     EMACodebook,
     categorical_kl,
+    code_indices,
     code_logits,
     code_usage,
+    gather_codes,
     kmeans,
 )
+
+
+def _twin_codes(n=64, gap=2e-4):
+    """n unit codes at random angles, each followed by a twin ``gap`` radians away (float32)."""
+    angle = torch.rand(n, generator=torch.Generator().manual_seed(0)) * 2 * math.pi
+    angle = torch.stack([angle, angle + gap], 1).flatten()
+    return torch.stack([angle.cos(), angle.sin()], 1)  # (2n, 2)
+
+
+def test_code_indices_read_back_twin_codes_and_a_point_mass_scores_zero():
+    """Codes 2e-4 apart (as training made them in a toy run that then stopped on -inf): the
+    matrix-product distance confuses some twins in float32, code_indices reads every code back
+    as itself, and the guide's point mass on a code has log-probability 0, not -inf."""
+    codes = _twin_codes()
+    k = torch.arange(len(codes)).view(1, -1)  # (1, cells = K)
+    value = gather_codes(k, codes)  # (1, 2, K): every code once
+    assert (code_logits(value, codes, 1.0).argmax(-1) != k).any()  # the case is real
+    assert torch.equal(code_indices(value, codes), k)
+    assert torch.equal(code_indices(value.double(), codes.double()), k)
+    f = value + 1e-5 * torch.randn(value.shape, generator=torch.Generator().manual_seed(1))
+    point_mass = CodeVector(code_logits(f, codes, 0.0), codes)  # the tight guide's z_q_0 at f
+    assert torch.equal(point_mass.log_prob(point_mass.sample()), torch.zeros(1))
+
+
+def test_code_indices_is_the_nearest_code(float64):
+    """Off the codes, the index of the nearest code by brute force (ties have probability 0)."""
+    gen = torch.Generator().manual_seed(1)
+    codes, z = torch.randn(16, 3, generator=gen), torch.randn(4, 3, 5, generator=gen)
+    nearest = (z.movedim(1, -1).unsqueeze(-2) - codes).norm(dim=-1).argmin(-1)
+    assert torch.equal(code_indices(z, codes), nearest)
+    assert torch.equal(code_indices(z, codes[:1]), torch.zeros(4, 5, dtype=torch.long))
 
 
 def brute_force_logits(z_e, codes, tau):
