@@ -108,10 +108,14 @@ def _rotate(path: Path) -> None:
     link = path.with_name(path.name + ".prev.tmp")
     link.unlink(missing_ok=True)
     try:
-        os.link(path, link)
-    except OSError:  # a file system without hard links
-        shutil.copyfile(path, link)
-    os.replace(link, previous)
+        try:
+            os.link(path, link)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(path, link)
+        os.replace(link, previous)
+    except BaseException:
+        link.unlink(missing_ok=True)
+        raise
     if checksum_path(path).is_file():
         os.replace(checksum_path(path), checksum_path(previous))
     else:  # an older-layout checkpoint carries its digest inside
