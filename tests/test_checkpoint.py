@@ -20,15 +20,8 @@ from pbridge.checkpoint import (
     previous_path,
     save_checkpoint,
 )
-from pbridge.cli import main
 from pbridge.config import ToyConfig
 from pbridge.inference.sampling import sample_prior
-
-TINY_TOY = [
-    "--steps", "30", "--batch-size", "16", "--no-progress",
-    "--set", "num_train=256", "--set", "num_samples=64",
-    "--set", "hidden=16", "--set", "denoiser_width=16", "--set", "denoiser_blocks=1",
-]  # fmt: skip
 
 
 def _write_old_layout(payload: dict, path) -> None:
@@ -39,14 +32,6 @@ def _write_old_layout(payload: dict, path) -> None:
     body = buffer.getvalue()
     digest = hashlib.sha256(body).hexdigest().encode()
     path.write_bytes(b"pbridge-checkpoint sha256=" + digest + b"\n" + body)
-
-
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory):
-    """A tiny toy run of 30 steps trained through the command line (EMA weights kept)."""
-    out = tmp_path_factory.mktemp("load") / "toy"
-    assert main(["train", "toy", *TINY_TOY, "--out", str(out)]) == 0
-    return out
 
 
 # ---------------------------------------------------------------- the file format
@@ -125,24 +110,24 @@ def test_a_write_stopped_between_any_two_renames_leaves_an_intact_checkpoint(
 
 # ---------------------------------------------------------------- pbridge.load_run
 @pytest.mark.slow
-def test_load_run_gives_a_variant_that_samples_with_its_config_and_losses(toy_run):
-    run = pbridge.load_run(toy_run, device="cpu")
+def test_load_run_gives_a_variant_that_samples_with_its_config_and_losses(tiny_toy_run):
+    run = pbridge.load_run(tiny_toy_run, device="cpu")
     assert isinstance(run, pbridge.LoadedRun)
     assert isinstance(run.config, ToyConfig) and run.config.denoiser_width == 16
     assert run.step == 30 and len(run.losses) == 30 and run.weights == "ema"
-    with (toy_run / "train.csv").open() as handle:
+    with (tiny_toy_run / "train.csv").open() as handle:
         assert list(run.losses) == [float(row["loss"]) for row in csv.DictReader(handle)]
-    assert run.checkpoint == toy_run / "checkpoint.pt" and not run.variant.training
+    assert run.checkpoint == tiny_toy_run / "checkpoint.pt" and not run.variant.training
     draws = sample_prior(run.variant, 4)
     assert draws.x.shape == (4, 2, 5) and bool(torch.isfinite(draws.x).all())
 
 
 @pytest.mark.slow
-def test_load_run_ema_and_raw_weights_differ(toy_run):
-    ema = pbridge.load_run(toy_run, weights="ema", device="cpu")
-    raw = pbridge.load_run(toy_run, weights="raw", device="cpu")
+def test_load_run_ema_and_raw_weights_differ(tiny_toy_run):
+    ema = pbridge.load_run(tiny_toy_run, weights="ema", device="cpu")
+    raw = pbridge.load_run(tiny_toy_run, weights="raw", device="cpu")
     assert raw.weights == "raw" and raw.losses == ema.losses
-    state = torch.load(toy_run / "checkpoint.pt", weights_only=True)
+    state = torch.load(tiny_toy_run / "checkpoint.pt", weights_only=True)
     for name, value in raw.variant.state_dict().items():
         assert torch.equal(value, state["model"][name]), name
         assert torch.equal(ema.variant.state_dict()[name], state["ema"][name]), name
@@ -153,15 +138,15 @@ def test_load_run_ema_and_raw_weights_differ(toy_run):
     ]
     assert differ
     with pytest.raises(ValueError, match="weights must be 'ema' or 'raw', got 'best'"):
-        pbridge.load_run(toy_run, weights="best", device="cpu")
+        pbridge.load_run(tiny_toy_run, weights="best", device="cpu")
 
 
 @pytest.mark.slow
-def test_load_run_reads_a_run_whose_checkpoint_has_the_old_layout(toy_run, tmp_path):
-    state = torch.load(toy_run / "checkpoint.pt", weights_only=True)
+def test_load_run_reads_a_run_whose_checkpoint_has_the_old_layout(tiny_toy_run, tmp_path):
+    state = torch.load(tiny_toy_run / "checkpoint.pt", weights_only=True)
     old = tmp_path / "old"
     old.mkdir()
-    (old / "config.json").write_bytes((toy_run / "config.json").read_bytes())
+    (old / "config.json").write_bytes((tiny_toy_run / "config.json").read_bytes())
     _write_old_layout(state, old / "checkpoint.pt")
     run = pbridge.load_run(old, device="cpu")
     assert run.step == 30 and math.isfinite(run.losses[-1])
