@@ -6,7 +6,10 @@ import hashlib
 import io
 import math
 import os
+import shutil
 import warnings
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +23,11 @@ from pbridge.checkpoint import (
     previous_path,
     save_checkpoint,
 )
-from pbridge.config import ToyConfig
+from pbridge.config import ImageConfig, ToyConfig, image_preset
+from pbridge.inference.run_dir import write_json
 from pbridge.inference.sampling import sample_prior
+from pbridge.models import class_conditional
+from pbridge.presets import build_image_model
 
 
 def _write_old_layout(payload: dict, path) -> None:
@@ -157,3 +163,26 @@ def test_load_run_reads_a_run_whose_checkpoint_has_the_old_layout(tiny_toy_run, 
 def test_load_run_names_a_folder_that_holds_no_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a run directory: no config.json"):
         pbridge.load_run(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("kind", ["end-to-end", "two-stage", "pixelcnn", "vqvae", "variant-file"])
+def test_load_run_reads_every_kind_of_image_run(tmp_path, kind):
+    """An image run of each variant, and a variant file's run (the class-conditional bridge,
+    rebuilt from the run's copy of the file), as the command line lays them out."""
+    config = replace(image_preset("digits", "small"), unet_width=16)
+    build = build_image_model
+    if kind == "variant-file":
+        shutil.copyfile(Path(class_conditional.__file__), tmp_path / "variant.py")
+        build = class_conditional.build
+    else:
+        config = replace(config, variant=kind)
+    config = replace(config, train=replace(config.train, steps=2))
+    variant = build(config)
+    write_json(tmp_path / "config.json", config.to_dict())
+    state = {"variant": type(variant).__name__, "model": variant.state_dict(), "step": 2}
+    payload = {**state, "losses": [3.0, 2.0], "config": config.to_dict()}
+    save_checkpoint(payload, tmp_path / "checkpoint.pt")
+    run = pbridge.load_run(tmp_path, device="cpu")
+    assert isinstance(run.config, ImageConfig) and run.config.variant == config.variant
+    assert type(run.variant).__name__ == type(variant).__name__  # the file's copy: another module
+    assert run.losses == (3.0, 2.0) and run.step == 2 and run.weights == "raw"
