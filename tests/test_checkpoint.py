@@ -7,6 +7,8 @@ import io
 import math
 import os
 import shutil
+import subprocess
+import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -186,3 +188,13 @@ def test_load_run_reads_every_kind_of_image_run(tmp_path, kind):
     assert isinstance(run.config, ImageConfig) and run.config.variant == config.variant
     assert type(run.variant).__name__ == type(variant).__name__  # the file's copy: another module
     assert run.losses == (3.0, 2.0) and run.step == 2 and run.weights == "raw"
+
+
+def test_load_run_is_exported_without_importing_the_variants_at_import_pbridge():
+    code = (
+        "import sys, pbridge; before = set(sys.modules); pbridge.load_run; "
+        "print('pbridge.inference.load' in before, 'pbridge.models' in before, "
+        "'pbridge.inference.load' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "True"]
