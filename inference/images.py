@@ -33,10 +33,11 @@ from .plots import plot_image_grid, plot_reconstructions, sampler_name, weights_
 from .progress import QUIET, Progress
 from .run_dir import (
     CHECKPOINT_FILE,
+    LoadedRun,
     atomic_write,
     check_resume,
     check_writable,
-    load_run,
+    open_run,
     start_run,
     train_in_run,
     write_json,
@@ -45,9 +46,15 @@ from .run_dir import (
 from .sampling import sample_posterior, sample_prior
 from .svi import estimate_elbo
 from .train_hooks import image_grid, training_hooks
-from .user_variant import VARIANT_FILE, load_user_run
+from .user_variant import VARIANT_FILE, open_user_run
 
-__all__ = ["run_images", "test_bits_per_dim", "load_image_run", "sample_image_run"]
+__all__ = [
+    "run_images",
+    "test_bits_per_dim",
+    "open_image_run",
+    "load_image_run",
+    "sample_image_run",
+]
 
 SAMPLES_IN_GRID = 1024
 """At most this many draws in ``samples.png`` (``samples.pt`` holds them all)."""
@@ -186,12 +193,20 @@ def run_images(
     return metrics
 
 
-def load_image_run(run_dir: str | Path, device: str = "auto", weights: str | None = None):
-    """The config and trained variant of an image run directory (a variant file's run is
-    rebuilt from its copy of the file), with its EMA or raw ``weights`` (:func:`load_run`)."""
+def open_image_run(
+    run_dir: str | Path, device: str = "auto", weights: str | None = None
+) -> LoadedRun:
+    """An image run directory read back (a variant file's run is rebuilt from its copy of the
+    file), with its EMA or raw ``weights`` (:func:`~.run_dir.open_run`)."""
     if (Path(run_dir) / VARIANT_FILE).is_file():
-        return load_user_run(run_dir, device, weights)
-    return load_run(run_dir, ImageConfig.from_dict, build_image_model, device, weights)
+        return open_user_run(run_dir, device, weights)
+    return open_run(run_dir, ImageConfig.from_dict, build_image_model, device, weights)
+
+
+def load_image_run(run_dir: str | Path, device: str = "auto", weights: str | None = None):
+    """The config and trained variant of an image run directory (:func:`open_image_run`)."""
+    run = open_image_run(run_dir, device, weights)
+    return run.config, run.variant
 
 
 def sample_image_run(

@@ -48,6 +48,8 @@ __all__ = [
     "read_config",
     "run_kind",
     "train_in_run",
+    "LoadedRun",
+    "open_run",
     "load_run",
     "environment",
 ]
@@ -59,9 +61,13 @@ RUN_FILES = (
     "config.json",
     "environment.json",
     "checkpoint.pt",
+    "checkpoint.pt.sha256",
     "checkpoint.pt.prev",
+    "checkpoint.pt.prev.sha256",
     "vqvae.pt",
+    "vqvae.pt.sha256",
     "vqvae.pt.prev",
+    "vqvae.pt.prev.sha256",
     "metrics.json",
     "variant.py",
     "trajectories.png",
@@ -322,16 +328,36 @@ def train_in_run(
         )
 
 
-def load_run(
+@dataclasses.dataclass(frozen=True)
+class LoadedRun:
+    """A trained run read back from its run directory.
+
+    ``variant``: the trained model/guide pair (eval mode) with the weights named by
+    ``weights`` (``"ema"`` or ``"raw"``); ``config``: its configuration (a
+    :class:`~pbridge.config.ToyConfig` or :class:`~pbridge.config.ImageConfig`); ``losses``:
+    the negative ELBO per item of every training step so far, ``(step,)`` (a two-stage run's:
+    its second stage; the VQ-VAE stage's are in ``vqvae_train.csv``); ``step``: the last step
+    trained; ``checkpoint``: the file read (``checkpoint.pt``, or ``checkpoint.pt.prev`` when
+    the latest one is damaged)."""
+
+    variant: nn.Module
+    config: Any
+    losses: tuple[float, ...]
+    step: int
+    weights: str
+    checkpoint: Path
+
+
+def open_run(
     run_dir: str | Path,
     from_dict: Callable[[dict], Any],
     build: Callable[[Any], nn.Module],
     device: str = "auto",
     weights: str | None = None,
-) -> tuple[Any, nn.Module]:
-    """The config and trained variant (eval mode) of a run directory, with its EMA weights
-    (``weights="ema"``; ``None``: those when the checkpoint has them, else the raw ones) or
-    the raw ones (``"raw"``). Refuses (naming the file)
+) -> LoadedRun:
+    """The trained variant (eval mode), config and losses of a run directory, with its EMA
+    weights (``weights="ema"``; ``None``: those when the checkpoint has them, else the raw
+    ones) or the raw ones (``"raw"``). Refuses (naming the file)
     a missing, unreadable or mistyped ``config.json``, a run without a checkpoint yet, and a
     ``config.json`` that contradicts its checkpoint; warns when the run stopped before its
     last step."""
@@ -368,5 +394,25 @@ def load_run(
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
     if weights == "ema" and "ema" not in state:
         raise ValueError(f"{used} holds no EMA weights (trained without them); use raw weights")
-    variant.load_state_dict(state["ema" if weights != "raw" and "ema" in state else "model"])
-    return config, variant.to(resolve_device(device)).eval()
+    chosen = "ema" if weights != "raw" and "ema" in state else "raw"
+    variant.load_state_dict(state["ema" if chosen == "ema" else "model"])
+    return LoadedRun(
+        variant=variant.to(resolve_device(device)).eval(),
+        config=config,
+        losses=tuple(state["losses"]),
+        step=int(state["step"]),
+        weights=chosen,
+        checkpoint=used,
+    )
+
+
+def load_run(
+    run_dir: str | Path,
+    from_dict: Callable[[dict], Any],
+    build: Callable[[Any], nn.Module],
+    device: str = "auto",
+    weights: str | None = None,
+) -> tuple[Any, nn.Module]:
+    """The config and trained variant of a run directory (:func:`open_run`)."""
+    run = open_run(run_dir, from_dict, build, device, weights)
+    return run.config, run.variant

@@ -23,10 +23,11 @@ from .plots import plot_toy_samples, plot_toy_trajectories, sampler_name, weight
 from .progress import QUIET, Progress
 from .run_dir import (
     CHECKPOINT_FILE,
+    LoadedRun,
     atomic_write,
     check_resume,
     check_writable,
-    load_run,
+    open_run,
     start_run,
     train_in_run,
     write_json,
@@ -38,6 +39,7 @@ from .train_hooks import toy_grid, training_hooks
 
 __all__ = [
     "run_toy",
+    "open_toy_run",
     "load_toy_run",
     "score_toy_samples",
     "sample_toy_run",
@@ -148,10 +150,18 @@ def run_toy(
     return metrics
 
 
+def open_toy_run(
+    run_dir: str | Path, device: str = "auto", weights: str | None = None
+) -> LoadedRun:
+    """A toy run directory read back, with its EMA or raw ``weights``
+    (:func:`~.run_dir.open_run`)."""
+    return open_run(run_dir, ToyConfig.from_dict, build_toy_model, device, weights)
+
+
 def load_toy_run(run_dir: str | Path, device: str = "auto", weights: str | None = None):
-    """The config and trained variant of a toy run directory, with its EMA or raw ``weights``
-    (:func:`~.run_dir.load_run`)."""
-    return load_run(run_dir, ToyConfig.from_dict, build_toy_model, device, weights)
+    """The config and trained variant of a toy run directory (:func:`open_toy_run`)."""
+    run = open_toy_run(run_dir, device, weights)
+    return run.config, run.variant
 
 
 def sample_toy_run(

@@ -48,9 +48,10 @@ from .plots import plot_image_grid, plot_reconstructions
 from .progress import Progress
 from .run_dir import (
     CHECKPOINT_FILE,
+    LoadedRun,
     atomic_write,
     check_resume,
-    load_run,
+    open_run,
     start_run,
     train_in_run,
     write_json,
@@ -60,7 +61,14 @@ from .sampling import sample_prior
 from .svi import estimate_elbo
 from .train_hooks import image_grid, training_hooks
 
-__all__ = ["VARIANT_FILE", "VariantFile", "load_variant_file", "run_user_variant", "load_user_run"]
+__all__ = [
+    "VARIANT_FILE",
+    "VariantFile",
+    "load_variant_file",
+    "run_user_variant",
+    "open_user_run",
+    "load_user_run",
+]
 
 VARIANT_FILE = "variant.py"
 """The name of the variant file's copy in a run directory."""
@@ -246,10 +254,19 @@ def run_user_variant(
     return metrics
 
 
+def open_user_run(
+    run_dir: str | Path, device: str = "auto", weights: str | None = None
+) -> LoadedRun:
+    """A run of a variant file read back, the variant rebuilt from the run directory's copy of
+    the file, with its EMA or raw ``weights`` (:func:`~.run_dir.open_run`)."""
+    source = load_variant_file(Path(run_dir) / VARIANT_FILE)
+    return open_run(run_dir, ImageConfig.from_dict, source.build_variant, device, weights)
+
+
 def load_user_run(
     run_dir: str | Path, device: str = "auto", weights: str | None = None
 ) -> tuple[ImageConfig, nn.Module]:
-    """The config and trained variant (eval mode) of a run of a variant file, rebuilt from the
-    run directory's copy of the file, with its EMA or raw ``weights`` (:func:`load_run`)."""
-    source = load_variant_file(Path(run_dir) / VARIANT_FILE)
-    return load_run(run_dir, ImageConfig.from_dict, source.build_variant, device, weights)
+    """The config and trained variant (eval mode) of a run of a variant file
+    (:func:`open_user_run`)."""
+    run = open_user_run(run_dir, device, weights)
+    return run.config, run.variant

@@ -41,13 +41,24 @@ __all__ = [
     "chain_model_sites",
     "chain_guide_sites",
     "to_inferencedata",
+    "load_run",
+    "LoadedRun",
 ]
 
 
 def __getattr__(name: str):
-    """``pbridge.to_inferencedata`` without importing arviz at ``import pbridge``."""
+    """``pbridge.to_inferencedata``, ``pbridge.load_run`` and ``pbridge.LoadedRun`` without
+    importing arviz or the variants at ``import pbridge``."""
     if name == "to_inferencedata":
         from .inference.analysis import to_inferencedata
 
         return to_inferencedata
+    if name == "load_run":
+        from .inference.load import load_run
+
+        return load_run
+    if name == "LoadedRun":
+        from .inference.run_dir import LoadedRun
+
+        return LoadedRun
     raise AttributeError(f"module 'pbridge' has no attribute {name!r}")

@@ -1,12 +1,18 @@
 """Checkpoints that survive crashes: atomic writes, a checksum, and the previous one kept.
 
-File format: one header line ``pbridge-checkpoint sha256=<hex>\\n`` followed by the bytes of
-``torch.save(payload)``; the digest covers those bytes, so a truncated or altered file is
-detected on load. :func:`save_checkpoint` writes a temporary file in the same folder, fsyncs it,
-hard-links the current checkpoint to ``<name>.prev`` and renames the temporary file into place:
-at every instant ``<name>`` is a complete checkpoint, and after a write the folder holds the
-last two. Temporary files of a write killed with SIGKILL are removed by the next write; the
-checkpoint takes the mode of the folder's other files (0644 under the usual umask).
+File format: ``<name>`` holds exactly the bytes of ``torch.save(payload)`` (so
+``torch.load(<name>, weights_only=True)`` reads it), and the sidecar ``<name>.sha256`` holds
+their SHA-256 digest on one line (the hex digest ``sha256sum <name>`` prints); a truncated or
+altered file, or one whose sidecar is missing or disagrees, is refused on load. Checkpoints of
+the older layout (one header line ``pbridge-checkpoint sha256=<hex>\\n`` before the torch bytes,
+no sidecar) are still read.
+
+:func:`save_checkpoint` writes both files as temporary files in the same folder and fsyncs
+them, moves the current pair to ``<name>.prev`` and ``<name>.prev.sha256`` (the checkpoint
+hard-linked first, so ``<name>`` exists at every instant) and renames the new pair into place:
+a crash at any instant leaves at least one intact pair of the last two, and after a write the
+folder holds both. Temporary files of a write killed with SIGKILL are removed by the next
+write; both files take the mode of the folder's other files (0644 under the usual umask).
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ __all__ = [
     "load_checkpoint",
     "load_latest_checkpoint",
     "previous_path",
+    "checksum_path",
     "check_state_fits",
 ]
 
-_MAGIC = b"pbridge-checkpoint sha256="
+_OLD_MAGIC = b"pbridge-checkpoint sha256="
+"""The header line of the older, single-file layout."""
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -46,9 +54,15 @@ def previous_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".prev")
 
 
+def checksum_path(path: str | Path) -> Path:
+    """The sidecar holding the SHA-256 digest of the checkpoint ``path``: ``<path>.sha256``."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
-    """Write ``payload`` to ``path`` atomically with its checksum; keep the old file as
-    ``<path>.prev``."""
+    """Write ``payload`` to ``path`` and its digest to ``<path>.sha256``, atomically; keep the
+    old pair as ``<path>.prev`` and ``<path>.prev.sha256``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -56,26 +70,56 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     body = buffer.getvalue()
     for stale in path.parent.glob(glob.escape(path.name) + "*.tmp"):
         stale.unlink(missing_ok=True)  # left by a write killed with SIGKILL
+    digest = (hashlib.sha256(body).hexdigest() + "\n").encode()
+    written: list[Path] = []
+    try:
+        written.append(_write_synced(path, body))
+        written.append(_write_synced(checksum_path(path), digest))
+        if path.is_file():  # keep it as .prev, with ``path`` present at every instant
+            _rotate(path)
+        os.replace(written[0], path)
+        os.replace(written[1], checksum_path(path))
+    except BaseException:
+        for tmp in written:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_synced(path: Path, data: bytes) -> Path:
+    """``data`` in a new temporary file beside ``path`` (named ``<path.name>...tmp``), flushed
+    to disk, with the mode of any other file written there; returns its path."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # the mode of any other file written there
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
-            handle.write(_MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n")
-            handle.write(body)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        if path.is_file():  # keep it as .prev, with ``path`` present at every instant
-            link = path.with_name(path.name + ".prev.tmp")
-            link.unlink(missing_ok=True)
-            try:
-                os.link(path, link)
-            except OSError:  # a file system without hard links
-                shutil.copyfile(path, link)
-            os.replace(link, previous_path(path))
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
+
+
+def _rotate(path: Path) -> None:
+    """Make the current checkpoint and its sidecar the previous pair. The checkpoint is linked
+    (copied without hard links), so ``path`` stays; the old ``.prev`` pair is replaced."""
+    previous = previous_path(path)
+    link = path.with_name(path.name + ".prev.tmp")
+    link.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(path, link)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(path, link)
+        os.replace(link, previous)
+    except BaseException:
+        link.unlink(missing_ok=True)
+        raise
+    if checksum_path(path).is_file():
+        os.replace(checksum_path(path), checksum_path(previous))
+    else:  # an older-layout checkpoint carries its digest inside
+        checksum_path(previous).unlink(missing_ok=True)
 
 
 def _umask() -> int:
@@ -84,26 +128,42 @@ def _umask() -> int:
     return mask
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load and verify a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
-
-    Raises ``FileNotFoundError`` when there is no file and :class:`CorruptCheckpointError` when
-    its header or checksum is wrong.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+def _verified_body(path: Path) -> bytes:
+    """The torch bytes of the checkpoint ``path``, checked against their digest (the sidecar's,
+    or the header line's for the older layout)."""
     data = path.read_bytes()
-    header, _, body = data.partition(b"\n")
-    if not header.startswith(_MAGIC):
-        raise CorruptCheckpointError(f"{path} is not a pbridge checkpoint (no checksum header)")
-    expected = header[len(_MAGIC) :].decode(errors="replace")
+    if data.startswith(_OLD_MAGIC):
+        header, _, body = data.partition(b"\n")
+        expected, source = header[len(_OLD_MAGIC) :].decode(errors="replace"), "the header"
+    else:
+        sidecar = checksum_path(path)
+        if not sidecar.is_file():
+            raise CorruptCheckpointError(
+                f"{path} has no checksum file {sidecar.name} beside it: not a complete "
+                "pbridge checkpoint"
+            )
+        body, source = data, sidecar.name
+        expected = sidecar.read_bytes().decode(errors="replace").strip()
     actual = hashlib.sha256(body).hexdigest()
     if actual != expected:
         raise CorruptCheckpointError(
             f"{path} is corrupted or truncated: sha256 of its {len(body)} bytes is "
-            f"{actual[:12]}..., the header says {expected[:12]}..."
+            f"{actual[:12]}..., {source} says {expected[:12]}..."
         )
+    return body
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and verify a checkpoint written by :func:`save_checkpoint` (tensors on the CPU),
+    or one of the older single-file layout.
+
+    Raises ``FileNotFoundError`` when there is no file and :class:`CorruptCheckpointError` when
+    its checksum is missing or wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    body = _verified_body(path)
     return torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
 
 

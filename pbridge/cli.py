@@ -416,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             ValueError,
             TypeError,
             OSError,  # missing or unreadable files, permissions, a full disk
+            ImportError,  # an optional extra that is not installed (pbridge[digits])
             CorruptCheckpointError,
             FloatingPointError,
             MemoryError,

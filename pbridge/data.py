@@ -217,8 +217,15 @@ def _miniimagenet(root: Path, split: str, download: bool) -> tuple[torch.Tensor,
 
 
 def _digits(root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 1,797 digits; a fixed 80/20 split (every fifth image is a test image)."""
-    from sklearn.datasets import load_digits
+    """scikit-learn's 1,797 digits; a fixed 80/20 split (every fifth image is a test image).
+    scikit-learn is the optional extra ``pbridge[digits]``."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            "the digits data set needs scikit-learn, which is not installed: "
+            "pip install 'pbridge[digits]' (or pip install scikit-learn)"
+        ) from err
 
     bunch = load_digits()
     images = torch.from_numpy(np.round(bunch.images * 255.0 / 16.0).astype(np.uint8))

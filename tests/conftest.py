@@ -20,3 +20,17 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.fixture(scope="session")
+def tiny_toy_run(tmp_path_factory):
+    """A toy run of 30 steps with tiny networks, trained once through the command line
+    (``pbridge train toy``, EMA weights kept); tests read it and must not change it."""
+    from pbridge.cli import main
+
+    out = tmp_path_factory.mktemp("tiny") / "toy"
+    tiny = ["num_train=256", "num_samples=64", "hidden=16", "denoiser_width=16"]
+    args = ["train", "toy", "--steps", "30", "--batch-size", "16", "--out", str(out)]
+    args += [item for setting in tiny + ["denoiser_blocks=1"] for item in ("--set", setting)]
+    assert main([*args, "--no-progress"]) == 0
+    return out

@@ -1,12 +1,14 @@
 """Data loaders: real Fashion-MNIST and digits offline; tiny fake copies in the real formats."""
 
 import pickle
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 import pbridge.data as data
+from pbridge.cli import main
 from pbridge.data import load_images
 
 needs_fashion = pytest.mark.skipif(
@@ -92,6 +94,16 @@ def test_miniimagenet_image_folder_is_resized_and_cropped(tmp_path):
 def test_missing_miniimagenet_names_both_layouts(tmp_path):
     with pytest.raises(FileNotFoundError, match="mini-imagenet-cache-train.pkl"):
         load_images("miniimagenet", "train", root=tmp_path)
+
+
+def test_digits_without_scikit_learn_names_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import fails as if absent
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'pbridge\[digits\]'"):
+        load_images("digits", "test")
+    assert main(["train", "digits", "--steps", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pbridge: ModuleNotFoundError: the digits data set needs scikit-learn")
+    assert "\n" not in err and not (tmp_path / "run").exists()
 
 
 def test_digits_split(tmp_path):

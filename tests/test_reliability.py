@@ -52,7 +52,8 @@ def test_checkpoint_round_trip_and_the_previous_one_is_kept(tmp_path):
     save_checkpoint({"step": 2, "w": torch.arange(4.0)}, path)
     assert load_checkpoint(path)["step"] == 2
     assert torch.equal(load_checkpoint(previous_path(path))["w"], torch.arange(3.0))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt", "ck.pt.prev"]  # no temp files
+    names = sorted(p.name for p in tmp_path.iterdir())  # no temporary files
+    assert names == ["ck.pt", "ck.pt.prev", "ck.pt.prev.sha256", "ck.pt.sha256"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "foreign"])
@@ -400,7 +401,7 @@ def test_item2_an_existing_run_is_kept_unless_resume_or_overwrite(run, capsys, n
     with pytest.raises(_Trained):  # --overwrite replaces the run: no stale samples stay
         main(["train", "toy", "--steps", "3", "--out", str(run), "--overwrite", "--no-progress"])
     assert not (run / "samples.pt").exists() and not (run / "samples.png").exists()
-    assert not (run / "checkpoint.pt").exists()
+    assert not (run / "checkpoint.pt").exists() and not (run / "checkpoint.pt.sha256").exists()
 
 
 @pytest.mark.parametrize("where", ["missing", "empty"])
@@ -551,6 +552,7 @@ def test_item7_a_noisy_bits_per_dim_is_flagged(tmp_path, capsys, monkeypatch):
 def test_item7_the_checkpoint_has_the_mode_of_the_other_files(trained_toy):
     mode = (trained_toy / "config.json").stat().st_mode
     assert (trained_toy / "checkpoint.pt").stat().st_mode == mode
+    assert (trained_toy / "checkpoint.pt.sha256").stat().st_mode == mode
 
 
 def test_item8_a_failed_start_over_a_run_leaves_it_intact(run, capsys):
@@ -679,8 +681,14 @@ def test_item10_temporary_files_of_a_killed_checkpoint_write_are_removed(tmp_pat
     save_checkpoint({"step": 1}, path)
     stale = tmp_path / "checkpoint.ptk1l2x9.tmp"  # as left by SIGKILL during a write
     stale.write_bytes(b"half")
+    (tmp_path / "checkpoint.pt.sha256k3j4.tmp").write_bytes(b"half")
     save_checkpoint({"step": 2}, path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "checkpoint.pt.prev"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint.pt",
+        "checkpoint.pt.prev",
+        "checkpoint.pt.prev.sha256",
+        "checkpoint.pt.sha256",
+    ]
 
 
 def test_an_image_folder_of_mixed_sizes_loads_and_a_broken_image_is_named(tmp_path):
