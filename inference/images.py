@@ -16,18 +16,18 @@ import torch
 from torchvision.utils import save_image
 
 from pbridge.codebook import code_usage
+from pbridge.config import ImageConfig
 from pbridge.data import load_images
 from pbridge.likelihoods import bits_per_dim
-from pbridge.models.pixelcnn_prior import pixelcnn_on_frozen_vqvae
-from pbridge.models.two_stage import bridge_on_frozen_vqvae
-from pbridge.ou_bridge import image_schedule
-from pbridge.presets import (
-    ImageConfig,
+from pbridge.models.builders import (
     build_image_denoiser,
     build_image_model,
     build_image_pixelcnn,
     build_image_vqvae,
 )
+from pbridge.models.pixelcnn_prior import pixelcnn_on_frozen_vqvae
+from pbridge.models.two_stage import bridge_on_frozen_vqvae
+from pbridge.ou_bridge import image_schedule
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 
 from .run_dir import (

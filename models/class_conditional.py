@@ -38,7 +38,7 @@ from torch import nn
 from pbridge.bridge_prior import prior_options
 from pbridge.config import ImageConfig, image_preset
 from pbridge.models.bridge_vqvae import DiffusionBridgeVQVAE
-from pbridge.presets import build_image_model
+from pbridge.models.builders import build_image_model
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 
 __all__ = ["LabelledTimeEmbedding", "ClassConditionalBridge", "CONFIG", "build"]

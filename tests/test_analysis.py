@@ -25,7 +25,7 @@ from pbridge.inference.sampling import sample_prior
 from pbridge.inference.svi import train
 from pbridge.inference.user_variant import load_user_run
 from pbridge.models import class_conditional
-from pbridge.presets import build_image_model
+from pbridge.models.builders import build_image_model
 from pbridge.samplers import SamplerSettings
 
 TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorial-variant.md"

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from pbridge.models.bridge_vqvae import DiffusionBridgeVQVAE
-from pbridge.models.pixelcnn_prior import pixelcnn_on_frozen_vqvae
-from pbridge.models.two_stage import bridge_on_frozen_vqvae
-from pbridge.models.vqvae import VQVAE
+from pbridge.codebook import Codebook, EMACodebook
+from pbridge.config import BridgeSettings, ImageConfig, ToyConfig
+from pbridge.data import DATASETS
+from pbridge.image_networks import ResNetDecoder, ResNetEncoder, UNetDenoiser
+from pbridge.likelihoods import DiscretizedLogisticDecoder
+from pbridge.networks import (
+    NormalDecoder,
+    PointwiseMLP,
+    ResidualMLPDenoiser,
+    ResidualPointwiseMLP,
+)
+from pbridge.ou_bridge import image_schedule, toy_schedule
+from pbridge.pixelcnn import GatedPixelCNN
 
-from .codebook import Codebook, EMACodebook
-from .config import BridgeSettings, ImageConfig, ToyConfig
-from .data import DATASETS
-from .image_networks import ResNetDecoder, ResNetEncoder, UNetDenoiser
-from .likelihoods import DiscretizedLogisticDecoder
-from .networks import NormalDecoder, PointwiseMLP, ResidualMLPDenoiser, ResidualPointwiseMLP
-from .ou_bridge import image_schedule, toy_schedule
-from .pixelcnn import GatedPixelCNN
+from .bridge_vqvae import DiffusionBridgeVQVAE
+from .pixelcnn_prior import pixelcnn_on_frozen_vqvae
+from .two_stage import bridge_on_frozen_vqvae
+from .vqvae import VQVAE
 
 __all__ = [
     "build_toy_model",
