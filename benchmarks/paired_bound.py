@@ -15,30 +15,28 @@ from __future__ import annotations
 
 import argparse
 import math
-from contextlib import nullcontext
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from pbridge.bridge_prior import prior_options
 from pbridge.data import load_images
 from pbridge.inference.images import load_image_run
+from pbridge.inference.svi import bound_guide
 
 
 @torch.no_grad()
 def bits_per_image(variant, x: torch.Tensor, chain_steps: int, batch: int = 100) -> torch.Tensor:
     """``-ELBO / (D log 2)`` of every image of ``x``, ``(N,)``: one draw of the guide and of the
     prior's estimate per image, surrogate sites left out."""
-    guide = poutine.block(variant.guide, hide=list(getattr(variant, "surrogate_sites", ())))
-    stratified = getattr(variant, "stratified_steps", None)
+    guide, model = bound_guide(variant), prior_options(variant.model, strata=chain_steps)
     out = []
     for start in range(0, len(x), batch):
         xb = x[start : start + batch]
-        with stratified(chain_steps) if stratified else nullcontext():
-            guide_trace = poutine.trace(guide).get_trace(xb)
-            replayed = poutine.replay(variant.model, trace=guide_trace)
-            model_trace = poutine.trace(replayed).get_trace(xb)
+        guide_trace = poutine.trace(guide).get_trace(xb)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(xb)
         elbo = torch.zeros(len(xb), dtype=torch.float64)
         for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
             for site in trace.nodes.values():

@@ -44,6 +44,7 @@ from pbridge.config import ImageConfig
 from pbridge.data import load_images
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 from pbridge.toy import sample_walks
+from pbridge.variant import BridgeChain, TakesLabels
 
 from .images import load_image_run
 from .plots import plot_code_entropy, plot_code_usage, plot_elbo_trace, plot_reverse_chain
@@ -117,15 +118,15 @@ def to_inferencedata(
     Args:
         x: ``(items, *data_shape)`` test items for the posterior.
         num: prior draws, and guide draws per test item.
-        labels: ``(items,)`` class labels, for (and only for) a variant with
-            ``takes_labels = True``.
+        labels: ``(items,)`` class labels, for (and only for) a
+            :class:`~pbridge.variant.TakesLabels` variant.
         losses: the per-step training loss (``TrainResult.losses``, the checkpoint's
             ``"losses"``), stored in the group ``training``; ``None``: no such group.
         sampler: the sampler of the bridge's prior draws.
     """
     if num <= 0:
         raise ValueError(f"num must be a positive integer, got {num}")
-    takes_labels = getattr(variant, "takes_labels", False)
+    takes_labels = isinstance(variant, TakesLabels)
     if takes_labels != (labels is not None):
         needs = "needs" if takes_labels else "does not take"
         raise ValueError(f"a {type(variant).__name__} {needs} labels")
@@ -135,7 +136,7 @@ def to_inferencedata(
     codes = variant.codebook()
     cell_dims, data_dims = _dims(variant)
     args = (x,) if labels is None else (x, labels)
-    tau = getattr(getattr(variant, "settings", None), "tau_p", None)
+    tau = variant.settings.tau_p if isinstance(variant, BridgeChain) else None
 
     with pyro.validation_enabled(False):
         placeholder = x.new_zeros((num, *variant.data_shape))
@@ -285,7 +286,7 @@ def analyze_run(
     else:
         x, _ = sample_walks(items, config.length, config.noise, torch.Generator().manual_seed(seed))
         x, labels = x.to(dev), None
-    if not getattr(variant, "takes_labels", False):
+    if not isinstance(variant, TakesLabels):
         labels = None
     state, _ = load_latest_checkpoint(run / "checkpoint.pt")
     idata = to_inferencedata(variant, x, num, labels, state.get("losses"), sampler)
@@ -320,8 +321,8 @@ def analyze_run(
                 label,
             )
             written.append("code_entropy.png")
-    if hasattr(variant, "schedule") and len(variant.data_shape) == 3:
-        chains = 10 if getattr(variant, "takes_labels", False) else 8
+    if isinstance(variant, BridgeChain) and len(variant.data_shape) == 3:
+        chains = variant.num_classes if isinstance(variant, TakesLabels) else 8
         classes = torch.arange(chains, device=dev) if labels is not None else None
         times, frames = reverse_chain_frames(variant, chains, 9, classes)
         rows = [f"y = {c}" for c in range(chains)] if classes is not None else None

@@ -19,15 +19,7 @@ from pbridge.codebook import code_usage
 from pbridge.config import ImageConfig
 from pbridge.data import load_images
 from pbridge.likelihoods import bits_per_dim
-from pbridge.models.builders import (
-    build_image_denoiser,
-    build_image_model,
-    build_image_pixelcnn,
-    build_image_vqvae,
-)
-from pbridge.models.pixelcnn_prior import pixelcnn_on_frozen_vqvae
-from pbridge.models.two_stage import bridge_on_frozen_vqvae
-from pbridge.ou_bridge import image_schedule
+from pbridge.models.builders import build_image_model, build_image_vqvae, image_variant
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 
 from .run_dir import (
@@ -84,24 +76,25 @@ def run_images(
     it holds). Nothing is written before the data, the directory and the checkpoints are
     checked."""
     start = time.perf_counter()
+    spec = image_variant(config.variant)
     out, dev, world = start_run(out_dir, config, device)
     train_x = load_images(config.dataset, "train", root, download).as_float()
     test_x = load_images(config.dataset, "test", root, download).as_float()
     train_x, test_x = train_x[: config.max_train].to(dev), test_x[: config.eval_items].to(dev)
 
     generator = torch.Generator(device=dev).manual_seed(config.train.seed)
-    two_stage = config.variant in ("two-stage", "pixelcnn")
+    two_stage = spec.pretrains_vqvae
     if two_stage:
         vqvae = build_image_vqvae(config).to(dev)
         vqvae.initialise_codebook(train_x[:1024], generator)
     else:  # end to end, or the VQ-VAE alone
-        variant = build_image_model(config).to(dev)
+        variant = spec.build(config).to(dev)
         variant.initialise_codebook(train_x[:1024], generator)
     if resume:
         if two_stage:
             check_resume(vqvae, out / "vqvae.pt", config)
             with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-                check_resume(build_image_model(config), out / CHECKPOINT_FILE, config)
+                check_resume(spec.build(config), out / CHECKPOINT_FILE, config)
         else:
             check_resume(variant, out / CHECKPOINT_FILE, config)
     write_run_files(out, config, world, resume, overwrite)
@@ -110,13 +103,7 @@ def run_images(
         stage_one = train_in_run(
             vqvae, train_x, vqvae_settings, out / "vqvae.pt", config, progress, resume, world
         )
-        if config.variant == "pixelcnn":
-            variant = pixelcnn_on_frozen_vqvae(vqvae, build_image_pixelcnn(config).to(dev))
-        else:
-            denoiser = build_image_denoiser(config).to(dev)
-            variant = bridge_on_frozen_vqvae(
-                vqvae, denoiser, image_schedule(config.num_steps), config.bridge
-            )
+        variant = spec.on_vqvae(config, vqvae).to(dev)
     else:
         stage_one = None
     hooks = training_hooks(config.train, out, test_x, image_grid())

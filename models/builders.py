@@ -1,6 +1,14 @@
-"""The builders of the presets' variants, from their configurations (:mod:`pbridge.config`)."""
+"""The builders of the built-in variants from their configurations (:mod:`pbridge.config`), and
+the registry of the image variants: the one place that maps ``ImageConfig.variant`` to how the
+variant is built and trained (:data:`IMAGE_VARIANTS`; the command line's ``--variant`` choices
+and :func:`~pbridge.inference.images.run_images` read it)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
 
 from pbridge.codebook import Codebook, EMACodebook
 from pbridge.config import BridgeSettings, ImageConfig, ToyConfig
@@ -22,8 +30,12 @@ from .two_stage import bridge_on_frozen_vqvae
 from .vqvae import VQVAE
 
 __all__ = [
+    "ImageVariant",
+    "IMAGE_VARIANTS",
+    "image_variant",
     "build_toy_model",
     "build_image_model",
+    "build_image_bridge",
     "build_image_vqvae",
     "build_image_denoiser",
     "build_image_pixelcnn",
@@ -100,29 +112,85 @@ def build_image_denoiser(config: ImageConfig) -> UNetDenoiser:
     )
 
 
-def build_image_model(config: ImageConfig) -> VQVAE | DiffusionBridgeVQVAE:
-    """The bridge VQ-VAE for images: ResNet encoder/decoder, discretised-logistic likelihood,
-    U-Net denoiser, DDPM-equivalent OU schedule. End to end, or (``variant="two-stage"``) the
-    bridge on a frozen VQ-VAE, or (``"pixelcnn"``) a PixelCNN prior on a frozen VQ-VAE (the
-    VQ-VAE untrained here: stage one is run by the training code), or (``"vqvae"``) the
-    VQ-VAE alone."""
-    schedule = image_schedule(config.num_steps)
-    if config.variant == "vqvae":
-        return build_image_vqvae(config)
-    if config.variant == "pixelcnn":
-        return pixelcnn_on_frozen_vqvae(build_image_vqvae(config), build_image_pixelcnn(config))
-    if config.variant == "two-stage":
-        return bridge_on_frozen_vqvae(
-            build_image_vqvae(config), build_image_denoiser(config), schedule, config.bridge
-        )
-    vq = build_image_vqvae(config)
+def build_image_bridge(config: ImageConfig, vqvae: VQVAE | None = None) -> DiffusionBridgeVQVAE:
+    """The end-to-end bridge VQ-VAE for images: the encoder, decoder and codebook of ``vqvae``
+    (default: a new :func:`build_image_vqvae`), trained with them, the U-Net denoiser and the
+    DDPM-equivalent OU schedule."""
+    vq = build_image_vqvae(config) if vqvae is None else vqvae
     return DiffusionBridgeVQVAE(
         encoder=vq.encoder,
         decoder=vq.decoder,
         denoiser=build_image_denoiser(config),
         codebook=vq.codebook,
-        schedule=schedule,
+        schedule=image_schedule(config.num_steps),
         data_shape=vq.data_shape,
         latent_shape=vq.latent_shape,
         settings=config.bridge,
     )
+
+
+def _bridge_on_vqvae(config: ImageConfig, vqvae: VQVAE) -> DiffusionBridgeVQVAE:
+    return bridge_on_frozen_vqvae(
+        vqvae, build_image_denoiser(config), image_schedule(config.num_steps), config.bridge
+    )
+
+
+def _pixelcnn_on_vqvae(config: ImageConfig, vqvae: VQVAE) -> nn.Module:
+    return pixelcnn_on_frozen_vqvae(vqvae, build_image_pixelcnn(config))
+
+
+def _vqvae_alone(config: ImageConfig, vqvae: VQVAE) -> VQVAE:
+    return vqvae
+
+
+@dataclass(frozen=True)
+class ImageVariant:
+    """An entry of :data:`IMAGE_VARIANTS`. Every image variant is built on the image VQ-VAE of
+    its config (:func:`build_image_vqvae`: encoder, decoder, codebook).
+
+    Attributes:
+        summary: what it is, one line (the command line's help).
+        on_vqvae: ``(config, vqvae) -> variant``: the variant on that VQ-VAE.
+        pretrains_vqvae: trained in two stages: the VQ-VAE alone for ``config.vqvae_steps``
+            steps (checkpoint ``vqvae.pt``), then ``on_vqvae`` of it, which freezes it, for
+            ``config.train.steps`` steps. Otherwise one stage of ``config.train.steps``.
+    """
+
+    summary: str
+    on_vqvae: Callable[[ImageConfig, VQVAE], nn.Module]
+    pretrains_vqvae: bool = False
+
+    def build(self, config: ImageConfig) -> nn.Module:
+        """The variant of ``config``, untrained (to train it in one stage, or to load a run)."""
+        return self.on_vqvae(config, build_image_vqvae(config))
+
+
+IMAGE_VARIANTS: dict[str, ImageVariant] = {
+    "end-to-end": ImageVariant(
+        "the joint model: encoder, decoder, codebook and bridge prior on one ELBO",
+        build_image_bridge,
+    ),
+    "two-stage": ImageVariant(
+        "a VQ-VAE, then the bridge on its frozen encodings", _bridge_on_vqvae, True
+    ),
+    "pixelcnn": ImageVariant(
+        "a VQ-VAE, then a PixelCNN prior on its frozen codes (the baseline)",
+        _pixelcnn_on_vqvae,
+        True,
+    ),
+    "vqvae": ImageVariant("the VQ-VAE alone (uniform prior)", _vqvae_alone),
+}
+"""The image variants by the name ``ImageConfig.variant`` gives them."""
+
+
+def image_variant(name: str) -> ImageVariant:
+    """The registry's entry ``name``; an unknown name is a ``ValueError`` naming the choices."""
+    if name not in IMAGE_VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; expected one of {', '.join(IMAGE_VARIANTS)}")
+    return IMAGE_VARIANTS[name]
+
+
+def build_image_model(config: ImageConfig) -> nn.Module:
+    """The image variant ``config.variant`` of the registry, untrained (for a variant trained in
+    two stages, on an untrained VQ-VAE: stage one is run by the training code)."""
+    return image_variant(config.variant).build(config)
