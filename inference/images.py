@@ -13,15 +13,22 @@ from pathlib import Path
 
 import pyro
 import torch
+from torch import nn
 from torchvision.utils import save_image
 
 from pbridge.codebook import code_usage
 from pbridge.config import ImageConfig
 from pbridge.data import load_images
 from pbridge.likelihoods import bits_per_dim
-from pbridge.models.builders import build_image_model, build_image_vqvae, image_variant
+from pbridge.models.builders import (
+    ImageVariant,
+    build_image_model,
+    build_image_vqvae,
+    image_variant,
+)
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 
+from .distributed import World
 from .run_dir import (
     CHECKPOINT_FILE,
     atomic_write,
@@ -34,7 +41,7 @@ from .run_dir import (
     write_run_files,
 )
 from .sampling import sample_posterior, sample_prior
-from .svi import estimate_elbo
+from .svi import TrainResult, estimate_elbo
 from .train_hooks import image_grid, training_hooks
 from .user_variant import VARIANT_FILE, load_user_run
 
@@ -71,10 +78,11 @@ def run_images(
     resume: bool = False,
     overwrite: bool = False,
 ) -> dict[str, float]:
-    """Train the image bridge VQ-VAE end to end, score it on the test split, write the run
-    (``resume``: continue from the run directory's checkpoint; ``overwrite``: replace the run
-    it holds). Nothing is written before the data, the directory and the checkpoints are
-    checked."""
+    """Train the image variant ``config.variant`` of the registry
+    (:data:`~pbridge.models.builders.IMAGE_VARIANTS`) in its stages, score it on the test split,
+    write the run (``resume``: continue from the run directory's checkpoints; ``overwrite``:
+    replace the run it holds). Nothing is written before the data, the directory and the
+    checkpoints are checked."""
     start = time.perf_counter()
     spec = image_variant(config.variant)
     out, dev, world = start_run(out_dir, config, device)
@@ -82,46 +90,84 @@ def run_images(
     test_x = load_images(config.dataset, "test", root, download).as_float()
     train_x, test_x = train_x[: config.max_train].to(dev), test_x[: config.eval_items].to(dev)
 
-    generator = torch.Generator(device=dev).manual_seed(config.train.seed)
-    two_stage = spec.pretrains_vqvae
-    if two_stage:
-        vqvae = build_image_vqvae(config).to(dev)
-        vqvae.initialise_codebook(train_x[:1024], generator)
-    else:  # end to end, or the VQ-VAE alone
-        variant = spec.build(config).to(dev)
-        variant.initialise_codebook(train_x[:1024], generator)
+    # The module trained first: the VQ-VAE of a variant trained in two stages, else the variant.
+    first = (build_image_vqvae(config) if spec.pretrains_vqvae else spec.build(config)).to(dev)
+    first.initialise_codebook(
+        train_x[:1024], torch.Generator(device=dev).manual_seed(config.train.seed)
+    )
     if resume:
-        if two_stage:
-            check_resume(vqvae, out / "vqvae.pt", config)
-            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-                check_resume(spec.build(config), out / CHECKPOINT_FILE, config)
-        else:
-            check_resume(variant, out / CHECKPOINT_FILE, config)
+        _check_resumable(spec, config, first, out)
     write_run_files(out, config, world, resume, overwrite)
-    if two_stage:
-        vqvae_settings = replace(config.train, steps=config.vqvae_steps)
+    variant, result, train_seconds = _train_stages(
+        spec, config, first, (train_x, test_x), out, progress, resume, world
+    )
+    if not world.is_main:
+        return {}
+    result.use_ema(variant)
+    scores, sampling_seconds = _score(variant, test_x, out)
+    metrics = scores | {
+        "steps": config.train.steps,
+        "train_seconds": train_seconds,
+        "sampling_seconds_per_image": sampling_seconds,
+        "seconds": time.perf_counter() - start,
+    }
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _check_resumable(spec: ImageVariant, config: ImageConfig, first: nn.Module, out: Path) -> None:
+    """The run's checkpoints fit ``first`` (:func:`~.run_dir.check_resume`) and, for a variant
+    trained in two stages, the variant of its second stage (built aside, the random state
+    left as it was)."""
+    if not spec.pretrains_vqvae:
+        check_resume(first, out / CHECKPOINT_FILE, config)
+        return
+    check_resume(first, out / "vqvae.pt", config)
+    dev = next(first.parameters()).device
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        check_resume(spec.build(config), out / CHECKPOINT_FILE, config)
+
+
+def _train_stages(
+    spec: ImageVariant,
+    config: ImageConfig,
+    first: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    out: Path,
+    progress: bool,
+    resume: bool,
+    world: World,
+) -> tuple[nn.Module, TrainResult, float]:
+    """Train ``first`` and, for a variant trained in two stages, then the variant on it (the
+    VQ-VAE's ``config.vqvae_steps`` steps to ``vqvae.pt``); ``data = (train_x, test_x)``.
+    Returns the variant, the result of its training and the seconds of every stage."""
+    train_x, test_x = data
+    variant, seconds = first, 0.0
+    if spec.pretrains_vqvae:
+        settings = replace(config.train, steps=config.vqvae_steps)
         stage_one = train_in_run(
-            vqvae, train_x, vqvae_settings, out / "vqvae.pt", config, progress, resume, world
+            first, train_x, settings, out / "vqvae.pt", config, progress, resume, world
         )
-        variant = spec.on_vqvae(config, vqvae).to(dev)
-    else:
-        stage_one = None
+        variant, seconds = spec.on_vqvae(config, first).to(train_x.device), stage_one.seconds
     hooks = training_hooks(config.train, out, test_x, image_grid())
     result = train_in_run(
         variant,
         train_x,
         config.train,
-        out / "checkpoint.pt",
+        out / CHECKPOINT_FILE,
         config,
         progress,
         resume,
         world,
         hooks,
     )
-    if not world.is_main:
-        return {}
-    result.use_ema(variant)
+    return variant, result, seconds + result.seconds
 
+
+def _score(variant: nn.Module, test_x: torch.Tensor, out: Path) -> tuple[dict[str, float], float]:
+    """Test bits/dim, codebook usage and reconstruction error of the trained ``variant``;
+    writes ``reconstructions.png`` and ``samples.png`` (64 prior draws). Returns the scores and
+    the sampling seconds per image."""
     variant.eval()
     with pyro.validation_enabled(False):
         bpd, bpd_se = test_bits_per_dim(variant, test_x)
@@ -134,19 +180,14 @@ def run_images(
         save_image(torch.cat([test_x[:32], posterior.x_mean[:32]]).cpu(), tmp)
     with atomic_write(out / "samples.png") as tmp:
         save_image(prior.x_mean.cpu(), tmp)
-    metrics = {
+    scores = {
         "test_bits_per_dim": bpd,
         "test_bits_per_dim_stderr": bpd_se,
         "codes_used": usage.codes_used,
         "perplexity": usage.perplexity,
         "reconstruction_mse": float((posterior.x_mean - test_x).pow(2).mean()),
-        "steps": config.train.steps,
-        "train_seconds": result.seconds + (stage_one.seconds if stage_one else 0.0),
-        "sampling_seconds_per_image": sample_seconds / 64,
-        "seconds": time.perf_counter() - start,
     }
-    write_json(out / "metrics.json", metrics)
-    return metrics
+    return scores, sample_seconds / 64
 
 
 def load_image_run(run_dir: str | Path, device: str = "auto", weights: str | None = None):
