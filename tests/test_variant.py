@@ -1,12 +1,15 @@
 """The variant contract (pbridge.variant) and the registry of image variants
 (pbridge.models.builders.IMAGE_VARIANTS)."""
 
+import json
+import math
 from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
+from pbridge.checkpoint import load_checkpoint
 from pbridge.cli import _parser, main
 from pbridge.config import ImageConfig, ToyConfig, image_preset
 from pbridge.inference.user_variant import VariantFile
@@ -107,3 +110,32 @@ def test_the_command_line_variants_are_the_registrys(tmp_path, capsys):
         IMAGE_VARIANTS
     )
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_variant_file_run_works_with_every_command(tmp_path, capsys, tutorial_variant):
+    """The tutorial's variant file through the command line: train, resume (extended), sample,
+    evaluate (what applies to a variant without inpaint or chain) and analyze each exit 0 and
+    write their outputs."""
+    run = tmp_path / "run"
+    small = ["--set", "max_train=128", "--set", "eval_items=32", "--set", "train.batch_size=16"]
+    train = ["train", str(tutorial_variant), "--out", str(run), "--no-progress", *small]
+    commands = [
+        [*train, "--steps", "4"],
+        [*train, "--steps", "6", "--resume", "--extend-steps"],
+        ["sample", str(run), "--num", "8"],
+        ["evaluate", str(run), "--items", "16", "--samples", "8", "--fd-draws", "1"]
+        + ["--patch-items", "4", "--patch-draws", "1"],
+        ["analyze", str(run), "--num", "2", "--items", "2"],
+    ]
+    for argv in commands:
+        assert main(argv) == 0, (argv, capsys.readouterr().err)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 6
+    written = ["metrics.json", "samples.pt", "samples.png", "eval.json", "eval.md"]
+    written += ["analysis.nc", "analysis_summary.csv", "code_usage.png"]
+    assert [name for name in written if not (run / name).is_file()] == []
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert evaluation["variant"] == "LearnedPriorVQVAE"
+    assert evaluation["masked_patch_bits_per_cell"] is None
+    assert "does not inpaint" in evaluation["masked_patch_note"]
+    assert math.isfinite(evaluation["test_bits_per_dim"])
