@@ -24,14 +24,14 @@ from pyro.poutine.util import site_is_subsample
 from pbridge.bridge_prior import prior_options
 from pbridge.data import load_images
 from pbridge.inference.images import load_image_run
+from pbridge.inference.svi import bound_guide
 
 
 @torch.no_grad()
 def bits_per_image(variant, x: torch.Tensor, chain_steps: int, batch: int = 100) -> torch.Tensor:
     """``-ELBO / (D log 2)`` of every image of ``x``, ``(N,)``: one draw of the guide and of the
     prior's estimate per image, surrogate sites left out."""
-    guide = poutine.block(variant.guide, hide=list(getattr(variant, "surrogate_sites", ())))
-    model = prior_options(variant.model, strata=chain_steps)  # no effect without a bridge prior
+    guide, model = bound_guide(variant), prior_options(variant.model, strata=chain_steps)
     out = []
     for start in range(0, len(x), batch):
         xb = x[start : start + batch]

@@ -44,6 +44,7 @@ from pbridge.config import ImageConfig
 from pbridge.data import load_images
 from pbridge.samplers import ANCESTRAL, OnStep, SamplerSettings
 from pbridge.toy import sample_walks
+from pbridge.variant import BridgeChain, TakesLabels
 
 from .images import load_image_run
 from .plots import plot_code_entropy, plot_code_usage, plot_elbo_trace, plot_reverse_chain
@@ -113,7 +114,7 @@ def _check_inputs(
     """Refuses the arguments of :func:`to_inferencedata` that do not fit ``variant``."""
     if num <= 0:
         raise ValueError(f"num must be a positive integer, got {num}")
-    takes_labels = getattr(variant, "takes_labels", False)
+    takes_labels = isinstance(variant, TakesLabels)
     if takes_labels != (labels is not None):
         needs = "needs" if takes_labels else "does not take"
         raise ValueError(f"a {type(variant).__name__} {needs} labels")
@@ -157,7 +158,7 @@ def _latent_variables(
     codes = variant.codebook()
     prior = {n: trace.nodes[n]["value"] for n in (*_LATENTS, "y") if n in trace.nodes}
     readout = getattr(trace.nodes["z_q_0"]["fn"], "readout_logits", None)
-    tau = getattr(getattr(variant, "settings", None), "tau_p", None)
+    tau = variant.settings.tau_p if isinstance(variant, BridgeChain) else None
     prior_codes = _indices(prior["z_q_0"], codes, 1)
     post_codes = _indices(latents["z_q_0"], codes, 2)
     prior_vars = {"z_q_0": prior_codes, "code_count": _counts(prior_codes, codes.shape[0])}
@@ -227,8 +228,8 @@ def to_inferencedata(
     Args:
         x: ``(items, *data_shape)`` test items for the posterior.
         num: prior draws, and guide draws per test item.
-        labels: ``(items,)`` class labels, for (and only for) a variant with
-            ``takes_labels = True``.
+        labels: ``(items,)`` class labels, for (and only for) a
+            :class:`~pbridge.variant.TakesLabels` variant.
         losses: the per-step training loss (``TrainResult.losses``, the checkpoint's
             ``"losses"``), stored in the group ``training``; ``None``: no such group.
         sampler: the sampler of the bridge's prior draws.
@@ -344,7 +345,7 @@ def analyze_run(
     else:
         x, _ = sample_walks(items, config.length, config.noise, torch.Generator().manual_seed(seed))
         x, labels = x.to(dev), None
-    if not getattr(variant, "takes_labels", False):
+    if not isinstance(variant, TakesLabels):
         labels = None
     state, _ = load_latest_checkpoint(run / "checkpoint.pt")
     progress.stage(f"drawing {num:,} prior samples and {num:,} guide draws of {items:,} items")
@@ -357,8 +358,8 @@ def analyze_run(
         "prior": torch.from_numpy(idata.prior["code_count"].sum(("chain", "draw")).values),
     }
     written = ["analysis.nc", "analysis_summary.csv", *_plots(idata, variant, counts, run)]
-    if hasattr(variant, "schedule") and len(variant.data_shape) == 3:
-        chains = 10 if labels is not None else 8
+    if isinstance(variant, BridgeChain) and len(variant.data_shape) == 3:
+        chains = variant.num_classes if labels is not None else 8
         progress.stage(f"running {chains} backward chains for reverse_chain.png")
         classes = torch.arange(chains, device=dev) if labels is not None else None
         on_step = progress.steps(f"backward chain, {chains} chains")

@@ -34,13 +34,14 @@ from pbridge.codebook import code_usage, gather_codes
 from pbridge.data import load_images
 from pbridge.feature_distance import classifier_accuracy, fd_fmnist, load_classifier
 from pbridge.masked_patch import central_patch, patch_bits_autoregressive, patch_bits_monte_carlo
-from pbridge.models.pixelcnn_prior import PixelCNNVQVAE
 from pbridge.samplers import ANCESTRAL, SamplerSettings
+from pbridge.variant import AutoregressivePrior, BridgeChain, Inpaints
 
 from .images import load_image_run, test_bits_per_dim
 from .plots import plot_image_grid, plot_image_table, sampler_name
 from .progress import QUIET, Progress
 from .sampling import check_sampler, sample_posterior, sample_prior
+from .user_variant import VARIANT_FILE
 
 __all__ = ["EvalSettings", "evaluate_run", "results_table", "chain_bits_by_step"]
 
@@ -108,7 +109,7 @@ def _inpainting_grid(variant, x, codes, known, completions, path: Path) -> None:
 def _inpaint(variant, codes: torch.Tensor, known: torch.Tensor, sampler: SamplerSettings):
     """``variant.inpaint``: a bridge's chain drawn by ``sampler``; the other priors draw their
     own way (and take only the default sampler, :func:`check_sampler`)."""
-    if hasattr(variant, "schedule"):
+    if isinstance(variant, BridgeChain):
         return variant.inpaint(codes, known, sampler)
     return variant.inpaint(codes, known)
 
@@ -117,6 +118,15 @@ def _inpaint(variant, codes: torch.Tensor, known: torch.Tensor, sampler: Sampler
 def _masked_patch(
     variant, x: torch.Tensor, settings: EvalSettings, sampler: SamplerSettings, out: Path
 ) -> dict:
+    """Masked-patch bits per latent cell of the items ``x`` and ``inpainting.png`` (``out``),
+    for a variant that inpaints (:class:`~pbridge.variant.Inpaints`); for another, ``None``
+    and a note saying why."""
+    if not isinstance(variant, Inpaints):
+        return {
+            "masked_patch_bits_per_cell": None,
+            "masked_patch_bits_per_cell_stderr": None,
+            "masked_patch_note": f"a {type(variant).__name__} does not inpaint (no inpaint())",
+        }
     codes = sample_posterior(variant, x).codes
     patch = central_patch(tuple(codes.shape[1:])).to(codes.device)
     known = (~patch).expand_as(codes)
@@ -132,8 +142,8 @@ def _masked_patch(
         "patch_draws": settings.patch_draws,
         "patch_floor": PATCH_FLOOR,
     }
-    if isinstance(variant, PixelCNNVQVAE):
-        exact = patch_bits_autoregressive(variant.prior_net.log_prob_per_cell(codes), patch)
+    if isinstance(variant, AutoregressivePrior):
+        exact = patch_bits_autoregressive(variant.code_log_prob_per_cell(codes), patch)
         mean, stderr = _mean_and_stderr(exact)
         result["masked_patch_bits_per_cell_exact"] = mean
         result["masked_patch_bits_per_cell_exact_stderr"] = stderr
@@ -224,13 +234,14 @@ def evaluate_run(
     settings = EvalSettings() if settings is None else settings
     run = Path(run_dir)
     config, variant = load_image_run(run, device, weights)
+    user_variant = (run / VARIANT_FILE).is_file()
     check_sampler(variant, sampler)
     dev = next(variant.parameters()).device
     test = load_images(config.dataset, "test", root)
     test_x = test.as_float().to(dev)
     timings: dict[str, float] = {}
     result: dict = {
-        "variant": config.variant,
+        "variant": type(variant).__name__ if user_variant else config.variant,
         "dataset": config.dataset,
         "settings": asdict(settings),
         "sampler": asdict(sampler),
@@ -246,7 +257,7 @@ def evaluate_run(
         result.update(test_bits_per_dim=bpd, test_bits_per_dim_stderr=bpd_se)
         timings["bits_per_dim"] = time.perf_counter() - start
 
-        if hasattr(variant, "schedule"):  # the bridge variants
+        if isinstance(variant, BridgeChain):
             result.update(chain_bits_by_step(variant, test_x[: min(200, settings.bpd_items)]))
 
         codes = _posterior_codes(variant, test_x, BATCH_SIZE)
@@ -281,14 +292,18 @@ def evaluate_run(
     )
     result.update(distances)
     timings["feature_distance"] = time.perf_counter() - start
+    result["seconds"] = timings
+    _write_results(run, result)
+    return result
 
+
+def _write_results(run: Path, result: dict) -> None:
+    """``eval.json`` and ``eval.md`` of ``run``, with the run's training time when known."""
     metrics_file = run / "metrics.json"
     if metrics_file.is_file():
         result["train_seconds"] = json.loads(metrics_file.read_text()).get("train_seconds")
-    result["seconds"] = timings
     (run / "eval.json").write_text(json.dumps(result, indent=2))
     (run / "eval.md").write_text(results_table({run.name: result}))
-    return result
 
 
 def _cell(value, stderr=None, digits: int = 2) -> str:

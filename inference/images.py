@@ -13,22 +13,21 @@ from pathlib import Path
 
 import pyro
 import torch
+from torch import nn
 
 from pbridge.codebook import code_usage
+from pbridge.config import ImageConfig
 from pbridge.data import load_images
 from pbridge.likelihoods import bits_per_dim
-from pbridge.models.pixelcnn_prior import pixelcnn_on_frozen_vqvae
-from pbridge.models.two_stage import bridge_on_frozen_vqvae
-from pbridge.ou_bridge import image_schedule
-from pbridge.presets import (
-    ImageConfig,
-    build_image_denoiser,
+from pbridge.models.builders import (
+    ImageVariant,
     build_image_model,
-    build_image_pixelcnn,
     build_image_vqvae,
+    image_variant,
 )
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 
+from .distributed import World
 from .plots import plot_image_grid, plot_reconstructions, sampler_name, weights_name
 from .progress import QUIET, Progress
 from .run_dir import (
@@ -44,7 +43,7 @@ from .run_dir import (
     write_run_files,
 )
 from .sampling import sample_posterior, sample_prior
-from .svi import estimate_elbo
+from .svi import TrainResult, estimate_elbo
 from .train_hooks import image_grid, training_hooks
 from .user_variant import VARIANT_FILE, open_user_run
 
@@ -125,72 +124,89 @@ def run_images(
     resume: bool = False,
     overwrite: bool = False,
 ) -> dict[str, float]:
-    """Train the image bridge VQ-VAE end to end, score it on the test split, write the run
-    (``resume``: continue from the run directory's checkpoint; ``overwrite``: replace the run
-    it holds). Nothing is written before the data, the directory and the checkpoints are
-    checked."""
+    """Train the image variant ``config.variant`` of the registry
+    (:data:`~pbridge.models.builders.IMAGE_VARIANTS`) in its stages, score it on the test split,
+    write the run (``resume``: continue from the run directory's checkpoints; ``overwrite``:
+    replace the run it holds). Nothing is written before the data, the directory and the
+    checkpoints are checked."""
     start = time.perf_counter()
+    spec = image_variant(config.variant)
     out, dev, world = start_run(out_dir, config, device)
     train_x = load_images(config.dataset, "train", root, download).as_float()
     test_x = load_images(config.dataset, "test", root, download).as_float()
     train_x, test_x = train_x[: config.max_train].to(dev), test_x[: config.eval_items].to(dev)
 
-    generator = torch.Generator(device=dev).manual_seed(config.train.seed)
-    two_stage = config.variant in ("two-stage", "pixelcnn")
-    if two_stage:
-        vqvae = build_image_vqvae(config).to(dev)
-        vqvae.initialise_codebook(train_x[:1024], generator)
-    else:  # end to end, or the VQ-VAE alone
-        variant = build_image_model(config).to(dev)
-        variant.initialise_codebook(train_x[:1024], generator)
+    # The module trained first: the VQ-VAE of a variant trained in two stages, else the variant.
+    first = (build_image_vqvae(config) if spec.pretrains_vqvae else spec.build(config)).to(dev)
+    first.initialise_codebook(
+        train_x[:1024], torch.Generator(device=dev).manual_seed(config.train.seed)
+    )
     if resume:
-        if two_stage:
-            check_resume(vqvae, out / "vqvae.pt", config)
-            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-                check_resume(build_image_model(config), out / CHECKPOINT_FILE, config)
-        else:
-            check_resume(variant, out / CHECKPOINT_FILE, config)
+        _check_resumable(spec, config, first, out)
     write_run_files(out, config, world, resume, overwrite)
-    if two_stage:
-        vqvae_settings = replace(config.train, steps=config.vqvae_steps)
+    variant, result, train_seconds = _train_stages(
+        spec, config, first, (train_x, test_x), out, progress, resume, world
+    )
+    if not world.is_main:
+        return {}
+    result.use_ema(variant)
+    variant.eval()
+    weights = "EMA weights" if result.ema is not None else "raw weights"
+    metrics = _score(variant, test_x, out, weights, Progress(progress))
+    metrics.update(
+        steps=config.train.steps, train_seconds=train_seconds, seconds=time.perf_counter() - start
+    )
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _check_resumable(spec: ImageVariant, config: ImageConfig, first: nn.Module, out: Path) -> None:
+    """The run's checkpoints fit ``first`` (:func:`~.run_dir.check_resume`) and, for a variant
+    trained in two stages, the variant of its second stage (built aside, the random state
+    left as it was)."""
+    if not spec.pretrains_vqvae:
+        check_resume(first, out / CHECKPOINT_FILE, config)
+        return
+    check_resume(first, out / "vqvae.pt", config)
+    dev = next(first.parameters()).device
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        check_resume(spec.build(config), out / CHECKPOINT_FILE, config)
+
+
+def _train_stages(
+    spec: ImageVariant,
+    config: ImageConfig,
+    first: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    out: Path,
+    progress: bool,
+    resume: bool,
+    world: World,
+) -> tuple[nn.Module, TrainResult, float]:
+    """Train ``first`` and, for a variant trained in two stages, then the variant on it (the
+    VQ-VAE's ``config.vqvae_steps`` steps to ``vqvae.pt``); ``data = (train_x, test_x)``.
+    Returns the variant, the result of its training and the seconds of every stage."""
+    train_x, test_x = data
+    variant, seconds = first, 0.0
+    if spec.pretrains_vqvae:
+        settings = replace(config.train, steps=config.vqvae_steps)
         stage_one = train_in_run(
-            vqvae, train_x, vqvae_settings, out / "vqvae.pt", config, progress, resume, world
+            first, train_x, settings, out / "vqvae.pt", config, progress, resume, world
         )
-        if config.variant == "pixelcnn":
-            variant = pixelcnn_on_frozen_vqvae(vqvae, build_image_pixelcnn(config).to(dev))
-        else:
-            denoiser = build_image_denoiser(config).to(dev)
-            variant = bridge_on_frozen_vqvae(
-                vqvae, denoiser, image_schedule(config.num_steps), config.bridge
-            )
-    else:
-        stage_one = None
+        variant, seconds = spec.on_vqvae(config, first).to(train_x.device), stage_one.seconds
     hooks = training_hooks(config.train, out, test_x, image_grid())
     result = train_in_run(
         variant,
         train_x,
         config.train,
-        out / "checkpoint.pt",
+        out / CHECKPOINT_FILE,
         config,
         progress,
         resume,
         world,
         hooks,
     )
-    if not world.is_main:
-        return {}
-    result.use_ema(variant)
-
-    variant.eval()
-    weights = "EMA weights" if result.ema is not None else "raw weights"
-    metrics = _score(variant, test_x, out, weights, Progress(progress))
-    metrics.update(
-        steps=config.train.steps,
-        train_seconds=result.seconds + (stage_one.seconds if stage_one else 0.0),
-        seconds=time.perf_counter() - start,
-    )
-    write_json(out / "metrics.json", metrics)
-    return metrics
+    return variant, result, seconds + result.seconds
 
 
 def open_image_run(

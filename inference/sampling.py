@@ -19,6 +19,7 @@ from torch import nn
 
 from pbridge.bridge_prior import BridgeCodePrior, prior_options
 from pbridge.samplers import ANCESTRAL, SamplerSettings
+from pbridge.variant import BridgeChain
 
 from .progress import QUIET, Progress
 
@@ -35,9 +36,8 @@ def check_sampler(variant: nn.Module, sampler: SamplerSettings) -> None:
     """Refuse ``sampler`` for ``variant`` before any draw: a variant without a diffusion chain
     (VQ-VAE, PixelCNN) draws its own way and takes only the default; a bridge's chain must
     have the steps asked for (:meth:`~pbridge.samplers.SamplerSettings.check_chain`)."""
-    schedule = getattr(variant, "schedule", None)
-    if schedule is not None:
-        sampler.check_chain(schedule.num_steps)
+    if isinstance(variant, BridgeChain):
+        sampler.check_chain(variant.schedule.num_steps)
     elif sampler != ANCESTRAL:
         raise ValueError(
             f"a {type(variant).__name__} has no diffusion chain: --sampler {sampler.name} and "

@@ -41,6 +41,7 @@ from pbridge.checkpoint import (
 )
 from pbridge.codebook import CodeUsage, code_usage
 from pbridge.config import TrainSettings
+from pbridge.variant import SurrogateSites, Variant
 
 from .distributed import ELBOLoss, World, local_batches, mean_over_processes, step_seed
 from .training_log import Hook, TrainingLog, csv_columns, untouched
@@ -60,6 +61,7 @@ __all__ = [
     "posterior_code_usage",
     "estimate_elbo",
     "elbo_terms",
+    "bound_guide",
 ]
 
 
@@ -147,12 +149,19 @@ def posterior_code_usage(variant: nn.Module, x: Batch) -> CodeUsage:
     return code_usage(site["fn"].indices(site["value"]), variant.codebook.num_codes)
 
 
+def bound_guide(variant: nn.Module) -> Callable[..., None]:
+    """The guide of ``variant`` as a term of the bound: its training surrogates
+    (:class:`~pbridge.variant.SurrogateSites`) blocked."""
+    hidden = variant.surrogate_sites if isinstance(variant, SurrogateSites) else ()
+    return poutine.block(variant.guide, hide=list(hidden))
+
+
 @torch.no_grad()
 def elbo_terms(variant: nn.Module, x: Batch) -> dict[str, float]:
     """One draw of the ELBO split by site, nats per item: ``log p - log q`` of every latent site
     (``z_e`` sites summed, so the chain and the guide's entropy are one term) and ``log p`` of
     the observation ``x``. Surrogate sites are left out; the values add up to the ELBO."""
-    guide = poutine.block(variant.guide, hide=list(getattr(variant, "surrogate_sites", ())))
+    guide = bound_guide(variant)
     args = _arguments(x)
     guide_trace = poutine.trace(guide).get_trace(*args)
     model_trace = poutine.trace(poutine.replay(variant.model, trace=guide_trace)).get_trace(*args)
@@ -176,7 +185,7 @@ def estimate_elbo(
     so the figure is the bound itself. ``strata``: the bridge's prior scores ``strata``
     stratified chain steps per item (:func:`~pbridge.bridge_prior.prior_options`; a lower
     variance bound for evaluation); ``None``: its training estimate."""
-    guide = poutine.block(variant.guide, hide=list(getattr(variant, "surrogate_sites", ())))
+    guide = bound_guide(variant)
     model = prior_options(variant.model, strata=strata)
     args = _arguments(x)
     values = torch.tensor(
@@ -227,7 +236,7 @@ def _check_data(variant: nn.Module, data: Batch) -> None:
         raise TypeError(f"data must be floating point (e.g. uint8 images / 255), got {data.dtype}")
     if data.shape[0] == 0:
         raise ValueError("the training data set is empty")
-    expected = getattr(variant, "data_shape", None)
+    expected = variant.data_shape if isinstance(variant, Variant) else None
     if expected is not None and tuple(data.shape[1:]) != tuple(expected):
         raise ValueError(
             f"data items have shape {tuple(data.shape[1:])}, the variant expects {tuple(expected)}"
@@ -315,7 +324,7 @@ def _summary(variant: nn.Module, batch: Batch) -> dict[str, float | int]:
     :func:`~.training_log.untouched`: showing or logging them never changes the training run."""
     with untouched(variant):
         terms = elbo_terms(variant, batch)
-        usage = posterior_code_usage(variant, batch) if hasattr(variant, "codebook") else None
+        usage = posterior_code_usage(variant, batch) if isinstance(variant, Variant) else None
     elbo, dims = sum(terms.values()), _arguments(batch)[0][0].numel()
     summary: dict[str, float | int] = {
         "neg_elbo": -elbo,

@@ -15,7 +15,7 @@ import torch
 
 from pbridge.codebook import code_usage, gather_codes
 from pbridge.config import ToyConfig
-from pbridge.presets import build_toy_model
+from pbridge.models.builders import build_toy_model
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 from pbridge.toy import nearest_centroid, sample_walks, transition_accuracy
 

@@ -7,18 +7,18 @@ The file (docs/tutorial-variant.md) defines
 - ``CONFIG`` (optional): that ImageConfig (data set, network sizes, training settings);
   default ``image_preset("digits", "small")``.
 
-The variant's model and guide take ``x: (B, C, H, W)``, or ``(x, y)`` with the class labels
-``y: (B,)`` when the variant sets ``takes_labels = True`` (the model then draws ``"y"`` when
-called without labels). The run and :mod:`pbridge.inference.analysis` read the sites
-``"z_q_0"`` (a :class:`~pbridge.code_distribution.CodeVector`), ``"x"`` and, if present,
-``"z_e_0"``, and the attributes ``data_shape``, ``latent_shape``, ``codebook`` and ``decoder``:
-composing the building blocks of :mod:`pbridge` (or subclassing a variant of
-:mod:`pbridge.models`) gives all of them.
+The variant is a :class:`~pbridge.variant.Variant`: its model and guide take
+``x: (B, C, H, W)`` and have the sites ``"z_q_0"``, ``"x"`` and, if present, ``"z_e_0"``; it
+has ``data_shape``, ``latent_shape``, ``codebook`` and ``decoder``. Composing the building
+blocks of :mod:`pbridge` (or subclassing a variant of :mod:`pbridge.models`) gives all of them.
+A :class:`~pbridge.variant.TakesLabels` variant (``num_classes``, ``sample_class``) takes
+``(x, y)`` with the class labels ``y: (B,)``; the other capabilities of
+:mod:`pbridge.variant` (a bridge chain, inpainting, ...) are used where the variant has them.
 
 The run directory holds ``variant.py`` (a copy of the file, from which the variant is rebuilt),
 ``config.json``, ``environment.json``, ``checkpoint.pt``, ``metrics.json``,
 ``reconstructions.png`` (rows: data, reconstruction) and ``samples.png`` (prior draws; one row
-per class for a variant with ``sample_class``).
+per class for a :class:`~pbridge.variant.TakesLabels` variant).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from pbridge.codebook import code_usage
 from pbridge.config import ImageConfig, image_preset
 from pbridge.data import load_images
 from pbridge.likelihoods import bits_per_dim
+from pbridge.variant import InitialisesCodebook, TakesLabels, Variant, missing_members
 
 from .plots import plot_image_grid, plot_reconstructions
 from .progress import Progress
@@ -95,12 +96,13 @@ class VariantFile:
                 f"build() in {self.path} must return a torch.nn.Module, got "
                 f"{type(variant).__name__}"
             )
-        for name in ("model", "guide", "codebook", "decoder", "data_shape", "latent_shape"):
-            if not hasattr(variant, name):
-                raise ValueError(
-                    f"the variant built by {self.path} ({type(variant).__name__}) has no "
-                    f"{name!r}; see docs/tutorial-variant.md for what a variant needs"
-                )
+        missing = missing_members(variant, Variant)
+        if missing:
+            raise ValueError(
+                f"the variant built by {self.path} ({type(variant).__name__}) has no "
+                f"{', '.join(map(repr, missing))}; see docs/tutorial-variant.md for what a "
+                "variant needs (pbridge.variant.Variant)"
+            )
         return variant
 
 
@@ -165,11 +167,10 @@ def _score(variant: nn.Module, args: tuple[torch.Tensor, ...], out: Path) -> dic
     with atomic_write(out / "reconstructions.png") as tmp:
         title = "32 test images and their reconstructions (decoder mean)"
         plot_reconstructions(x[:32].cpu(), x_mean[:32].cpu(), tmp, title)
-    sample_class = getattr(variant, "sample_class", None)
     with atomic_write(out / "samples.png") as tmp:
-        if sample_class is not None:
+        if isinstance(variant, TakesLabels):
             classes = torch.arange(variant.num_classes, device=x.device)
-            samples = sample_class(classes.repeat_interleave(_SAMPLES_PER_CLASS))
+            samples = variant.sample_class(classes.repeat_interleave(_SAMPLES_PER_CLASS))
             title = f"{_SAMPLES_PER_CLASS} prior samples per class (rows: classes 0, 1, ...)"
             plot_image_grid(samples.cpu(), tmp, title, nrow=_SAMPLES_PER_CLASS)
         else:
@@ -218,10 +219,10 @@ def run_user_variant(
     test_set = load_images(config.dataset, "test", root, download)
     train_x = train_set.as_float()[: config.max_train].to(dev)
     test_x = test_set.as_float()[: config.eval_items].to(dev)
-    takes_labels = getattr(variant, "takes_labels", False)
+    takes_labels = isinstance(variant, TakesLabels)
     data = (train_x, train_set.labels[: config.max_train].to(dev)) if takes_labels else train_x
     test = (test_x, test_set.labels[: config.eval_items].to(dev)) if takes_labels else (test_x,)
-    if hasattr(variant, "initialise_codebook"):
+    if isinstance(variant, InitialisesCodebook):
         variant.initialise_codebook(
             train_x[:1024], torch.Generator(device=dev).manual_seed(config.train.seed)
         )

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 
 import pyro
 import pyro.distributions as dist
@@ -38,7 +37,7 @@ from torch import nn
 from pbridge.bridge_prior import prior_options
 from pbridge.config import ImageConfig, image_preset
 from pbridge.models.bridge_vqvae import DiffusionBridgeVQVAE
-from pbridge.presets import build_image_model
+from pbridge.models.builders import build_image_bridge
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 
 __all__ = ["LabelledTimeEmbedding", "ClassConditionalBridge", "CONFIG", "build"]
@@ -108,15 +107,13 @@ class _LabelledNetwork(nn.Module):
 
 class ClassConditionalBridge(DiffusionBridgeVQVAE):
     """The bridge VQ-VAE with the prior conditioned on a class label; model and guide take
-    ``(x, y)`` with ``y: (B,)`` int64 in ``0..C-1`` (``takes_labels = True`` tells the training
-    and analysis code to pass them).
+    ``(x, y)`` with ``y: (B,)`` int64 in ``0..C-1``: a :class:`~pbridge.variant.TakesLabels`
+    (``num_classes`` and :meth:`sample_class`), so the training and analysis code pass them.
 
     Args: as :class:`~pbridge.models.bridge_vqvae.DiffusionBridgeVQVAE` (the denoiser must have
     an ``embed_time`` module, as :class:`~pbridge.image_networks.UNetDenoiser` does), plus
     ``num_classes`` (C).
     """
-
-    takes_labels = True
 
     def __init__(self, *args, num_classes: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -171,7 +168,7 @@ CONFIG = image_preset("digits", "small")
 
 def build(config: ImageConfig) -> ClassConditionalBridge:
     """The image bridge VQ-VAE of ``config`` (end to end) with a prior over 10 classes."""
-    base = build_image_model(replace(config, variant="end-to-end"))
+    base = build_image_bridge(config)
     return ClassConditionalBridge(
         base.encoder,
         base.decoder,

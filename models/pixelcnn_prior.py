@@ -50,6 +50,11 @@ class PixelCNNVQVAE(VQVAE):
     def prior(self, batch_size: int) -> PixelCNNPrior:
         return PixelCNNPrior(self.prior_net, self.codebook(), batch_size, self.latent_shape[1:])
 
+    def code_log_prob_per_cell(self, indices: torch.Tensor) -> torch.Tensor:
+        """``log p(k_c | k_<c)`` of every cell of ``indices: (B, *cells)`` under the PixelCNN,
+        ``(B, *cells)`` (:class:`~pbridge.variant.AutoregressivePrior`)."""
+        return self.prior_net.log_prob_per_cell(indices)
+
     @torch.no_grad()
     def inpaint(
         self, indices: torch.Tensor, known: torch.Tensor

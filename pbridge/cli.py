@@ -2,7 +2,7 @@
 
 pbridge train DATASET --out RUN_DIR [--config FILE] [--set KEY=VALUE ...]
               [--steps N] [--seed S] [--lr LR] [--batch-size B] [--device auto|cpu|cuda]
-              [--preset small|paper] [--variant end-to-end|two-stage|pixelcnn|vqvae]
+              [--preset small|paper] [--variant NAME]
               [--codebook gradient|ema] [--restart-dead-codes U]
               [--overwrite | --resume [--steps N --extend-steps]]
               [--devices N [--nodes M --rdzv-endpoint HOST:PORT]]
@@ -114,6 +114,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 def _add_setting_options(train: argparse.ArgumentParser) -> None:
     """The options of ``train`` that set fields of the run's config (``_SETTING_FLAGS``)."""
+    from pbridge.config import ImageConfig
+    from pbridge.models.builders import IMAGE_VARIANTS
+
     train.add_argument(
         "--config",
         metavar="FILE",
@@ -149,10 +152,9 @@ def _add_setting_options(train: argparse.ArgumentParser) -> None:
     )
     train.add_argument(
         "--variant",
-        choices=("end-to-end", "two-stage", "pixelcnn", "vqvae"),
-        help="image variant: the joint model (default); a VQ-VAE then the bridge on its frozen "
-        "encodings; a VQ-VAE then a PixelCNN prior on its frozen codes; the VQ-VAE alone "
-        "(uniform prior)",
+        choices=tuple(IMAGE_VARIANTS),
+        help=f"image variant (default: {ImageConfig.variant}): "
+        + "; ".join(f"{name}, {entry.summary}" for name, entry in IMAGE_VARIANTS.items()),
     )
     train.add_argument(
         "--codebook",
@@ -572,19 +574,6 @@ def _evaluate(args: argparse.Namespace) -> dict:
         seed=args.seed,
     )
     kind = _check_drawing(args, sampler)
-    if kind == "variant-file":
-        from pbridge.inference.user_variant import load_user_run
-
-        variant = load_user_run(args.run_dir, "cpu", args.weights)[1]
-        needed = ("inpaint", "encoder_scale") if hasattr(variant, "schedule") else ("inpaint",)
-        missing = [name for name in needed if not hasattr(variant, name)]
-        if missing:
-            raise ValueError(
-                f"the variant of {args.run_dir} ({type(variant).__name__}) has no "
-                f"{', '.join(missing)}, which `pbridge evaluate` needs (masked-patch and chain "
-                "figures); its metrics.json holds test bits/dim and codebook usage, and `pbridge "
-                "analyze` works on it"
-            )
     progress = _progress(args)
     if kind == "toy":
         return evaluate_toy_run(
@@ -739,6 +728,7 @@ def _fresh_config(args: argparse.Namespace, overrides: list):
     from pbridge.config import ToyConfig, image_preset
     from pbridge.config_overrides import apply_overrides
     from pbridge.inference.user_variant import load_variant_file
+    from pbridge.models.builders import image_variant
 
     if args.dataset.endswith(".py"):
         return apply_overrides(load_variant_file(args.dataset).config, overrides)
@@ -751,8 +741,11 @@ def _fresh_config(args: argparse.Namespace, overrides: list):
                 "or train on that data set"
             )
     presets = [item.value for item in overrides if item.key == "preset"]
-    base = image_preset(args.dataset, presets[-1] if presets else "small")
-    return apply_overrides(base, overrides)
+    config = apply_overrides(
+        image_preset(args.dataset, presets[-1] if presets else "small"), overrides
+    )
+    image_variant(config.variant)  # an unknown name (--set, --config) is refused here
+    return config
 
 
 def _resumed_config(args: argparse.Namespace, overrides: list):

@@ -21,7 +21,6 @@ __all__ = [
     "ToyConfig",
     "ImageConfig",
     "image_preset",
-    "VARIANTS",
     "CODEBOOKS",
     "config_from_dict",
     "setting_type",
@@ -200,7 +199,6 @@ class ToyConfig:
         return _from_dict(cls, data)
 
 
-VARIANTS = ("end-to-end", "two-stage", "pixelcnn", "vqvae")
 CODEBOOKS = ("gradient", "ema")
 
 
@@ -210,11 +208,10 @@ class ImageConfig:
 
     Attributes:
         dataset: a name of ``pbridge.data.DATASETS``.  preset: the name it was built from.
-        variant: ``"end-to-end"`` (the paper's claim), ``"two-stage"`` (a VQ-VAE with a
-            uniform prior for ``vqvae_steps`` steps, then the bridge on its frozen encodings
-            for ``train.steps`` steps) or ``"pixelcnn"`` (the same VQ-VAE stage, then a gated
-            PixelCNN prior on its frozen codes for ``train.steps`` steps) or ``"vqvae"`` (the
-            VQ-VAE alone, uniform prior, ``train.steps`` steps).
+        variant: a name of the registry of image variants,
+            :data:`pbridge.models.builders.IMAGE_VARIANTS` (checked when the variant is built):
+            ``"end-to-end"`` (the paper's claim), ``"two-stage"`` and ``"pixelcnn"`` (a VQ-VAE
+            for ``vqvae_steps`` steps, then a prior on it frozen for ``train.steps``), ``"vqvae"``.
         vqvae_codebook: the VQ-VAE's codebook, ``"gradient"`` (codebook loss) or ``"ema"``
             (moving averages, :class:`~pbridge.codebook.EMACodebook`).
         restart_dead_codes: ``None``, or restart VQ-VAE codes whose average number of cells per
@@ -252,10 +249,6 @@ class ImageConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(
-                f"unknown variant {self.variant!r}; expected one of {', '.join(VARIANTS)}"
-            )
         if self.vqvae_codebook not in CODEBOOKS:
             raise ValueError(
                 f"unknown codebook {self.vqvae_codebook!r}; expected one of {', '.join(CODEBOOKS)}"

@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import pyro
 import pytest
 import torch
@@ -34,3 +37,16 @@ def tiny_toy_run(tmp_path_factory):
     args += [item for setting in tiny + ["denoiser_blocks=1"] for item in ("--set", setting)]
     assert main([*args, "--no-progress"]) == 0
     return out
+
+
+TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorial-variant.md"
+
+
+@pytest.fixture
+def tutorial_variant(tmp_path: Path) -> Path:
+    """The variant file of docs/tutorial-variant.md (its Python block defining ``build``),
+    written to ``tmp_path / "my_variant.py"``."""
+    blocks = re.findall(r"```python\n(.*?)```", TUTORIAL.read_text(), flags=re.S)
+    file = tmp_path / "my_variant.py"
+    file.write_text(next(b for b in blocks if "def build" in b))
+    return file

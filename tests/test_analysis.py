@@ -3,9 +3,7 @@ trained from the command line, and the class-conditional variant."""
 
 import json
 import math
-import re
 from dataclasses import replace
-from pathlib import Path
 
 import arviz as az
 import numpy as np
@@ -25,10 +23,9 @@ from pbridge.inference.sampling import sample_prior
 from pbridge.inference.svi import train
 from pbridge.inference.user_variant import load_user_run
 from pbridge.models import class_conditional
-from pbridge.presets import build_image_model
+from pbridge.models.builders import build_image_model
 from pbridge.samplers import SamplerSettings
 
-TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorial-variant.md"
 ITEMS, NUM = 3, 5
 GROUPS = {
     "posterior",
@@ -200,19 +197,14 @@ def test_to_inferencedata_is_exported_from_pbridge():
     assert pbridge.to_inferencedata is to_inferencedata
 
 
-def _tutorial_variant(tmp_path: Path) -> Path:
-    blocks = re.findall(r"```python\n(.*?)```", TUTORIAL.read_text(), flags=re.S)
-    file = tmp_path / "my_variant.py"
-    file.write_text(next(b for b in blocks if "def build" in b))
-    return file
-
-
 @pytest.mark.slow
-def test_tutorial_variant_trains_and_is_analysed_from_the_command_line(tmp_path, capsys):
+def test_tutorial_variant_trains_and_is_analysed_from_the_command_line(
+    tmp_path, capsys, tutorial_variant
+):
     """The tutorial's variant file, trained by `pbridge train FILE`: the loss falls, the learned
     prior moves towards the code frequencies of every cell (more than 1/K on the codes in use),
     and `pbridge analyze` reads the run."""
-    file, run = _tutorial_variant(tmp_path), tmp_path / "run"
+    file, run = tutorial_variant, tmp_path / "run"
     assert main(["train", str(file), "--steps", "150", "--out", str(run), "--no-progress"]) == 0
     losses = load_checkpoint(run / "checkpoint.pt")["losses"]
     assert np.mean(losses[-20:]) < 0.9 * np.mean(losses[:20])  # fell by more than 10%
@@ -241,12 +233,12 @@ def test_tutorial_variant_trains_and_is_analysed_from_the_command_line(tmp_path,
         assert (run / name).stat().st_size > 0
 
 
-def test_a_broken_variant_file_is_named(tmp_path, capsys):
+def test_a_broken_variant_file_is_named(tmp_path, capsys, tutorial_variant):
     file = tmp_path / "broken.py"
     file.write_text("x = 1\n")
     assert main(["train", str(file), "--out", str(tmp_path / "run")]) == 2
     assert f"{file} defines no 'build'" in capsys.readouterr().err
-    good = _tutorial_variant(tmp_path)
+    good = tutorial_variant
     assert main(["train", str(good), "--variant", "two-stage", "--out", str(tmp_path / "r")]) == 2
     assert "--variant do not apply to a variant file" in capsys.readouterr().err
 

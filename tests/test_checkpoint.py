@@ -29,7 +29,7 @@ from pbridge.config import ImageConfig, ToyConfig, image_preset
 from pbridge.inference.run_dir import write_json
 from pbridge.inference.sampling import sample_prior
 from pbridge.models import class_conditional
-from pbridge.presets import build_image_model
+from pbridge.models.builders import build_image_model
 
 
 def _write_old_layout(payload: dict, path) -> None:

@@ -13,7 +13,7 @@ from pbridge.checkpoint import load_checkpoint
 from pbridge.config import ToyConfig, TrainSettings
 from pbridge.inference.distributed import World, local_batches, step_seed
 from pbridge.inference.svi import negative_elbo, train
-from pbridge.presets import build_toy_model
+from pbridge.models.builders import build_toy_model
 from pbridge.toy import sample_walks
 
 SETTINGS = dict(batch_size=16, lr=1e-2, seed=3)
@@ -25,7 +25,7 @@ _CHILD = textwrap.dedent(
     from pbridge.inference.distributed import world_from_environment
     from pbridge.inference.svi import train
     from pbridge.config import TrainSettings
-    from pbridge.presets import build_toy_model
+    from pbridge.models.builders import build_toy_model
     from pbridge.config import ToyConfig
     from pbridge.toy import sample_walks
     out, settings = sys.argv[1], json.loads(sys.argv[2])

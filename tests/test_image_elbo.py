@@ -15,8 +15,8 @@ from pbridge.inference.images import test_bits_per_dim as bits_per_dim_of
 from pbridge.inference.svi import negative_elbo
 from pbridge.likelihoods import DiscretizedLogisticDecoder
 from pbridge.models.bridge_vqvae import DiffusionBridgeVQVAE
+from pbridge.models.builders import build_image_model
 from pbridge.ou_bridge import OUSchedule
-from pbridge.presets import build_image_model
 
 IMAGE_SETS = [name for name in DATASETS if name != "toy"]
 

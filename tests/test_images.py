@@ -15,9 +15,9 @@ from pbridge.data import load_images
 from pbridge.inference.images import run_images
 from pbridge.inference.sampling import sample_posterior
 from pbridge.inference.svi import train
+from pbridge.models.builders import build_image_denoiser, build_image_model, build_image_vqvae
 from pbridge.models.two_stage import bridge_on_frozen_vqvae
 from pbridge.ou_bridge import image_schedule
-from pbridge.presets import build_image_denoiser, build_image_model, build_image_vqvae
 
 
 @pytest.fixture(scope="module")

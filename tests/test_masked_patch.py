@@ -8,8 +8,8 @@ import torch
 
 from pbridge.config import image_preset
 from pbridge.masked_patch import central_patch, patch_bits_monte_carlo
+from pbridge.models.builders import build_image_vqvae
 from pbridge.pixelcnn import GatedPixelCNN
-from pbridge.presets import build_image_vqvae
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ from pbridge.config import image_preset
 from pbridge.data import load_images
 from pbridge.inference.images import test_bits_per_dim as bits_per_dim_of
 from pbridge.masked_patch import central_patch, patch_bits_autoregressive
+from pbridge.models.builders import build_image_model
 from pbridge.pixelcnn import GatedPixelCNN
-from pbridge.presets import build_image_model
 
 
 @pytest.mark.parametrize("grid", [(5, 7), (4, 4)], ids=["5x7", "4x4"])

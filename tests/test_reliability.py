@@ -32,7 +32,7 @@ from pbridge.config import ToyConfig, TrainSettings, image_preset
 from pbridge.data import UnreadableDataError, load_images
 from pbridge.inference.run_dir import environment, load_run
 from pbridge.inference.svi import TrainingInterrupted, train
-from pbridge.presets import build_image_model, build_image_vqvae, build_toy_model
+from pbridge.models.builders import build_image_model, build_image_vqvae, build_toy_model
 from pbridge.toy import sample_walks
 
 
@@ -158,7 +158,7 @@ _CHILD = textwrap.dedent(
     import sys, torch, pyro
     from pbridge.inference.svi import train
     from pbridge.config import ToyConfig, TrainSettings, image_preset
-    from pbridge.presets import build_toy_model
+    from pbridge.models.builders import build_toy_model
     from pbridge.config import ToyConfig
     from pbridge.toy import sample_walks
     path, resume, out = sys.argv[1], sys.argv[2] == "resume", sys.argv[3]

@@ -12,7 +12,7 @@ from pbridge.checkpoint import load_checkpoint
 from pbridge.config import ToyConfig, TrainSettings, image_preset
 from pbridge.data import load_images
 from pbridge.inference.svi import elbo_terms, negative_elbo, resolve_device, train
-from pbridge.presets import build_image_model, build_toy_model
+from pbridge.models.builders import build_image_model, build_toy_model
 from pbridge.toy import sample_walks
 
 

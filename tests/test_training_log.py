@@ -17,7 +17,7 @@ from pbridge.inference.svi import train
 from pbridge.inference.toy import load_toy_run
 from pbridge.inference.train_hooks import toy_grid, training_hooks
 from pbridge.inference.training_log import STEP_COLUMNS, SUMMARY_COLUMNS
-from pbridge.presets import build_image_model, build_toy_model
+from pbridge.models.builders import build_image_model, build_toy_model
 from pbridge.toy import sample_walks
 
 

@@ -1,0 +1,114 @@
+"""Imports go one way: ``pbridge`` (building blocks) <- ``pbridge.models`` (variants) <-
+``pbridge.inference`` (training, sampling, evaluation, analysis) <- the command line
+(docs/architecture.md).
+
+Read from the source with :mod:`ast`, so nothing is imported. An import inside a function runs
+only when the function is called and is allowed; the exceptions to the rule at module level are
+listed in ``LAZY``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"pbridge": ROOT / "pbridge", "pbridge.models": ROOT / "models"}
+"""Package name -> its folder (``pyproject.toml`` maps ``pbridge.models`` to ``models/``)."""
+
+FORBIDDEN = {
+    "pbridge": ("pbridge.models", "pbridge.inference"),
+    "pbridge.models": ("pbridge.inference",),
+}
+"""The packages each layer must not import at module level."""
+
+LAZY = {
+    "pbridge/cli.py": "the entry point: imports pbridge.inference inside the command functions",
+    "pbridge/__init__.py": "re-exports pbridge.inference.analysis.to_inferencedata through a "
+    "module __getattr__",
+}
+"""Modules whose function-local imports of an upper layer are by design (documentation only:
+the test allows function-local imports everywhere)."""
+
+
+def _imported(node: ast.Import | ast.ImportFrom, package: str) -> list[str]:
+    """The absolute names an import statement of a module of ``package`` imports."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if node.level == 0:
+        return [node.module or ""]
+    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+    stem = ".".join([*base, node.module] if node.module else base)
+    return [stem] if node.module else [f"{stem}.{alias.name}" for alias in node.names]
+
+
+def module_level_imports(source: str, package: str) -> list[tuple[int, str]]:
+    """``(line, name)`` of every import outside function bodies (classes and ``if`` blocks
+    included) of a module of ``package``."""
+    found: list[tuple[int, str]] = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                continue
+            if isinstance(child, ast.Import | ast.ImportFrom):
+                found.extend((child.lineno, name) for name in _imported(child, package))
+            visit(child)
+
+    visit(ast.parse(source))
+    return found
+
+
+def layer_violations(package: str, path: Path) -> list[str]:
+    """``file:line imports name`` for every module-level import of a forbidden layer in the
+    module ``path`` of ``package``."""
+    return [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for line, name in module_level_imports(path.read_text(), package)
+        if any(name == f or name.startswith(f + ".") for f in FORBIDDEN[package])
+    ]
+
+
+@pytest.mark.parametrize("package", sorted(PACKAGES))
+def test_no_module_level_import_of_an_upper_layer(package):
+    modules = sorted(PACKAGES[package].glob("*.py"))
+    assert modules
+    assert [bad for path in modules for bad in layer_violations(package, path)] == []
+
+
+def test_the_lazy_exceptions_import_the_upper_layer_inside_functions_only():
+    for name in LAZY:
+        source = (ROOT / name).read_text()
+        everywhere = [
+            imported
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for imported in _imported(node, "pbridge")
+        ]
+        assert any(n.startswith("pbridge.inference") for n in everywhere), name
+        assert layer_violations("pbridge", ROOT / name) == [], name
+
+
+@pytest.mark.parametrize(
+    "package, source",
+    [
+        ("pbridge", "from pbridge.models.vqvae import VQVAE\n"),
+        ("pbridge", "import pbridge.inference.svi\n"),
+        ("pbridge", "from .models import builders\n"),
+        ("pbridge", "from . import inference\n"),
+        ("pbridge", "if True:\n    from .inference.svi import train\n"),
+        ("pbridge", "class A:\n    from .inference.svi import train\n"),
+        ("pbridge.models", "from pbridge.inference.svi import train\n"),
+        ("pbridge.models", "from ..inference import svi\n"),
+    ],
+)
+def test_a_planted_module_level_import_is_found(package, source):
+    names = [name for _, name in module_level_imports(source, package)]
+    assert any(n.startswith(FORBIDDEN[package]) for n in names), names
+
+
+def test_imports_inside_functions_are_allowed():
+    source = "def f():\n    import pbridge.inference\n    from .models import vqvae\n"
+    assert module_level_imports(source, "pbridge") == []
