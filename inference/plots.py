@@ -271,8 +271,9 @@ def plot_elbo_trace(losses: torch.Tensor, path: str | Path, window: int = 50) ->
     ax.plot(steps.numpy(), losses.numpy(), ".", ms=1.5, alpha=0.4, label="per step")
     if losses.shape[0] >= window:
         running = losses.unfold(0, window, 1).median(-1).values
-        label = f"running median ({window} steps)"
-        ax.plot(steps[window - 1 :].numpy(), running.numpy(), lw=1.5, color="C1", label=label)
+        centre = steps[window // 2 : window // 2 + running.shape[0]]  # each window's middle step
+        label = f"running median ({window} steps, centred)"
+        ax.plot(centre.numpy(), running.numpy(), lw=1.5, color="C1", label=label)
     low, high = torch.quantile(losses.double(), torch.tensor([0.02, 0.98], dtype=torch.double))
     margin = 0.05 * float(high - low) + 1e-9
     low, high = float(low) - margin, float(high) + margin
@@ -282,7 +283,7 @@ def plot_elbo_trace(losses: torch.Tensor, path: str | Path, window: int = 50) ->
     ax.set_ylabel("-ELBO per item (nats)")
     ax.set_title(
         f"training loss, {losses.shape[0]} steps\ny-axis: 2nd-98th percentiles of the steps; "
-        f"{outside} steps outside it are not shown",
+        f"{outside} step{'s' * (outside != 1)} outside it not shown",
         fontsize=9,
     )
     ax.legend()
