@@ -43,14 +43,14 @@ def heldout_bound(x: Batch, every: int) -> Hook:
     return Hook(every, run, ("heldout_neg_elbo", "heldout_bits_per_dim"))
 
 
-def sample_grid(folder: Path, every: int, draw: Callable[[nn.Module, Path], None]) -> Hook:
-    """``draw(model, path)`` writes a PNG of prior samples; the hook writes it atomically to
-    ``folder/step_NNNNNN.png``."""
+def sample_grid(folder: Path, every: int, draw: Callable[[nn.Module, Path, int], None]) -> Hook:
+    """``draw(model, path, step)`` writes a PNG of prior samples at ``step``; the hook writes it
+    atomically to ``folder/step_NNNNNN.png``."""
 
     def run(step: int, model: nn.Module) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_write(folder / f"step_{step:06d}.png") as tmp:
-            draw(model, tmp)
+            draw(model, tmp, step)
 
     return Hook(every, run)
 
@@ -59,7 +59,7 @@ def training_hooks(
     settings: TrainSettings,
     out: Path,
     heldout: Batch,
-    draw: Callable[[nn.Module, Path], None] | None = None,
+    draw: Callable[[nn.Module, Path, int], None] | None = None,
 ) -> tuple[Hook, ...]:
     """The hooks ``settings`` asks for: the held-out bound on the first
     ``settings.heldout_items`` rows of ``heldout`` every ``eval_every`` steps, and ``draw``'s
@@ -74,25 +74,25 @@ def training_hooks(
     return tuple(hooks)
 
 
-def image_grid(num: int = 16) -> Callable[[nn.Module, Path], None]:
+def image_grid(num: int = 16) -> Callable[[nn.Module, Path, int], None]:
     """``draw`` for image variants: ``num`` prior samples (decoder means) as one PNG grid."""
     from .plots import plot_image_grid
     from .sampling import sample_prior
 
-    def draw(model: nn.Module, path: Path) -> None:
-        title = f"{num} prior samples during training, ancestral sampler"
+    def draw(model: nn.Module, path: Path, step: int) -> None:
+        title = f"{num} prior samples at step {step}, ancestral sampler"
         plot_image_grid(sample_prior(model, num).x_mean.cpu(), path, title, int(num**0.5))
 
     return draw
 
 
-def toy_grid(num: int = 16) -> Callable[[nn.Module, Path], None]:
+def toy_grid(num: int = 16) -> Callable[[nn.Module, Path, int], None]:
     """``draw`` for the toy: ``num`` sampled walks, one panel each."""
     from .plots import plot_toy_samples
     from .sampling import sample_prior
 
-    def draw(model: nn.Module, path: Path) -> None:
-        title = f"{num} sampled walks during training, ancestral sampler"
+    def draw(model: nn.Module, path: Path, step: int) -> None:
+        title = f"{num} sampled walks at step {step}, ancestral sampler"
         plot_toy_samples(sample_prior(model, num).x_mean.cpu(), path, title)
 
     return draw
