@@ -112,3 +112,20 @@ def test_a_planted_module_level_import_is_found(package, source):
 def test_imports_inside_functions_are_allowed():
     source = "def f():\n    import pbridge.inference\n    from .models import vqvae\n"
     assert module_level_imports(source, "pbridge") == []
+
+
+MAX_FUNCTION_LINES = 80
+"""The longest a function of pbridge/, models/ or inference/ may be, docstring included."""
+
+
+def test_no_function_is_longer_than_a_screen():
+    """Every function of the three packages has at most ``MAX_FUNCTION_LINES`` lines."""
+    long = []
+    for folder in (ROOT / "pbridge", ROOT / "models", ROOT / "inference"):
+        for path in sorted(folder.glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > MAX_FUNCTION_LINES:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} {lines}")
+    assert long == []
