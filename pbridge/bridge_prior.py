@@ -287,8 +287,9 @@ class StepCostTracker(nn.Module):
 
     Buffers (saved in checkpoints, so a resumed run proposes the same steps): ``second_moment``
     ``(T,)``, a moving average of the squared step term at each t (decay ``decay`` per batch
-    that contains t), and ``seen`` ``(T,)``. Until every t has been seen the proposal is uniform;
-    then ``q(t) = (1 - floor) sqrt(m_t) / sum_s sqrt(m_s) + floor / T``, so 1/q(t) <= T / floor.
+    that contains t), and ``seen`` ``(T,)``. Until every t has been seen, and while every m_t is
+    0 (a short chain can read every code exactly), the proposal is uniform; then
+    ``q(t) = (1 - floor) sqrt(m_t) / sum_s sqrt(m_s) + floor / T``, so 1/q(t) <= T / floor.
     """
 
     def __init__(self, num_steps: int, decay: float = 0.99, floor: float = 0.2) -> None:
@@ -303,10 +304,11 @@ class StepCostTracker(nn.Module):
         """q(t) over t = 1..T, ``(T,)`` float64."""
         T = self.seen.numel()
         uniform = torch.full_like(self.second_moment, 1.0 / T)
-        if not bool(self.seen.all()):
-            return uniform
         root = self.second_moment.sqrt()
-        return (1.0 - self.floor) * root / root.sum() + self.floor * uniform
+        total = root.sum()
+        if not bool(self.seen.all()) or not total > 0:  # also uniform when every term was 0
+            return uniform
+        return (1.0 - self.floor) * root / total + self.floor * uniform
 
     @torch.no_grad()
     def update(self, t: torch.Tensor, terms: torch.Tensor) -> None:

@@ -163,6 +163,19 @@ def test_step_cost_tracker_proposes_sqrt_second_moments():
     torch.testing.assert_close(copy.proposal(), want)
 
 
+def test_step_cost_tracker_stays_uniform_while_every_term_is_zero():
+    """A short chain can read every code exactly, so every step term is 0: the proposal stays
+    the uniform law (it was 0 / 0 = NaN, and training stopped in torch.multinomial), then
+    follows the terms once one is not 0."""
+    tracker = StepCostTracker(3, decay=0.5, floor=0.2)
+    tracker.update(torch.tensor([1, 2, 3]), torch.zeros(3))
+    uniform = torch.full((3,), 1 / 3, dtype=torch.float64)
+    torch.testing.assert_close(tracker.proposal(), uniform)
+    tracker.update(torch.tensor([2]), torch.tensor([2.0]))  # m = (0, 2, 0)
+    want = torch.tensor([0.2 / 3, 0.8 + 0.2 / 3, 0.2 / 3], dtype=torch.float64)
+    torch.testing.assert_close(tracker.proposal(), want)
+
+
 def test_auxiliary_cross_entropy_moves_the_gradient_not_the_value(float64):
     """aux_weight a: the same value; the gradient is the bound's plus a times that of the head's
     cross-entropy at the drawn steps."""
