@@ -128,10 +128,13 @@ def main() -> None:
     start = time.perf_counter()
     body = toy(out) + ([] if args.skip_fmnist else fashion_mnist(out))
     minutes = (time.perf_counter() - start) / 60
+    command = "python benchmarks/ema.py" + (" --skip-fmnist" if args.skip_fmnist else "")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     head = [
         "# EMA of the weights against the raw weights",
         "",
-        f"Produced by `OMP_NUM_THREADS=1 python benchmarks/ema.py` in {minutes:.0f} min on "
+        f"Produced by `OMP_NUM_THREADS=1 {command}` at commit {commit.stdout.strip() or '?'} "
+        f"in {minutes:.0f} min on "
         f"{platform.machine()} with {torch.get_num_threads()} torch thread(s) "
         f"(torch {torch.__version__}). Both sets of weights come from the same runs (the EMA is "
         "kept beside the weights, decay 0.995 with the warm-up of docs/training.md), so every "
