@@ -234,9 +234,9 @@ def test_stratified_steps_are_unbiased_and_less_noisy(formulation, float64):
     assert b.std() < single.std()
 
 
-def test_steps_per_item_must_divide_T():
+def test_strata_must_divide_T():
     with pytest.raises(ValueError, match="divide T = 4"):
-        DiffusionPrior(SCHEDULE, small_denoiser(), (2, 3), 5, steps_per_item=3)
+        DiffusionPrior(SCHEDULE, small_denoiser(), (2, 3), 5, strata=3)
 
 
 @pytest.mark.parametrize("formulation", ["paper", "tight"])

@@ -20,6 +20,7 @@ from pbridge.inference.evaluate import (
 )
 from pbridge.inference.images import load_image_run, run_images
 from pbridge.inference.sampling import sample_posterior
+from pbridge.samplers import ANCESTRAL, SamplerSettings
 
 SMALL = ["--items", "64", "--samples", "16", "--patch-items", "8", "--patch-draws", "2"]
 
@@ -60,12 +61,12 @@ def test_bridge_and_pixelcnn_go_through_the_same_protocol(variant, tmp_path):
     teacher-forced figure."""
     _tiny_run(variant, tmp_path)
     settings = EvalSettings(bpd_items=64, num_samples=8, patch_items=8, patch_draws=2)
-    sampler = {"sampler": "respaced", "steps": 10} if variant == "two-stage" else {}
-    result = evaluate_run(tmp_path, settings, **sampler)
+    sampler = SamplerSettings("respaced", 10) if variant == "two-stage" else ANCESTRAL
+    result = evaluate_run(tmp_path, settings, sampler=sampler)
     bits = result["masked_patch_bits_per_cell"]
     assert bits > 0 and math.isfinite(bits) and result["masked_patch_bits_per_cell_stderr"] > 0
     assert ("masked_patch_bits_per_cell_exact" in result) == (variant == "pixelcnn")
-    assert result["sampler"]["sampler"] == ("respaced" if variant == "two-stage" else "ancestral")
+    assert result["sampler"]["name"] == ("respaced" if variant == "two-stage" else "ancestral")
     table = results_table({variant: result})
     assert table.count("\n") == 3 and variant in table
 
@@ -93,9 +94,10 @@ def test_chain_breakdown_covers_every_step_and_adds_up_to_the_bound(tmp_path):
     total = sum(breakdown["chain_bits_per_cell_by_step"].values())
     total += breakdown["prior_kl_bits_per_cell"]
     codes = sample_posterior(variant, x).codes
-    with torch.no_grad(), variant.stratified_steps(T):
+    with torch.no_grad():
         value = gather_codes(codes, variant.codebook())
-        bound = -variant.prior(len(x)).log_prob(value).mean() / (16 * math.log(2))
+        prior = variant.prior(len(x)).with_options(strata=T)
+        bound = -prior.log_prob(value).mean() / (16 * math.log(2))
     assert total == pytest.approx(float(bound), rel=0.03)
 
 

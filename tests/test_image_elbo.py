@@ -97,7 +97,7 @@ def test_bits_per_dim_is_the_hand_summed_bound(float64):
     variant.initialise_codebook(x)
 
     pyro.set_rng_seed(7)
-    reported, _ = bits_per_dim_of(variant, x, steps_per_item=T)
+    reported, _ = bits_per_dim_of(variant, x, strata=T)
 
     pyro.set_rng_seed(7)
     with torch.no_grad():

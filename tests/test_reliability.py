@@ -596,7 +596,8 @@ def test_item9_a_full_disk_is_one_line_and_leaves_no_partial_file(run, capsys, m
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("pbridge.inference.toy.torch.save", full)
-    assert "No space left on device" in _refused(["sample", run, "--num", "4"], capsys)
+    quiet = ["sample", run, "--num", "4", "--no-progress"]  # stderr: the error line alone
+    assert "No space left on device" in _refused(quiet, capsys)
     assert not (run / "samples.pt").exists() and not list(run.glob(".*tmp*"))
 
 
@@ -628,7 +629,8 @@ def test_running_out_of_memory_while_sampling_is_one_line(run, capsys, monkeypat
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8")
 
     monkeypatch.setattr("pbridge.inference.toy.sample_prior", exhausted)
-    assert "pbridge: out of memory: " in _refused(["sample", run, "--num", "4"], capsys)
+    quiet = ["sample", run, "--num", "4", "--no-progress"]  # stderr: the error line alone
+    assert "pbridge: out of memory: " in _refused(quiet, capsys)
 
 
 def test_item9_the_nan_guard_is_one_line_and_a_fresh_run_leaves_nothing(
