@@ -75,7 +75,8 @@ def fashion_mnist(out: Path) -> list[str]:
         f"## Fashion-MNIST, end-to-end bridge, `small`, {FMNIST_STEPS} steps, seed 0",
         "",
         f"Trained with `pbridge train fashion-mnist {' '.join(flags)} --seed 0` "
-        f"({seconds:.0f} s here); scored with `pbridge evaluate RUN --weights ema|raw "
+        f"({f'{seconds:.0f} s here' if math.isfinite(seconds) else 'an existing run'}); "
+        "scored with `pbridge evaluate RUN --weights ema|raw "
         f"--items {EVAL.bpd_items} --samples {EVAL.num_samples} --sampler respaced "
         "--sample-steps 100`.",
         "",
