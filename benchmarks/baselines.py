@@ -3,6 +3,8 @@ protocol (``pbridge evaluate``) and write docs/results.md.
 
     python benchmarks/baselines.py --out runs/baselines
 
+It also copies each run's prior samples and reconstructions to docs/images/fmnist-VARIANT-*.png.
+
 Rows: uniform-prior VQ-VAE, VQ-VAE + PixelCNN, two-stage bridge, end-to-end bridge (the tight
 formulation, the default). The step counts give each the same training budget, 900 s at the
 step costs measured side by side (one process, one thread, batch 64, on this 2-core CPU shared
@@ -20,6 +22,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -81,10 +84,26 @@ def _bands_table(results: dict[str, dict]) -> list[str]:
     return [*lines, ""]
 
 
+FIGURES = {"eval_samples.png": "samples", "reconstructions.png": "reconstructions"}
+
+
+def _copy_figures(out: Path, images: Path) -> None:
+    """Copy each run's prior samples and reconstructions to ``images/fmnist-VARIANT-KIND.png``."""
+    images.mkdir(parents=True, exist_ok=True)
+    for variant, _ in ROWS.values():
+        for name, kind in FIGURES.items():
+            if (out / variant / name).is_file():
+                shutil.copyfile(out / variant / name, images / f"fmnist-{variant}-{kind}.png")
+            else:
+                print(f"{out / variant / name} is missing: not copied")
+    print(f"figures copied to {images}/fmnist-VARIANT-{{samples,reconstructions}}.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/baselines", help="folder of the four runs")
     parser.add_argument("--results", default="docs/results.md", help="Markdown file to write")
+    parser.add_argument("--images", default="docs/images", help="folder for the runs' figures")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=400, help="prior samples for FD-FMNIST")
     parser.add_argument("--items", type=int, default=500, help="test images for bits/dim")
@@ -141,6 +160,7 @@ def main() -> None:
         "",
     ]
     Path(args.results).write_text("\n".join(text))
+    _copy_figures(out, Path(args.images))
     print("\n".join(text))
 
 
