@@ -28,7 +28,7 @@ from paired_bound import bits_per_image
 
 from pbridge.data import load_images
 from pbridge.inference.evaluate import EvalSettings, evaluate_run
-from pbridge.inference.images import load_image_run
+from pbridge.inference.load import load_run
 from pbridge.inference.toy import evaluate_toy_run
 from pbridge.samplers import SamplerSettings
 
@@ -55,7 +55,8 @@ def _paired(run: Path, items: int, chain_steps: int) -> tuple[dict, tuple[float,
     same images and seed): the means, and EMA minus raw with its standard error."""
     per_image = {}
     for weights in WEIGHTS:
-        config, variant = load_image_run(run, "cpu", weights)
+        loaded = load_run(run, weights=weights, device="cpu")
+        config, variant = loaded.config, loaded.variant
         x = load_images(config.dataset, "test").as_float()[:items]
         pyro.set_rng_seed(0)
         with pyro.validation_enabled(False):

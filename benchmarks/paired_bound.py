@@ -23,7 +23,7 @@ from pyro.poutine.util import site_is_subsample
 
 from pbridge.bridge_prior import prior_options
 from pbridge.data import load_images
-from pbridge.inference.images import load_image_run
+from pbridge.inference.load import load_run
 from pbridge.inference.svi import bound_guide
 
 
@@ -59,7 +59,8 @@ def main() -> None:
     scores = {}
     with pyro.validation_enabled(False):
         for run in args.runs:
-            config, variant = load_image_run(run, "cpu", args.weights)
+            loaded = load_run(run, weights=args.weights, device="cpu")
+            config, variant = loaded.config, loaded.variant
             x = load_images(config.dataset, "test").as_float()[: args.items]
             scores[run] = [bits_per_image(variant, x, args.chain_steps) for _ in range(2)]
     n = args.items

@@ -28,7 +28,7 @@ from pbridge.checkpoint import load_checkpoint  # noqa: E402
 from pbridge.codebook import gather_codes  # noqa: E402
 from pbridge.data import load_images  # noqa: E402
 from pbridge.feature_distance import fd_fmnist, load_classifier  # noqa: E402
-from pbridge.inference.images import load_image_run  # noqa: E402
+from pbridge.inference.load import load_run  # noqa: E402
 from pbridge.inference.sampling import sample_posterior, sample_prior  # noqa: E402
 from pbridge.samplers import (  # noqa: E402
     ANCESTRAL,
@@ -74,8 +74,8 @@ def main() -> None:
     bridge_run, pixelcnn_run = Path(args.bridge), Path(args.pixelcnn)
     if not _shared_vqvae(bridge_run, pixelcnn_run):
         raise SystemExit(f"{bridge_run} and {pixelcnn_run} do not share their VQ-VAE")
-    _, bridge = load_image_run(bridge_run, "cpu")
-    _, pixelcnn = load_image_run(pixelcnn_run, "cpu")
+    bridge = load_run(bridge_run, device="cpu").variant
+    pixelcnn = load_run(pixelcnn_run, device="cpu").variant
     bridge.denoiser = CountingDenoiser(bridge.denoiser)
     test_x = load_images("fashion-mnist", "test").as_float()
     net = load_classifier()

@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +37,6 @@ from pyro.infer import Predictive
 from torch import nn
 
 from pbridge.bridge_prior import prior_options
-from pbridge.checkpoint import load_latest_checkpoint
 from pbridge.codebook import code_logits, gather_codes
 from pbridge.config import ImageConfig
 from pbridge.data import load_images
@@ -46,12 +44,10 @@ from pbridge.samplers import ANCESTRAL, OnStep, SamplerSettings
 from pbridge.toy import sample_walks
 from pbridge.variant import BridgeChain, TakesLabels
 
-from .images import load_image_run
+from .load import load_run
 from .plots import plot_code_entropy, plot_code_usage, plot_elbo_trace, plot_reverse_chain
 from .progress import QUIET, Progress
 from .sampling import check_sampler
-from .toy import load_toy_run
-from .user_variant import VARIANT_FILE, load_user_run
 
 __all__ = ["to_inferencedata", "summarise", "reverse_chain_frames", "analyze_run"]
 
@@ -303,19 +299,6 @@ def reverse_chain_frames(
     return times, decoded.view(chains, len(times), *decoded.shape[1:])
 
 
-def _load(run: Path, device: str, weights: str | None = None) -> tuple[Any, nn.Module]:
-    """The config and trained variant of any run directory (a variant file's, an image or a
-    toy run), with its ``weights`` (:func:`~.run_dir.load_run`)."""
-    if (run / VARIANT_FILE).is_file():
-        return load_user_run(run, device, weights)
-    config_file = run / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{run} is not a run directory: no config.json")
-    if "dataset" in json.loads(config_file.read_text()):
-        return load_image_run(run, device, weights)
-    return load_toy_run(run, device, weights)
-
-
 def analyze_run(
     run_dir: str | Path,
     num: int = 16,
@@ -330,12 +313,13 @@ def analyze_run(
     """Analyse a trained run: :func:`to_inferencedata` on ``items`` test items with ``num``
     draws (the prior's by ``sampler``), written to ``analysis.nc``, with
     ``analysis_summary.csv`` and the plots; ``weights``: the run's EMA or raw weights
-    (:func:`~.run_dir.load_run`); ``progress`` shows the stages and the chains' steps.
+    (:func:`~.load.load_run`); ``progress`` shows the stages and the chains' steps.
     Returns what was written and a few figures."""
     if items <= 0:
         raise ValueError(f"items must be a positive integer, got {items}")
     run = Path(run_dir)
-    config, variant = _load(run, device, weights)
+    loaded = load_run(run, weights=weights, device=device)
+    config, variant = loaded.config, loaded.variant
     dev = next(variant.parameters()).device
     torch.manual_seed(seed)
     pyro.set_rng_seed(seed)
@@ -347,9 +331,8 @@ def analyze_run(
         x, labels = x.to(dev), None
     if not isinstance(variant, TakesLabels):
         labels = None
-    state, _ = load_latest_checkpoint(run / "checkpoint.pt")
     progress.stage(f"drawing {num:,} prior samples and {num:,} guide draws of {items:,} items")
-    idata = to_inferencedata(variant, x, num, labels, state.get("losses"), sampler, progress)
+    idata = to_inferencedata(variant, x, num, labels, loaded.losses, sampler, progress)
     idata.to_netcdf(str(run / "analysis.nc"))
     summary = summarise(idata)
     summary.to_csv(run / "analysis_summary.csv")

@@ -37,11 +37,12 @@ from pbridge.masked_patch import central_patch, patch_bits_autoregressive, patch
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 from pbridge.variant import AutoregressivePrior, BridgeChain, Inpaints
 
-from .images import load_image_run, test_bits_per_dim
+from .images import test_bits_per_dim
+from .load import load_run
 from .plots import plot_image_grid, plot_image_table, sampler_name
 from .progress import QUIET, Progress
+from .run_dir import run_kind
 from .sampling import check_sampler, sample_posterior, sample_prior
-from .user_variant import VARIANT_FILE
 
 __all__ = ["EvalSettings", "evaluate_run", "results_table", "chain_bits_by_step"]
 
@@ -228,13 +229,14 @@ def evaluate_run(
     progress: Progress = QUIET,
 ) -> dict:
     """Run the protocol on a trained image run (its EMA or raw ``weights``,
-    :func:`~.run_dir.load_run`); returns and writes ``eval.json``/``eval.md``.
+    :func:`~.load.load_run`); returns and writes ``eval.json``/``eval.md``.
     ``sampler``: the bridge's sampler for prior draws and inpainting (default the T-step
     chain); ``progress`` shows each stage, the bound's batches and the chain's steps."""
     settings = EvalSettings() if settings is None else settings
     run = Path(run_dir)
-    config, variant = load_image_run(run, device, weights)
-    user_variant = (run / VARIANT_FILE).is_file()
+    loaded = load_run(run, weights=weights, device=device)
+    config, variant = loaded.config, loaded.variant
+    user_variant = run_kind(run) == "variant-file"
     check_sampler(variant, sampler)
     dev = next(variant.parameters()).device
     test = load_images(config.dataset, "test", root)

@@ -12,6 +12,7 @@ from pathlib import Path
 from .images import open_image_run
 from .run_dir import LoadedRun, run_kind
 from .toy import open_toy_run
+from .user_variant import open_user_run
 
 __all__ = ["load_run"]
 
@@ -22,5 +23,5 @@ def load_run(path: str | Path, *, weights: str | None = None, device: str = "aut
     (``weights="ema"``), its raw ones (``"raw"``) or, by default, the EMA weights when the
     run kept them. Errors name the file at fault (no ``config.json``, no checkpoint yet, a
     damaged checkpoint, a config that contradicts its checkpoint)."""
-    opener = open_toy_run if run_kind(path) == "toy" else open_image_run
-    return opener(path, device, weights)
+    opener = {"toy": open_toy_run, "image": open_image_run, "variant-file": open_user_run}
+    return opener[run_kind(path)](path, device, weights)

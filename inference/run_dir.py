@@ -37,6 +37,8 @@ from .svi import Hook, TrainResult, load_checkpoint_of, resolve_device, train
 __all__ = [
     "CONFIG_FILE",
     "CHECKPOINT_FILE",
+    "VQVAE_FILE",
+    "VARIANT_FILE",
     "start_run",
     "check_out_dir",
     "is_run_dir",
@@ -50,26 +52,29 @@ __all__ = [
     "train_in_run",
     "LoadedRun",
     "open_run",
-    "load_run",
     "environment",
 ]
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+VQVAE_FILE = "vqvae.pt"
+"""The checkpoint of the VQ-VAE stage of a variant trained in two stages."""
+VARIANT_FILE = "variant.py"
+"""The copy of the variant file a run of one was trained from."""
 
 RUN_FILES = (
     "config.json",
     "environment.json",
-    "checkpoint.pt",
-    "checkpoint.pt.sha256",
-    "checkpoint.pt.prev",
-    "checkpoint.pt.prev.sha256",
-    "vqvae.pt",
-    "vqvae.pt.sha256",
-    "vqvae.pt.prev",
-    "vqvae.pt.prev.sha256",
+    CHECKPOINT_FILE,
+    f"{CHECKPOINT_FILE}.sha256",
+    f"{CHECKPOINT_FILE}.prev",
+    f"{CHECKPOINT_FILE}.prev.sha256",
+    VQVAE_FILE,
+    f"{VQVAE_FILE}.sha256",
+    f"{VQVAE_FILE}.prev",
+    f"{VQVAE_FILE}.prev.sha256",
     "metrics.json",
-    "variant.py",
+    VARIANT_FILE,
     "trajectories.png",
     "reconstructions.png",
     "samples.png",
@@ -123,7 +128,7 @@ def environment() -> dict[str, Any]:
 def is_run_dir(path: Path, checkpoints_only: bool = False) -> bool:
     """A directory holding a run: its ``config.json`` or a checkpoint (``checkpoints_only``:
     a checkpoint, i.e. work that can be resumed)."""
-    names = (CHECKPOINT_FILE, "vqvae.pt") + (() if checkpoints_only else (CONFIG_FILE,))
+    names = (CHECKPOINT_FILE, VQVAE_FILE) + (() if checkpoints_only else (CONFIG_FILE,))
     return any((path / name).exists() or previous_path(path / name).exists() for name in names)
 
 
@@ -232,7 +237,7 @@ def run_kind(run_dir: str | Path) -> str:
     """``"variant-file"``, ``"image"`` or ``"toy"``: what wrote the run directory
     (``FileNotFoundError`` if it holds no ``config.json``)."""
     run = Path(run_dir)
-    if (run / "variant.py").is_file():
+    if (run / VARIANT_FILE).is_file():
         return "variant-file"
     return "image" if "dataset" in read_config(run) else "toy"
 
@@ -404,15 +409,3 @@ def open_run(
         weights=chosen,
         checkpoint=used,
     )
-
-
-def load_run(
-    run_dir: str | Path,
-    from_dict: Callable[[dict], Any],
-    build: Callable[[Any], nn.Module],
-    device: str = "auto",
-    weights: str | None = None,
-) -> tuple[Any, nn.Module]:
-    """The config and trained variant of a run directory (:func:`open_run`)."""
-    run = open_run(run_dir, from_dict, build, device, weights)
-    return run.config, run.variant

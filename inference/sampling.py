@@ -146,7 +146,8 @@ def sample_prior(
 
 
 @torch.no_grad()
-def sample_posterior(variant: nn.Module, x: torch.Tensor) -> Draws:
-    """The guide's draw of z_e^0, z_q^0 for data ``x`` and the decoder mean (reconstruction)."""
-    trace = poutine.trace(variant.guide).get_trace(x)
+def sample_posterior(variant: nn.Module, x: torch.Tensor, *labels: torch.Tensor) -> Draws:
+    """The guide's draw of z_e^0, z_q^0 for data ``x`` (and the class ``labels`` ``(N,)`` of a
+    variant that takes them) and the decoder mean (reconstruction)."""
+    trace = poutine.trace(variant.guide).get_trace(x, *labels)
     return _draws(variant, trace, x)

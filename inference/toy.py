@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import pyro
@@ -19,30 +20,19 @@ from pbridge.models.builders import build_toy_model
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 from pbridge.toy import nearest_centroid, sample_walks, transition_accuracy
 
-from .plots import plot_toy_samples, plot_toy_trajectories, sampler_name, weights_name
+from .pipeline import Recipe, RunData, Stage, run
+from .plots import plot_toy_trajectories
 from .progress import QUIET, Progress
-from .run_dir import (
-    CHECKPOINT_FILE,
-    LoadedRun,
-    atomic_write,
-    check_resume,
-    check_writable,
-    open_run,
-    start_run,
-    train_in_run,
-    write_json,
-    write_run_files,
-)
-from .sampling import check_sampler, sample_posterior, sample_prior
+from .run_dir import CHECKPOINT_FILE, LoadedRun, check_writable, open_run, write_json
+from .sampling import Draws, check_sampler, sample_posterior, sample_prior
 from .svi import estimate_elbo
-from .train_hooks import toy_grid, training_hooks
+from .train_hooks import toy_grid
 
 __all__ = [
     "run_toy",
     "open_toy_run",
-    "load_toy_run",
-    "score_toy_samples",
-    "sample_toy_run",
+    "toy_data",
+    "toy_sample_scores",
     "evaluate_toy_run",
 ]
 
@@ -56,21 +46,64 @@ def code_centroids(variant) -> torch.Tensor:
     return nearest_centroid(variant.decoder(one_cell_items).mean).squeeze(-1)
 
 
-def score_toy_samples(
-    variant, num: int, sampler: SamplerSettings = ANCESTRAL, progress: Progress = QUIET
-) -> dict[str, float]:
-    """Transition accuracy of ``num`` prior draws by ``sampler`` (steps shown by ``progress``),
-    codes mapped to the centroids they decode to.
+def toy_sample_scores(variant, draws: Draws) -> dict[str, float]:
+    """Transition accuracy of the prior ``draws`` of ``variant``, codes mapped to the centroids
+    they decode to, and the number of codes they use.
 
     ``transition_accuracy`` reads z_q^0 as the most probable code of the read-out at the
     chain's end; ``transition_accuracy_sampled_zq`` uses z_q^0 as the model draws it.
     """
-    draws = sample_prior(variant, num, sampler, progress)
     centroid_of = code_centroids(variant)
     return {
         "transition_accuracy": transition_accuracy(centroid_of[draws.mode_codes]),
         "transition_accuracy_sampled_zq": transition_accuracy(centroid_of[draws.codes]),
         "prior_codes_used": code_usage(draws.mode_codes, variant.codebook.num_codes).codes_used,
+    }
+
+
+def toy_data(config: ToyConfig) -> RunData:
+    """The run's walks ``(N, 1, length)``, drawn from ``config.train.seed``: the training
+    walks, then :data:`NUM_EVAL` test walks (the same ones for every command on the run)."""
+    generator = torch.Generator().manual_seed(config.train.seed)
+    x_train, _ = sample_walks(config.num_train, config.length, config.noise, generator)
+    x_test, _ = sample_walks(NUM_EVAL, config.length, config.noise, generator)
+    return RunData(x_train, x_test)
+
+
+def _score(
+    config: ToyConfig, variant, data: RunData, out: Path, weights: str, progress: Progress
+) -> dict[str, float]:
+    """The held-out ELBO, the transition accuracy of ``config.num_samples`` prior draws,
+    codebook usage and reconstruction error of a trained toy ``variant``; writes
+    ``trajectories.png``."""
+    x_test = data.test_x
+    progress.stage(
+        f"scoring: the held-out bound on {len(x_test):,} test walks, then "
+        f"{config.num_samples:,} prior draws"
+    )
+    with pyro.validation_enabled(False):
+        elbo, elbo_se = estimate_elbo(variant, x_test, repeats=4, strata=EVAL_STEPS_PER_ITEM)
+        posterior = sample_posterior(variant, x_test)
+        scores = toy_sample_scores(
+            variant, sample_prior(variant, config.num_samples, ANCESTRAL, progress)
+        )
+    usage = code_usage(posterior.codes, variant.codebook.num_codes)
+    with torch.no_grad():
+        forward, reverse = forward_and_reverse_paths(variant, x_test[:32])
+    plot_toy_trajectories(
+        x_test[:256].cpu(),
+        forward.cpu(),
+        reverse.cpu(),
+        variant.codebook().detach().cpu(),
+        out / "trajectories.png",
+    )
+    return {
+        **scores,
+        "codes_used": usage.codes_used,
+        "perplexity": usage.perplexity,
+        "elbo": elbo,
+        "elbo_stderr": elbo_se,
+        "reconstruction_mse": float((posterior.x_mean - x_test).pow(2).mean()),
     }
 
 
@@ -83,71 +116,17 @@ def run_toy(
     overwrite: bool = False,
 ) -> dict[str, float]:
     """Train the toy bridge VQ-VAE end to end, score it and write the run directory
-    (``resume``: continue from the run directory's checkpoint; ``overwrite``: replace the run
-    it holds). Nothing is written before the directory and the checkpoint are checked."""
-    start = time.perf_counter()
-    out, dev, world = start_run(out_dir, config, device)
-    seed = config.train.seed
-    generator = torch.Generator().manual_seed(seed)
-    x_train, _ = sample_walks(config.num_train, config.length, config.noise, generator)
-    x_test, _ = sample_walks(NUM_EVAL, config.length, config.noise, generator)
-    x_train, x_test = x_train.to(dev), x_test.to(dev)
-
-    variant = build_toy_model(config).to(dev)
-    variant.initialise_codebook(x_train[:4096], torch.Generator(device=dev).manual_seed(seed))
-    if resume:
-        check_resume(variant, out / CHECKPOINT_FILE, config)
-    write_run_files(out, config, world, resume, overwrite)
-    hooks = training_hooks(config.train, out, x_test, toy_grid())
-    result = train_in_run(
-        variant,
-        x_train,
-        config.train,
-        out / "checkpoint.pt",
-        config,
-        progress,
-        resume,
-        world,
-        hooks,
+    (:func:`~.pipeline.run`; ``resume``: continue from the run directory's checkpoint;
+    ``overwrite``: replace the run it holds)."""
+    recipe = Recipe(
+        config=config,
+        data=lambda: toy_data(config),
+        stages=[Stage(CHECKPOINT_FILE, config.train.steps, lambda: build_toy_model(config))],
+        score=partial(_score, config),
+        draw=toy_grid(),
+        init_items=4096,
     )
-    if not world.is_main:
-        return {}
-    result.use_ema(variant)
-
-    variant.eval()
-    shown = Progress(progress)
-    shown.stage(
-        f"scoring: the held-out bound on {len(x_test):,} test walks, then "
-        f"{config.num_samples:,} prior draws"
-    )
-    with pyro.validation_enabled(False):
-        elbo, elbo_se = estimate_elbo(variant, x_test, repeats=4, strata=EVAL_STEPS_PER_ITEM)
-        posterior = sample_posterior(variant, x_test)
-        scores = score_toy_samples(variant, config.num_samples, progress=shown)
-    usage = code_usage(posterior.codes, variant.codebook.num_codes)
-    metrics = {
-        **scores,
-        "codes_used": usage.codes_used,
-        "perplexity": usage.perplexity,
-        "elbo": elbo,
-        "elbo_stderr": elbo_se,
-        "reconstruction_mse": float((posterior.x_mean - x_test).pow(2).mean()),
-        "final_train_loss": sum(result.losses[-100:]) / len(result.losses[-100:]),
-        "steps": config.train.steps,
-        "train_seconds": result.seconds,
-    }
-    with torch.no_grad():
-        forward, reverse = forward_and_reverse_paths(variant, x_test[:32])
-    plot_toy_trajectories(
-        x_test[:256].cpu(),
-        forward.cpu(),
-        reverse.cpu(),
-        variant.codebook().detach().cpu(),
-        out / "trajectories.png",
-    )
-    metrics["seconds"] = time.perf_counter() - start
-    write_json(out / "metrics.json", metrics)
-    return metrics
+    return run(recipe, out_dir, device, progress, resume, overwrite)
 
 
 def open_toy_run(
@@ -156,53 +135,6 @@ def open_toy_run(
     """A toy run directory read back, with its EMA or raw ``weights``
     (:func:`~.run_dir.open_run`)."""
     return open_run(run_dir, ToyConfig.from_dict, build_toy_model, device, weights)
-
-
-def load_toy_run(run_dir: str | Path, device: str = "auto", weights: str | None = None):
-    """The config and trained variant of a toy run directory (:func:`open_toy_run`)."""
-    run = open_toy_run(run_dir, device, weights)
-    return run.config, run.variant
-
-
-def sample_toy_run(
-    run_dir: str | Path,
-    num: int,
-    device: str = "auto",
-    seed: int = 0,
-    sampler: SamplerSettings = ANCESTRAL,
-    weights: str | None = None,
-    progress: Progress = QUIET,
-) -> dict:
-    """Draw ``num`` prior samples of a toy run by ``sampler`` (steps shown by ``progress``);
-    write ``samples.pt`` and ``samples.png``."""
-    run = Path(run_dir)
-    _, variant = load_toy_run(run, device, weights)
-    check_writable(run)
-    torch.manual_seed(seed)
-    progress.stage(f"drawing {num:,} samples")
-    with pyro.validation_enabled(False):
-        draws = sample_prior(variant, num, sampler, progress)
-    with atomic_write(run / "samples.pt") as tmp:
-        torch.save(
-            {
-                "codes": draws.codes.cpu(),
-                "mode_codes": draws.mode_codes.cpu(),
-                "x": draws.x_mean.cpu(),
-            },
-            tmp,
-        )
-    with atomic_write(run / "samples.png") as tmp:
-        title = (
-            f"{min(num, 16)} of {num} sampled walks, {sampler_name(sampler)}, "
-            f"{weights_name(weights)}"
-        )
-        plot_toy_samples(draws.x_mean[:16].cpu(), tmp, title)
-    centroid_of = code_centroids(variant)
-    return {
-        "num": num,
-        "transition_accuracy": transition_accuracy(centroid_of[draws.mode_codes]),
-        "transition_accuracy_sampled_zq": transition_accuracy(centroid_of[draws.codes]),
-    }
 
 
 def evaluate_toy_run(
@@ -220,14 +152,12 @@ def evaluate_toy_run(
     the masked-patch figure and FD-FMNIST are image measures (noted in the result). Writes
     ``eval.json``; ``progress`` shows its stages and the chain's steps."""
     run = Path(run_dir)
-    config, variant = load_toy_run(run, device, weights)
+    loaded = open_toy_run(run, device, weights)
+    config, variant = loaded.config, loaded.variant
     check_sampler(variant, sampler)
     check_writable(run)
     dev = next(variant.parameters()).device
-    generator = torch.Generator().manual_seed(config.train.seed)  # the run's test walks
-    sample_walks(config.num_train, config.length, config.noise, generator)
-    x_test, _ = sample_walks(NUM_EVAL, config.length, config.noise, generator)
-    x_test = x_test[: settings.bpd_items].to(dev)
+    x_test = toy_data(config).test_x[: settings.bpd_items].to(dev)
     torch.manual_seed(settings.seed)
     pyro.set_rng_seed(settings.seed)
     with pyro.validation_enabled(False):
@@ -236,7 +166,8 @@ def evaluate_toy_run(
         usage = code_usage(sample_posterior(variant, x_test).codes, variant.codebook.num_codes)
         progress.stage(f"drawing {settings.num_samples:,} samples")
         start = time.perf_counter()
-        scores = score_toy_samples(variant, settings.num_samples, sampler, progress)
+        draws = sample_prior(variant, settings.num_samples, sampler, progress)
+        scores = toy_sample_scores(variant, draws)
         seconds = time.perf_counter() - start
     result = {
         "variant": "toy",

@@ -27,40 +27,22 @@ import importlib.util
 import re
 import shutil
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pyro
-import torch
-from pyro import poutine
 from torch import nn
 
-from pbridge.codebook import code_usage
 from pbridge.config import ImageConfig, image_preset
-from pbridge.data import load_images
-from pbridge.likelihoods import bits_per_dim
-from pbridge.variant import InitialisesCodebook, TakesLabels, Variant, missing_members
+from pbridge.variant import Variant, missing_members
 
-from .plots import plot_image_grid, plot_reconstructions
-from .progress import Progress
-from .run_dir import (
-    CHECKPOINT_FILE,
-    LoadedRun,
-    atomic_write,
-    check_resume,
-    open_run,
-    start_run,
-    train_in_run,
-    write_json,
-    write_run_files,
-)
-from .sampling import sample_prior
-from .svi import estimate_elbo
-from .train_hooks import image_grid, training_hooks
+from .images import image_data, score_images
+from .pipeline import Recipe, Stage, run
+from .run_dir import CHECKPOINT_FILE, VARIANT_FILE, LoadedRun, open_run
+from .train_hooks import image_grid
 
 __all__ = [
     "VARIANT_FILE",
@@ -68,13 +50,7 @@ __all__ = [
     "load_variant_file",
     "run_user_variant",
     "open_user_run",
-    "load_user_run",
 ]
-
-VARIANT_FILE = "variant.py"
-"""The name of the variant file's copy in a run directory."""
-
-_SAMPLES_PER_CLASS = 8
 
 
 @dataclass(frozen=True)
@@ -148,43 +124,6 @@ def load_variant_file(path: str | Path) -> VariantFile:
     return VariantFile(path=path, build=build, config=config)
 
 
-def _reconstructions(
-    variant: nn.Module, args: tuple[torch.Tensor, ...]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The decoder's mean on the guide's z_q^0 for the data ``args = (x, [y])``, and the codes."""
-    z_q = poutine.trace(variant.guide).get_trace(*args).nodes["z_q_0"]
-    return variant.decoder(z_q["value"]).mean, z_q["fn"].indices(z_q["value"])
-
-
-@torch.no_grad()
-def _score(variant: nn.Module, args: tuple[torch.Tensor, ...], out: Path) -> dict[str, Any]:
-    """Test bits/dim (every term of the bound), codebook usage, reconstruction error; writes
-    ``reconstructions.png`` and ``samples.png``."""
-    x = args[0]
-    elbo, stderr = estimate_elbo(variant, args, repeats=4, strata=10)
-    x_mean, codes = _reconstructions(variant, args)
-    usage = code_usage(codes, variant.codebook.num_codes)
-    with atomic_write(out / "reconstructions.png") as tmp:
-        title = "32 test images and their reconstructions (decoder mean)"
-        plot_reconstructions(x[:32].cpu(), x_mean[:32].cpu(), tmp, title)
-    with atomic_write(out / "samples.png") as tmp:
-        if isinstance(variant, TakesLabels):
-            classes = torch.arange(variant.num_classes, device=x.device)
-            samples = variant.sample_class(classes.repeat_interleave(_SAMPLES_PER_CLASS))
-            title = f"{_SAMPLES_PER_CLASS} prior samples per class (rows: classes 0, 1, ...)"
-            plot_image_grid(samples.cpu(), tmp, title, nrow=_SAMPLES_PER_CLASS)
-        else:
-            title = "64 prior samples (decoder mean), ancestral sampler"
-            plot_image_grid(sample_prior(variant, 64).x_mean.cpu(), tmp, title)
-    return {
-        "test_bits_per_dim": bits_per_dim(-elbo, x[0].numel()),
-        "test_bits_per_dim_stderr": bits_per_dim(stderr, x[0].numel()),
-        "codes_used": usage.codes_used,
-        "perplexity": usage.perplexity,
-        "reconstruction_mse": float((x_mean - x).pow(2).mean()),
-    }
-
-
 def run_user_variant(
     path: str | Path,
     out_dir: str | Path,
@@ -198,61 +137,32 @@ def run_user_variant(
     config: ImageConfig | None = None,
 ) -> dict[str, Any]:
     """Train the variant of a variant file on its config's data set, score it on the test
-    split and write the run directory. ``train_overrides``: fields of the config's
-    :class:`~pbridge.config.TrainSettings` to replace (``steps``, ``seed``, ...);
-    ``config``: use this config instead (a resumed run's own). Nothing is written before the
-    file, the data, the directory and the checkpoint are checked."""
-    start = time.perf_counter()
+    split (:func:`~.images.score_images`) and write the run directory, the file copied into it
+    (:func:`~.pipeline.run`). ``train_overrides``: fields of the config's
+    :class:`~pbridge.config.TrainSettings` to replace (``steps``, ``seed``, ...); ``config``:
+    use this config instead (a resumed run's own). Nothing is written before the file, the
+    data, the directory and the checkpoint are checked."""
     source = load_variant_file(path)
     if config is None:
         config = source.config
         config = replace(config, train=replace(config.train, **(train_overrides or {})))
-    variant_file = Path(out_dir) / VARIANT_FILE
-    if resume and variant_file.is_file() and variant_file.read_bytes() != source.path.read_bytes():
-        raise ValueError(
-            f"{variant_file} differs from {source.path}: cannot resume another variant"
-        )
-    out, dev, world = start_run(out_dir, config, device)
-    variant = source.build_variant(config).to(dev)
+    copy = Path(out_dir) / VARIANT_FILE
+    if resume and copy.is_file() and copy.read_bytes() != source.path.read_bytes():
+        raise ValueError(f"{copy} differs from {source.path}: cannot resume another variant")
 
-    train_set = load_images(config.dataset, "train", root, download)
-    test_set = load_images(config.dataset, "test", root, download)
-    train_x = train_set.as_float()[: config.max_train].to(dev)
-    test_x = test_set.as_float()[: config.eval_items].to(dev)
-    takes_labels = isinstance(variant, TakesLabels)
-    data = (train_x, train_set.labels[: config.max_train].to(dev)) if takes_labels else train_x
-    test = (test_x, test_set.labels[: config.eval_items].to(dev)) if takes_labels else (test_x,)
-    if isinstance(variant, InitialisesCodebook):
-        variant.initialise_codebook(
-            train_x[:1024], torch.Generator(device=dev).manual_seed(config.train.seed)
-        )
-    if resume:
-        check_resume(variant, out / CHECKPOINT_FILE, config)
-    write_run_files(out, config, world, resume, overwrite)
-    if world.is_main and source.path.resolve() != variant_file.resolve():
-        shutil.copyfile(source.path, variant_file)
-    hooks = training_hooks(config.train, out, test, image_grid())
-    result = train_in_run(
-        variant, data, config.train, out / "checkpoint.pt", config, progress, resume, world, hooks
+    def copy_file(out: Path) -> None:
+        if source.path.resolve() != (out / VARIANT_FILE).resolve():
+            shutil.copyfile(source.path, out / VARIANT_FILE)
+
+    recipe = Recipe(
+        config=config,
+        data=partial(image_data, config, root, download),
+        stages=[Stage(CHECKPOINT_FILE, config.train.steps, partial(source.build_variant, config))],
+        score=score_images,
+        draw=image_grid(),
+        on_written=copy_file,
     )
-    if not world.is_main:
-        return {}
-    result.use_ema(variant)
-    variant.eval()
-    Progress(progress).stage(
-        f"scoring: the test bound on {len(test[0]):,} test images, their reconstructions, then "
-        "prior samples"
-    )
-    with pyro.validation_enabled(False):
-        metrics = _score(variant, test, out)
-    metrics.update(
-        variant=type(variant).__name__,
-        steps=config.train.steps,
-        train_seconds=result.seconds,
-        seconds=time.perf_counter() - start,
-    )
-    write_json(out / "metrics.json", metrics)
-    return metrics
+    return run(recipe, out_dir, device, progress, resume, overwrite)
 
 
 def open_user_run(
@@ -262,12 +172,3 @@ def open_user_run(
     the file, with its EMA or raw ``weights`` (:func:`~.run_dir.open_run`)."""
     source = load_variant_file(Path(run_dir) / VARIANT_FILE)
     return open_run(run_dir, ImageConfig.from_dict, source.build_variant, device, weights)
-
-
-def load_user_run(
-    run_dir: str | Path, device: str = "auto", weights: str | None = None
-) -> tuple[ImageConfig, nn.Module]:
-    """The config and trained variant (eval mode) of a run of a variant file
-    (:func:`open_user_run`)."""
-    run = open_user_run(run_dir, device, weights)
-    return run.config, run.variant

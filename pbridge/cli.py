@@ -502,12 +502,10 @@ def _run(args: argparse.Namespace) -> int:
             _progress(args),
         )
     else:
-        from pbridge.inference.images import sample_image_run
-        from pbridge.inference.toy import sample_toy_run
+        from pbridge.inference.sample_run import sample_run
 
         sampler = _sampler_settings(args)
-        kind = _check_drawing(args, sampler)
-        sample_run = sample_toy_run if kind == "toy" else sample_image_run
+        _check_drawing(args, sampler)
         metrics = sample_run(
             args.run_dir, args.num, args.device, args.seed, sampler, args.weights, _progress(args)
         )

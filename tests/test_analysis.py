@@ -19,9 +19,9 @@ from pbridge.codebook import code_logits, gather_codes
 from pbridge.config import image_preset
 from pbridge.data import load_images
 from pbridge.inference.analysis import summarise, to_inferencedata
+from pbridge.inference.load import load_run
 from pbridge.inference.sampling import sample_prior
 from pbridge.inference.svi import train
-from pbridge.inference.user_variant import load_user_run
 from pbridge.models import class_conditional
 from pbridge.models.builders import build_image_model
 from pbridge.samplers import SamplerSettings
@@ -212,7 +212,7 @@ def test_tutorial_variant_trains_and_is_analysed_from_the_command_line(
     assert metrics["variant"] == "LearnedPriorVQVAE" and math.isfinite(metrics["test_bits_per_dim"])
     assert (run / "variant.py").read_text() == file.read_text()
 
-    _, variant = load_user_run(run, "cpu")
+    variant = load_run(run, device="cpu").variant
     x = load_images("digits", "train").as_float()
     with torch.no_grad():
         used = code_logits(variant.encode(x), variant.codebook(), 0.0).argmax(-1)  # (B, h, w)

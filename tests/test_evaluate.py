@@ -18,7 +18,8 @@ from pbridge.inference.evaluate import (
     evaluate_run,
     results_table,
 )
-from pbridge.inference.images import load_image_run, run_images
+from pbridge.inference.images import run_images
+from pbridge.inference.load import load_run
 from pbridge.inference.sampling import sample_posterior
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 
@@ -82,7 +83,7 @@ def test_chain_breakdown_covers_every_step_and_adds_up_to_the_bound(tmp_path):
     after), and bands + L_T, every step scored, equal the stratified bound on the codes (the
     prior's log_prob, 48 images; T = 100) within 3%."""
     _tiny_run("two-stage", tmp_path, num_steps=100)
-    _, variant = load_image_run(tmp_path)
+    variant = load_run(tmp_path).variant
     x = load_images("digits", "test").as_float()[:48]
     T = variant.schedule.num_steps
     breakdown = chain_bits_by_step(variant, x, per_band=T)
@@ -105,7 +106,7 @@ def test_paper_chain_breakdown_matches_the_guide_density(tmp_path):
     """Paper formulation: the closed-form log q(z_e^0 | x) per cell equals the guide's own
     log-density of its draws (Monte Carlo over 256 images)."""
     _tiny_run("two-stage", tmp_path, formulation="paper")
-    _, variant = load_image_run(tmp_path)
+    variant = load_run(tmp_path).variant
     x = load_images("digits", "test").as_float()[:256]
     breakdown = chain_bits_by_step(variant, x, per_band=2)
     site = poutine.trace(variant.guide).get_trace(x).nodes["z_e_0"]

@@ -30,7 +30,8 @@ from pbridge.checkpoint import (
 from pbridge.cli import main
 from pbridge.config import ToyConfig, TrainSettings, image_preset
 from pbridge.data import UnreadableDataError, load_images
-from pbridge.inference.run_dir import environment, load_run
+from pbridge.inference.load import load_run
+from pbridge.inference.run_dir import environment
 from pbridge.inference.svi import TrainingInterrupted, train
 from pbridge.models.builders import build_image_model, build_image_vqvae, build_toy_model
 from pbridge.toy import sample_walks
@@ -256,7 +257,7 @@ def test_loading_a_run_whose_config_no_longer_fits_names_the_setting(run):
     with pytest.raises(
         ValueError, match=r"contradicts .*checkpoint.pt.*latent_dim 3 \(checkpoint: 2\)"
     ):
-        load_run(run, ToyConfig.from_dict, build_toy_model, "cpu")
+        load_run(run, device="cpu")
 
 
 def test_unreadable_data_names_the_folder(tmp_path):
@@ -483,7 +484,7 @@ def test_item6_sampler_options_are_refused_before_loading_without_a_trace_dump(
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("pbridge.inference.toy.load_toy_run", never)
+    monkeypatch.setattr("pbridge.inference.sample_run.load_run", never)
     for options, named in [
         (["--sampler", "respaced", "--ddim-eta", "2"], "--ddim-eta must lie in [0, 1], got 2.0"),
         (["--ddim-eta", "0.5"], "--ddim-eta applies to the respaced sampler"),

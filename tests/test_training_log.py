@@ -13,8 +13,8 @@ from pbridge.checkpoint import load_checkpoint, save_checkpoint
 from pbridge.cli import main
 from pbridge.config import ToyConfig, TrainSettings, image_preset
 from pbridge.data import load_images
+from pbridge.inference.load import load_run
 from pbridge.inference.svi import train
-from pbridge.inference.toy import load_toy_run
 from pbridge.inference.train_hooks import toy_grid, training_hooks
 from pbridge.inference.training_log import STEP_COLUMNS, SUMMARY_COLUMNS
 from pbridge.models.builders import build_image_model, build_toy_model
@@ -204,8 +204,8 @@ def test_runs_sample_the_ema_weights_by_default_and_old_checkpoints_their_raw_on
     assert main(["train", "toy", "--steps", "3", "--out", str(run), "--no-progress"]) == 0
     assert (run / "train.csv").is_file() and (run / "samples" / "step_000003.png").is_file()
     state = load_checkpoint(run / "checkpoint.pt")
-    _, default = load_toy_run(run, "cpu")
-    _, raw = load_toy_run(run, "cpu", "raw")
+    default = load_run(run, device="cpu").variant
+    raw = load_run(run, weights="raw", device="cpu").variant
     for name, value in default.state_dict().items():
         assert torch.equal(value, state["ema"][name]), name
         assert torch.equal(raw.state_dict()[name], state["model"][name]), name
@@ -213,7 +213,7 @@ def test_runs_sample_the_ema_weights_by_default_and_old_checkpoints_their_raw_on
 
     del state["ema"], state["ema_updates"]  # as written before the EMA was kept
     save_checkpoint(state, run / "checkpoint.pt")
-    _, old = load_toy_run(run, "cpu")
+    old = load_run(run, device="cpu").variant
     for name, value in old.state_dict().items():
         assert torch.equal(value, state["model"][name]), name
     capsys.readouterr()
