@@ -12,7 +12,7 @@ from torch import nn
 
 from pbridge.codebook import Codebook, EMACodebook
 from pbridge.config import BridgeSettings, ImageConfig, ToyConfig
-from pbridge.data import DATASETS
+from pbridge.data import data_set
 from pbridge.image_networks import ResNetDecoder, ResNetEncoder, UNetDenoiser
 from pbridge.likelihoods import DiscretizedLogisticDecoder
 from pbridge.networks import (
@@ -76,7 +76,7 @@ def build_toy_model(config: ToyConfig) -> DiffusionBridgeVQVAE:
 
 def build_image_vqvae(config: ImageConfig) -> VQVAE:
     """The VQ-VAE (uniform prior) with the image networks of ``config`` (stage one)."""
-    channels, height, width = DATASETS[config.dataset]
+    channels, height, width = data_set(config.dataset).shape
     k, d = config.downsamples, config.latent_dim
     kind = EMACodebook if config.vqvae_codebook == "ema" else Codebook
     codebook = kind(

@@ -37,9 +37,10 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-from pbridge.data import DATASETS as IMAGE_DATASETS
+from pbridge.data import DATASETS, data_set
 
-DATASETS = ("toy", *IMAGE_DATASETS)
+TOY_SUMMARY = "the paper's toy problem (walks of 5 points on 8 circle centroids)"
+"""``toy`` in ``train --help``; the image data sets' lines come from :data:`DATASETS`."""
 
 
 def _seed(text: str) -> int:
@@ -103,13 +104,23 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         epilog=_settings_epilog(),
         formatter_class=_TrainHelpFormatter,
     )
-    train.add_argument(
-        "dataset",
-        help=f"what to train on: one of {', '.join(DATASETS)}, or a variant file ending in .py",
-    )
+    train.add_argument("dataset", help=_dataset_help())
     train.add_argument("--out", required=True, help="run directory to write")
     _add_setting_options(train)
     _add_run_options(train)
+
+
+def _dataset_help() -> str:
+    """``train``'s DATASET: toy, each data set of the registry with its shape and summary, or a
+    variant file."""
+    images = [
+        f"{name} ({'x'.join(map(str, entry.shape))}), {entry.summary}"
+        for name, entry in DATASETS.items()
+    ]
+    return (
+        f"what to train on: toy, {TOY_SUMMARY}; {'; '.join(images)}; or a variant file "
+        "ending in .py"
+    )
 
 
 def _add_setting_options(train: argparse.ArgumentParser) -> None:
@@ -547,7 +558,7 @@ def _check_memory(config: dict, kind: str, num: int, device: str) -> None:
             length = int(config["length"])
             data, latent = (2, length), (d, length)
         elif kind == "image":
-            channels, height, width = IMAGE_DATASETS[config["dataset"]]
+            channels, height, width = data_set(config["dataset"]).shape
             scale = 2 ** int(config["downsamples"])
             data, latent = (channels, height, width), (d, height // scale, width // scale)
         else:
@@ -667,9 +678,9 @@ def _check_train(args: argparse.Namespace):
     from pbridge.inference.run_dir import check_out_dir
 
     variant_file = args.dataset.endswith(".py")
-    if not variant_file and args.dataset not in DATASETS:
+    if not variant_file and args.dataset != "toy" and args.dataset not in DATASETS:
         raise ValueError(
-            f"unknown dataset {args.dataset!r}; expected one of {', '.join(DATASETS)} or a "
+            f"unknown dataset {args.dataset!r}; expected one of toy, {', '.join(DATASETS)} or a "
             "variant file ending in .py"
         )
     image_flags = [_flag(dest) for dest in _IMAGE_ONLY if getattr(args, dest) is not None]

@@ -13,7 +13,7 @@ import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .data import DATASETS
+from .data import data_set
 
 __all__ = [
     "BridgeSettings",
@@ -207,7 +207,8 @@ class ImageConfig:
     """An image run: data set, sizes of the networks, bridge settings and optimisation.
 
     Attributes:
-        dataset: a name of ``pbridge.data.DATASETS``.  preset: the name it was built from.
+        dataset: a name of the registry of data sets, :data:`pbridge.data.DATASETS`.
+        preset: the name it was built from.
         variant: a name of the registry of image variants,
             :data:`pbridge.models.builders.IMAGE_VARIANTS` (checked when the variant is built):
             ``"end-to-end"`` (the paper's claim), ``"two-stage"`` and ``"pixelcnn"`` (a VQ-VAE
@@ -253,10 +254,7 @@ class ImageConfig:
             raise ValueError(
                 f"unknown codebook {self.vqvae_codebook!r}; expected one of {', '.join(CODEBOOKS)}"
             )
-        if self.dataset not in DATASETS:
-            raise ValueError(
-                f"unknown data set {self.dataset!r}; expected one of {', '.join(DATASETS)}"
-            )
+        data_set(self.dataset)  # an unknown name is refused, naming the choices
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data (``config.json``): sections as dicts, tuples kept."""
@@ -271,10 +269,13 @@ class ImageConfig:
 
 def image_preset(dataset: str, preset: str) -> ImageConfig:
     """``"small"`` (trains on a laptop CPU) or ``"paper"`` (K = 64, d = 32, T = 1000, a U-Net of
-    width 128, for GPUs) for a data set; mini-ImageNet gets two downsampling stages (84 -> 21)."""
-    downsamples = 2 if dataset == "miniimagenet" else 1
+    width 128, for GPUs) for a data set. Its entry of ``pbridge.data.DATASETS`` gives the
+    encoder's downsampling stages (mini-ImageNet: two, 84 -> 21) and whether its latent grid is
+    small (digits: the small preset then has 32 codes and ``unet_mults=(1, 2)``)."""
+    entry = data_set(dataset)
+    downsamples = entry.downsamples
     if preset == "small":
-        small_grid = dataset == "digits"
+        small_grid = entry.small_grid
         return ImageConfig(
             dataset=dataset,
             preset=preset,

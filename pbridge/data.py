@@ -9,6 +9,10 @@
 
 ``root`` defaults to ``$PBRIDGE_DATA`` or ``~/.cache/pbridge``. A missing data set raises a
 ``FileNotFoundError`` that names the path looked at and how to get the data.
+
+:data:`DATASETS` is the one registry of these data sets: each :class:`DataSet` holds the name,
+shape, loader, how to get the data, the command line's summary and what the presets need to
+know (``pbridge.config.image_preset``); :func:`data_set` looks a name up.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import gzip
 import os
 import pickle
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +30,9 @@ import torch
 
 __all__ = [
     "ImageData",
+    "DataSet",
     "DATASETS",
+    "data_set",
     "UnreadableDataError",
     "load_images",
     "default_root",
@@ -33,13 +40,40 @@ __all__ = [
 ]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-DATASETS = {
-    "fashion-mnist": (1, 28, 28),
-    "cifar10": (3, 32, 32),
-    "miniimagenet": (3, 84, 84),
-    "digits": (1, 8, 8),
-}
 SPLITS = ("train", "test")
+
+Loader = Callable[[Path, str, bool], tuple[torch.Tensor, torch.Tensor]]
+"""``(root, split, download) -> (images (N, C, H, W) uint8, labels (N,))``."""
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """An entry of :data:`DATASETS`.
+
+    Attributes:
+        name: the name ``ImageConfig.dataset`` and the command line give it.
+        shape: ``(C, H, W)`` of its images (:func:`load_images` checks every load against it).
+        loader: ``(root, split, download) -> (images, labels)``; raises ``FileNotFoundError``
+            naming the path looked at, followed by ``hint``.
+        hint: how to get the data, one line (ends the loader's error when it is missing).
+        summary: what it is, one line (the command line's help).
+        downsamples: stride-2 stages of the presets' encoder (mini-ImageNet: 2, 84 -> 21).
+        small_grid: the latent grid is small (digits: 4 x 4): the ``small`` preset then uses 32
+            codes and a U-Net of two levels, ``unet_mults=(1, 2)``.
+    """
+
+    name: str
+    shape: tuple[int, int, int]
+    loader: Loader
+    hint: str
+    summary: str
+    downsamples: int = 1
+    small_grid: bool = False
+
+    def not_found(self, where: str) -> FileNotFoundError:
+        """The error of a missing copy: ``where`` (what was looked for, and where), then how to
+        get the data."""
+        return FileNotFoundError(f"{where}. {self.hint}")
 
 
 @dataclass(frozen=True)
@@ -80,20 +114,13 @@ def default_root() -> Path:
 def load_images(
     name: str, split: str = "train", root: str | Path | None = None, download: bool = False
 ) -> ImageData:
-    """Load one split of a data set (see the module table)."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; expected one of {', '.join(DATASETS)}")
+    """Load one split of a data set (see the module table) with its registry entry's loader."""
+    entry = data_set(name)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     root = default_root() if root is None else Path(root)
-    loader = {
-        "fashion-mnist": _fashion_mnist,
-        "cifar10": _cifar10,
-        "miniimagenet": _miniimagenet,
-        "digits": _digits,
-    }[name]
     try:
-        images, labels = loader(root, split, download)
+        images, labels = entry.loader(root, split, download)
     except FileNotFoundError:
         raise
     except (
@@ -109,11 +136,18 @@ def load_images(
             f"({type(err).__name__}: {err}); delete the damaged files and fetch them again"
         ) from err
     data = ImageData(name, split, images, labels)
-    if tuple(data.images.shape[1:]) != DATASETS[name]:
+    if tuple(data.images.shape[1:]) != entry.shape:
         raise ValueError(
-            f"{name} images have shape {tuple(data.images.shape[1:])}, expected {DATASETS[name]}"
+            f"{name} images have shape {tuple(data.images.shape[1:])}, expected {entry.shape}"
         )
     return data
+
+
+def data_set(name: str) -> DataSet:
+    """The registry's entry ``name``; an unknown name is a ``ValueError`` naming the choices."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; expected one of {', '.join(DATASETS)}")
+    return DATASETS[name]
 
 
 def _fashion_mnist(root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,10 +159,8 @@ def _fashion_mnist(root: Path, split: str, download: bool) -> tuple[torch.Tensor
     ]
     if not download and not all((raw / f).is_file() for f in wanted):
         if not all((DEBIAN_FASHION_MNIST / f"{f}.gz").is_file() for f in wanted):
-            raise FileNotFoundError(
-                f"Fashion-MNIST not found in {raw} nor in {DEBIAN_FASHION_MNIST}. Install it "
-                "offline with `apt-get install dataset-fashion-mnist`, or pass download=True "
-                "(--download) to fetch it with torchvision."
+            raise DATASETS["fashion-mnist"].not_found(
+                f"Fashion-MNIST not found in {raw} nor in {DEBIAN_FASHION_MNIST}"
             )
         raw.mkdir(parents=True, exist_ok=True)
         for f in wanted:
@@ -173,9 +205,8 @@ def _cifar10(root: Path, split: str, download: bool) -> tuple[torch.Tensor, torc
     try:
         ds = CIFAR10(root, train=split == "train", download=download)
     except RuntimeError as err:
-        raise FileNotFoundError(
-            f"CIFAR-10 not found (or corrupted) in {root / 'cifar-10-batches-py'}; pass "
-            "download=True (--download) to fetch it with torchvision."
+        raise DATASETS["cifar10"].not_found(
+            f"CIFAR-10 not found (or corrupted) in {root / 'cifar-10-batches-py'}"
         ) from err
     images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor(ds.targets, dtype=torch.long)
@@ -210,9 +241,8 @@ def _miniimagenet(root: Path, split: str, download: bool) -> tuple[torch.Tensor,
             except (OSError, ValueError) as err:
                 raise UnreadableDataError(f"{path} is not a readable image ({err})") from err
         return torch.stack(images), torch.tensor(ds.targets, dtype=torch.long)
-    raise FileNotFoundError(
-        f"mini-ImageNet not found: neither {cache} nor an image folder {folder}. mini-ImageNet "
-        "has no public download URL; put the usual pickle files or an image folder there."
+    raise DATASETS["miniimagenet"].not_found(
+        f"mini-ImageNet not found: neither {cache} nor an image folder {folder}"
     )
 
 
@@ -224,7 +254,7 @@ def _digits(root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch
     except ImportError as err:
         raise ModuleNotFoundError(
             "the digits data set needs scikit-learn, which is not installed: "
-            "pip install 'pbridge[digits]' (or pip install scikit-learn)"
+            + DATASETS["digits"].hint
         ) from err
 
     bunch = load_digits()
@@ -233,3 +263,44 @@ def _digits(root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch
     test = torch.arange(images.shape[0]) % 5 == 4
     keep = test if split == "test" else ~test
     return images[keep].unsqueeze(1).contiguous(), labels[keep]
+
+
+DATASETS: dict[str, DataSet] = {
+    entry.name: entry
+    for entry in (
+        DataSet(
+            "fashion-mnist",
+            (1, 28, 28),
+            _fashion_mnist,
+            hint="Install it offline with `apt-get install dataset-fashion-mnist`, or pass "
+            "download=True (--download) to fetch it with torchvision.",
+            summary="Zalando's clothing images, 10 classes",
+        ),
+        DataSet(
+            "cifar10",
+            (3, 32, 32),
+            _cifar10,
+            hint="Pass download=True (--download) to fetch it with torchvision.",
+            summary="colour photographs, 10 classes",
+        ),
+        DataSet(
+            "miniimagenet",
+            (3, 84, 84),
+            _miniimagenet,
+            hint="mini-ImageNet has no public download URL; put the usual pickle files or an "
+            "image folder there.",
+            summary="a 100-class subset of ImageNet (bring your own copy)",
+            downsamples=2,
+        ),
+        DataSet(
+            "digits",
+            (1, 8, 8),
+            _digits,
+            hint="pip install 'pbridge[digits]' (or pip install scikit-learn)",
+            summary="scikit-learn's 1,797 handwritten digits (a run in minutes on a CPU)",
+            small_grid=True,
+        ),
+    )
+}
+"""The image data sets by name, the one list of them: every reader of a data set's name,
+shape, loader, hint, summary or preset facts looks here (:func:`data_set`)."""

@@ -2,6 +2,7 @@
 
 import pickle
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 import pbridge.data as data
 from pbridge.cli import main
+from pbridge.config import ImageConfig, image_preset
 from pbridge.data import load_images
 
 needs_fashion = pytest.mark.skipif(
@@ -120,3 +122,77 @@ def test_digits_split(tmp_path):
 def test_unknown_names_are_reported(name, split, match):
     with pytest.raises(ValueError, match=match):
         load_images(name, split)
+
+
+@pytest.mark.parametrize("name", list(data.DATASETS))
+def test_load_images_takes_loader_and_shape_from_the_registry(name, tmp_path, monkeypatch):
+    """The registry is the one source: the loader load_images calls is the entry's, and the
+    shape it checks the images against is the entry's."""
+    entry, calls = data.DATASETS[name], []
+
+    def stand_in(root, split, download):
+        calls.append((root, split, download))
+        return torch.zeros(2, *entry.shape, dtype=torch.uint8), torch.zeros(2, dtype=torch.long)
+
+    monkeypatch.setitem(data.DATASETS, name, replace(entry, loader=stand_in))
+    assert load_images(name, "test", root=tmp_path).images.shape == (2, *entry.shape)
+    assert calls == [(tmp_path, "test", False)]
+    monkeypatch.setitem(data.DATASETS, name, replace(entry, loader=stand_in, shape=(1, 2, 2)))
+    with pytest.raises(ValueError, match=rf"{name} images have shape .* expected \(1, 2, 2\)"):
+        load_images(name, "test", root=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["digits", pytest.param("fashion-mnist", marks=needs_fashion)])
+def test_real_data_has_the_registry_shape(name, tmp_path):
+    assert tuple(load_images(name, "test", root=tmp_path).images.shape[1:]) == (
+        data.DATASETS[name].shape
+    )
+
+
+@pytest.mark.parametrize("name", ["fashion-mnist", "cifar10", "miniimagenet"])
+def test_missing_data_names_the_path_then_the_registry_hint(name, tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    with pytest.raises(FileNotFoundError) as info:
+        load_images(name, "train", root=tmp_path)
+    assert str(tmp_path) in str(info.value) and str(info.value).endswith(data.DATASETS[name].hint)
+
+
+def test_an_unknown_data_set_is_refused_naming_the_registry(monkeypatch):
+    """One message everywhere a data set is named, listing the registry's names (an entry
+    added to it included)."""
+    monkeypatch.setitem(data.DATASETS, "extra", replace(data.DATASETS["digits"], name="extra"))
+    expected = "unknown data set 'svhn'; expected one of fashion-mnist, cifar10, miniimagenet, "
+    expected += "digits, extra"
+    refusals = [
+        lambda: data.data_set("svhn"),
+        lambda: load_images("svhn"),
+        lambda: ImageConfig(dataset="svhn"),
+        lambda: image_preset("svhn", "small"),
+    ]
+    for refuse in refusals:
+        with pytest.raises(ValueError) as info:
+            refuse()
+        assert str(info.value) == expected
+
+
+def test_image_preset_reads_the_registry_facts(monkeypatch):
+    """Downsampling stages and the small code grid come from the entry, not from its name."""
+    assert image_preset("miniimagenet", "paper").downsamples == 2
+    assert image_preset("digits", "small").num_codes == 32
+    cifar = data.DATASETS["cifar10"]
+    monkeypatch.setitem(data.DATASETS, "cifar10", replace(cifar, downsamples=3, small_grid=True))
+    small = image_preset("cifar10", "small")
+    assert (small.downsamples, small.num_codes, small.unet_mults) == (3, 32, (1, 2))
+    assert image_preset("cifar10", "paper").downsamples == 3
+    digits = replace(data.DATASETS["digits"], small_grid=False)
+    monkeypatch.setitem(data.DATASETS, "digits", digits)
+    assert image_preset("digits", "small").num_codes == 128
+
+
+def test_train_help_lists_every_data_set_with_its_summary(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps at the terminal's width
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for name, entry in data.DATASETS.items():
+        assert f"{name} ({'x'.join(map(str, entry.shape))}), {entry.summary}" in out

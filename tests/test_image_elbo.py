@@ -18,7 +18,7 @@ from pbridge.models.bridge_vqvae import DiffusionBridgeVQVAE
 from pbridge.models.builders import build_image_model
 from pbridge.ou_bridge import OUSchedule
 
-IMAGE_SETS = [name for name in DATASETS if name != "toy"]
+IMAGE_SETS = list(DATASETS)
 
 
 @pytest.mark.parametrize("preset", ["small", "paper"])
@@ -30,7 +30,7 @@ def test_every_preset_has_the_papers_latent_grid(dataset, preset):
     config = image_preset(dataset, preset)
     torch.manual_seed(0)
     variant = build_image_model(config)
-    x = torch.rand(2, *DATASETS[dataset])
+    x = torch.rand(2, *DATASETS[dataset].shape)
     guide = poutine.trace(variant.guide).get_trace(x)
     model = poutine.trace(poutine.replay(variant.model, trace=guide)).get_trace(x)
     grid = grids[dataset]
