@@ -26,9 +26,14 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+
+from pbridge.config import image_preset
+from pbridge.models.builders import build_image_model
+from pbridge.variant import BridgeChain
 
 THREADS = os.environ.get("OMP_NUM_THREADS", "1")
 ROWS = {
@@ -48,9 +53,15 @@ def _commands(variant: str, options: dict, args: argparse.Namespace) -> list[lis
     train += ["--seed", str(args.seed), "--out", run, "--no-progress"]
     evaluate = ["evaluate", run, "--samples", str(args.samples), "--items", str(args.items)]
     evaluate += ["--seed", str(args.seed)]
-    if variant in ("two-stage", "end-to-end"):
+    if _has_chain(variant):
         evaluate += BRIDGE_SAMPLER
     return [train, evaluate]
+
+
+def _has_chain(variant: str) -> bool:
+    """Whether the registry's ``variant`` (small preset) samples by a bridge chain."""
+    config = replace(image_preset("fashion-mnist", "small"), variant=variant)
+    return isinstance(build_image_model(config), BridgeChain)
 
 
 def _stream(commands: list[list[str]], log: Path) -> subprocess.Popen:

@@ -18,32 +18,19 @@ import math
 
 import pyro
 import torch
-from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
-from pbridge.bridge_prior import prior_options
 from pbridge.data import load_images
 from pbridge.inference.load import load_run
-from pbridge.inference.svi import bound_guide
+from pbridge.inference.svi import elbo_per_item
 
 
-@torch.no_grad()
 def bits_per_image(variant, x: torch.Tensor, chain_steps: int, batch: int = 100) -> torch.Tensor:
     """``-ELBO / (D log 2)`` of every image of ``x``, ``(N,)``: one draw of the guide and of the
-    prior's estimate per image, surrogate sites left out."""
-    guide, model = bound_guide(variant), prior_options(variant.model, strata=chain_steps)
-    out = []
-    for start in range(0, len(x), batch):
-        xb = x[start : start + batch]
-        guide_trace = poutine.trace(guide).get_trace(xb)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(xb)
-        elbo = torch.zeros(len(xb), dtype=torch.float64)
-        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-            for site in trace.nodes.values():
-                if site["type"] == "sample" and not site_is_subsample(site):
-                    elbo += sign * site["fn"].log_prob(site["value"]).double().reshape(len(xb))
-        out.append(-elbo / (xb[0].numel() * math.log(2)))
-    return torch.cat(out)
+    prior's estimate per image (:func:`~pbridge.inference.svi.elbo_per_item`)."""
+    scores = [
+        elbo_per_item(variant, x[i : i + batch], chain_steps) for i in range(0, len(x), batch)
+    ]
+    return -torch.cat(scores) / (x[0].numel() * math.log(2))
 
 
 def main() -> None:

@@ -179,4 +179,4 @@ def open_image_run(
 ) -> LoadedRun:
     """An image run directory of a registry variant read back, with its EMA or raw ``weights``
     (:func:`~.run_dir.open_run`)."""
-    return open_run(run_dir, ImageConfig.from_dict, build_image_model, device, weights)
+    return open_run(run_dir, ImageConfig, build_image_model, device, weights)

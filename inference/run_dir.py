@@ -355,12 +355,13 @@ class LoadedRun:
 
 def open_run(
     run_dir: str | Path,
-    from_dict: Callable[[dict], Any],
+    config_type: type,
     build: Callable[[Any], nn.Module],
     device: str = "auto",
     weights: str | None = None,
 ) -> LoadedRun:
-    """The trained variant (eval mode), config and losses of a run directory, with its EMA
+    """The trained variant (eval mode; ``build`` of its config, a ``config_type``), config and
+    losses of a run directory, with its EMA
     weights (``weights="ema"``; ``None``: those when the checkpoint has them, else the raw
     ones) or the raw ones (``"raw"``). Refuses (naming the file)
     a missing, unreadable or mistyped ``config.json``, a run without a checkpoint yet, and a
@@ -368,11 +369,7 @@ def open_run(
     last step."""
     run = Path(run_dir)
     data = read_config(run)
-    owner = getattr(from_dict, "__self__", None)
-    if isinstance(owner, type) and dataclasses.is_dataclass(owner):
-        config = config_from_dict(owner, data, str(run / CONFIG_FILE))
-    else:
-        config = from_dict(data)
+    config = config_from_dict(config_type, data, str(run / CONFIG_FILE))
     checkpoint = run / CHECKPOINT_FILE
     if not (checkpoint.is_file() or previous_path(checkpoint).is_file()):
         raise FileNotFoundError(
@@ -388,8 +385,8 @@ def open_run(
             f"{type(variant).__name__}"
         )
     check_state_fits(variant, state["model"], str(used))
-    steps = getattr(getattr(config, "train", None), "steps", None)
-    if steps is not None and state.get("step", steps) < steps:
+    steps = config.train.steps
+    if state.get("step", steps) < steps:
         warnings.warn(
             f"{run} stopped at step {state['step']} of {steps} (continue it with `pbridge train "
             "... --resume`); using the model as it is",

@@ -61,6 +61,7 @@ __all__ = [
     "posterior_code_usage",
     "estimate_elbo",
     "elbo_terms",
+    "elbo_per_item",
     "bound_guide",
 ]
 
@@ -156,24 +157,48 @@ def bound_guide(variant: nn.Module) -> Callable[..., None]:
     return poutine.block(variant.guide, hide=list(hidden))
 
 
+def _bound_sites(
+    variant: nn.Module, args: tuple[torch.Tensor, ...], strata: int | None
+) -> Iterator[tuple[str, float, dict]]:
+    """``(name, sign, site)`` of every sample site of one draw of the bound: the guide (its
+    surrogates blocked) with sign -1 and the model replayed on it with sign +1, the bridge's
+    prior scoring ``strata`` stratified chain steps per item (``None``: its training
+    estimate)."""
+    guide = bound_guide(variant)
+    model = prior_options(variant.model, strata=strata)
+    guide_trace = poutine.trace(guide).get_trace(*args)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        for name, site in trace.nodes.items():
+            if site["type"] == "sample" and not site_is_subsample(site):
+                yield name, sign, site
+
+
 @torch.no_grad()
 def elbo_terms(variant: nn.Module, x: Batch) -> dict[str, float]:
     """One draw of the ELBO split by site, nats per item: ``log p - log q`` of every latent site
     (``z_e`` sites summed, so the chain and the guide's entropy are one term) and ``log p`` of
     the observation ``x``. Surrogate sites are left out; the values add up to the ELBO."""
-    guide = bound_guide(variant)
     args = _arguments(x)
-    guide_trace = poutine.trace(guide).get_trace(*args)
-    model_trace = poutine.trace(poutine.replay(variant.model, trace=guide_trace)).get_trace(*args)
     terms: dict[str, float] = {}
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            key = "z_e" if name.startswith("z_e_") else name
-            value = sign * float(site["fn"].log_prob(site["value"]).sum()) / args[0].shape[0]
-            terms[key] = terms.get(key, 0.0) + value
+    for name, sign, site in _bound_sites(variant, args, None):
+        key = "z_e" if name.startswith("z_e_") else name
+        value = sign * float(site["fn"].log_prob(site["value"]).sum()) / args[0].shape[0]
+        terms[key] = terms.get(key, 0.0) + value
     return terms
+
+
+@torch.no_grad()
+def elbo_per_item(variant: nn.Module, x: Batch, strata: int | None = None) -> torch.Tensor:
+    """One draw of the ELBO of every item, nats, ``(N,)`` float64: ``sum over sites of
+    log p - log q`` per item, surrogate sites left out, the bridge's prior scoring ``strata``
+    stratified chain steps per item. Its mean is one draw of :func:`estimate_elbo`."""
+    args = _arguments(x)
+    n = args[0].shape[0]
+    elbo = torch.zeros(n, dtype=torch.float64, device=args[0].device)
+    for _, sign, site in _bound_sites(variant, args, strata):
+        elbo += sign * site["fn"].log_prob(site["value"]).double().reshape(n, -1).sum(-1)
+    return elbo
 
 
 @torch.no_grad()

@@ -134,7 +134,7 @@ def open_toy_run(
 ) -> LoadedRun:
     """A toy run directory read back, with its EMA or raw ``weights``
     (:func:`~.run_dir.open_run`)."""
-    return open_run(run_dir, ToyConfig.from_dict, build_toy_model, device, weights)
+    return open_run(run_dir, ToyConfig, build_toy_model, device, weights)
 
 
 def evaluate_toy_run(

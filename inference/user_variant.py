@@ -171,4 +171,4 @@ def open_user_run(
     """A run of a variant file read back, the variant rebuilt from the run directory's copy of
     the file, with its EMA or raw ``weights`` (:func:`~.run_dir.open_run`)."""
     source = load_variant_file(Path(run_dir) / VARIANT_FILE)
-    return open_run(run_dir, ImageConfig.from_dict, source.build_variant, device, weights)
+    return open_run(run_dir, ImageConfig, source.build_variant, device, weights)
