@@ -356,8 +356,7 @@ def no_training(monkeypatch):
         asked.append(settings)
         raise _Trained(settings.steps)
 
-    monkeypatch.setattr("pbridge.inference.toy.train_in_run", refuse)
-    monkeypatch.setattr("pbridge.inference.images.train_in_run", refuse)
+    monkeypatch.setattr("pbridge.inference.pipeline.train_in_run", refuse)
     return asked
 
 
@@ -472,7 +471,7 @@ def test_item6_ctrl_c_in_sample_exits_130_with_one_line(run, capsys, monkeypatch
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("pbridge.inference.toy.sample_prior", interrupted)
+    monkeypatch.setattr("pbridge.inference.sample_run.sample_prior", interrupted)
     err = _refused(["sample", run, "--num", "4", "--no-progress"], capsys, status=130)
     assert "stopped by SIGINT" in err
     assert _snapshot(run) == before
@@ -577,7 +576,7 @@ def test_item9_a_read_only_run_is_refused_before_sampling(run, capsys, monkeypat
     def never(*args, **kwargs):
         raise AssertionError("sampled before checking the folder")
 
-    monkeypatch.setattr("pbridge.inference.toy.sample_prior", never)
+    monkeypatch.setattr("pbridge.inference.sample_run.sample_prior", never)
     run.chmod(0o555)
     try:
         if os.geteuid() == 0:  # root writes anywhere: the folder answers as a read-only one
@@ -596,7 +595,7 @@ def test_item9_a_full_disk_is_one_line_and_leaves_no_partial_file(run, capsys, m
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("pbridge.inference.toy.torch.save", full)
+    monkeypatch.setattr("pbridge.inference.sample_run.torch.save", full)
     quiet = ["sample", run, "--num", "4", "--no-progress"]  # stderr: the error line alone
     assert "No space left on device" in _refused(quiet, capsys)
     assert not (run / "samples.pt").exists() and not list(run.glob(".*tmp*"))
@@ -629,7 +628,7 @@ def test_running_out_of_memory_while_sampling_is_one_line(run, capsys, monkeypat
     def exhausted(*args, **kwargs):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8")
 
-    monkeypatch.setattr("pbridge.inference.toy.sample_prior", exhausted)
+    monkeypatch.setattr("pbridge.inference.sample_run.sample_prior", exhausted)
     quiet = ["sample", run, "--num", "4", "--no-progress"]  # stderr: the error line alone
     assert "pbridge: out of memory: " in _refused(quiet, capsys)
 
@@ -640,7 +639,7 @@ def test_item9_the_nan_guard_is_one_line_and_a_fresh_run_leaves_nothing(
     def diverged(*args, **kwargs):
         raise FloatingPointError("non-finite loss at step 1: z_q_0 (model)")
 
-    monkeypatch.setattr("pbridge.inference.toy.train_in_run", diverged)
+    monkeypatch.setattr("pbridge.inference.pipeline.train_in_run", diverged)
     out = tmp_path / "new"
     err = _refused(["train", "toy", "--out", out, "--no-progress"], capsys)
     assert err == "pbridge: FloatingPointError: non-finite loss at step 1: z_q_0 (model)"
