@@ -47,7 +47,7 @@ from pbridge.variant import BridgeChain, TakesLabels
 from .load import load_run
 from .plots import plot_code_entropy, plot_code_usage, plot_elbo_trace, plot_reverse_chain
 from .progress import QUIET, Progress
-from .sampling import check_sampler
+from .sampling import check_sampler, draw_steps
 
 __all__ = ["to_inferencedata", "summarise", "reverse_chain_frames", "analyze_run"]
 
@@ -132,7 +132,7 @@ def _draw_all(
     x = args[0]
     with pyro.validation_enabled(False):
         placeholder = x.new_zeros((num, *variant.data_shape))
-        on_step = progress.steps(f"backward chain ({sampler.name}), {num} prior draws")
+        on_step = draw_steps(variant, sampler, progress, f"{num} prior draws")
         prior_model = prior_options(poutine.uncondition(variant.model), sampler, None, on_step)
         trace = poutine.trace(prior_model).get_trace(placeholder)
         latents = Predictive(variant.guide, num_samples=num, return_sites=_LATENTS)(*args)
@@ -153,7 +153,7 @@ def _latent_variables(
     code indices, code counts, z_e^0, code entropy and labels, where the variant has them."""
     codes = variant.codebook()
     prior = {n: trace.nodes[n]["value"] for n in (*_LATENTS, "y") if n in trace.nodes}
-    readout = getattr(trace.nodes["z_q_0"]["fn"], "readout_logits", None)
+    readout = trace.nodes["z_q_0"]["fn"].conditional_logits  # a CodeDistribution's
     tau = variant.settings.tau_p if isinstance(variant, BridgeChain) else None
     prior_codes = _indices(prior["z_q_0"], codes, 1)
     post_codes = _indices(latents["z_q_0"], codes, 2)
@@ -163,7 +163,7 @@ def _latent_variables(
         prior_vars["z_e_0"], post_vars["z_e_0"] = prior["z_e_0"], latents["z_e_0"]
         if tau is not None:
             post_vars["code_entropy"] = _entropy(latents["z_e_0"], codes, tau, 2)
-    if readout is not None:  # the tight bridge: the read-out p(z_q^0 | z^1) of each prior draw
+    if readout is not None:  # p(z_q^0 | the chain's end) of each prior draw
         prior_vars["code_entropy"] = _entropy_of(readout)
     if "y" in prior:
         prior_vars["y"] = prior["y"]

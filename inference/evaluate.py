@@ -34,7 +34,7 @@ from pbridge.codebook import code_usage, gather_codes
 from pbridge.data import load_images
 from pbridge.feature_distance import classifier_accuracy, fd_fmnist, load_classifier
 from pbridge.masked_patch import central_patch, patch_bits_autoregressive, patch_bits_monte_carlo
-from pbridge.samplers import ANCESTRAL, SamplerSettings
+from pbridge.samplers import ANCESTRAL, OnStep, SamplerSettings
 from pbridge.variant import AutoregressivePrior, BridgeChain, Inpaints
 
 from .images import test_bits_per_dim
@@ -42,7 +42,7 @@ from .load import load_run
 from .plots import plot_image_grid, plot_image_table, sampler_name
 from .progress import QUIET, Progress
 from .run_dir import run_kind
-from .sampling import check_sampler, sample_posterior, sample_prior
+from .sampling import check_sampler, draw_steps, sample_posterior, sample_prior
 
 __all__ = ["EvalSettings", "evaluate_run", "results_table", "chain_bits_by_step"]
 
@@ -107,21 +107,33 @@ def _inpainting_grid(variant, x, codes, known, completions, path: Path) -> None:
     plot_image_table(frames.cpu(), path, title, [*names, "original"])
 
 
-def _inpaint(variant, codes: torch.Tensor, known: torch.Tensor, sampler: SamplerSettings):
+def _inpaint(
+    variant,
+    codes: torch.Tensor,
+    known: torch.Tensor,
+    sampler: SamplerSettings,
+    on_step: OnStep | None = None,
+):
     """``variant.inpaint``: a bridge's chain drawn by ``sampler``; the other priors draw their
-    own way (and take only the default sampler, :func:`check_sampler`)."""
+    own way (and take only the default sampler, :func:`check_sampler`). ``on_step(done,
+    total)`` is told the draw's progress (the chain's steps, an autoregressive prior's cells)."""
     if isinstance(variant, BridgeChain):
-        return variant.inpaint(codes, known, sampler)
-    return variant.inpaint(codes, known)
+        return variant.inpaint(codes, known, sampler, on_step=on_step)
+    return variant.inpaint(codes, known, on_step=on_step)
 
 
 @torch.no_grad()
 def _masked_patch(
-    variant, x: torch.Tensor, settings: EvalSettings, sampler: SamplerSettings, out: Path
+    variant,
+    x: torch.Tensor,
+    settings: EvalSettings,
+    sampler: SamplerSettings,
+    out: Path,
+    progress: Progress = QUIET,
 ) -> dict:
     """Masked-patch bits per latent cell of the items ``x`` and ``inpainting.png`` (``out``),
     for a variant that inpaints (:class:`~pbridge.variant.Inpaints`); for another, ``None``
-    and a note saying why."""
+    and a note saying why. ``progress`` shows each draw's steps (:func:`.sampling.draw_steps`)."""
     if not isinstance(variant, Inpaints):
         return {
             "masked_patch_bits_per_cell": None,
@@ -131,7 +143,17 @@ def _masked_patch(
     codes = sample_posterior(variant, x).codes
     patch = central_patch(tuple(codes.shape[1:])).to(codes.device)
     known = (~patch).expand_as(codes)
-    draws = [_inpaint(variant, codes, known, sampler) for _ in range(settings.patch_draws)]
+    n = settings.patch_draws
+    draws = [
+        _inpaint(
+            variant,
+            codes,
+            known,
+            sampler,
+            draw_steps(variant, sampler, progress, f"inpainting, draw {i} of {n}"),
+        )
+        for i in range(1, n + 1)
+    ]
     probs = torch.stack([p for _, p in draws])
     bits = patch_bits_monte_carlo(codes, probs, patch, PATCH_FLOOR)
     mean, stderr = _mean_and_stderr(bits)
@@ -272,7 +294,8 @@ def evaluate_run(
             f"inpainting the central patch of {len(patch_x):,} test images, "
             f"{settings.patch_draws} draws each"
         )
-        result.update(_masked_patch(variant, patch_x, settings, sampler, run / "inpainting.png"))
+        picture = run / "inpainting.png"
+        result.update(_masked_patch(variant, patch_x, settings, sampler, picture, progress))
         timings["masked_patch"] = time.perf_counter() - start
 
         progress.stage(f"drawing {settings.fd_draws} x {settings.num_samples:,} samples")

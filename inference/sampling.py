@@ -17,9 +17,9 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from pbridge.bridge_prior import BridgeCodePrior, prior_options
-from pbridge.samplers import ANCESTRAL, SamplerSettings
-from pbridge.variant import BridgeChain
+from pbridge.bridge_prior import prior_options
+from pbridge.samplers import ANCESTRAL, OnStep, SamplerSettings
+from pbridge.variant import AutoregressivePrior, BridgeChain, CodeDistribution
 
 from .progress import QUIET, Progress
 
@@ -29,6 +29,7 @@ __all__ = [
     "sample_posterior",
     "check_sampler",
     "check_memory_for_draws",
+    "draw_steps",
 ]
 
 
@@ -45,6 +46,18 @@ def check_sampler(variant: nn.Module, sampler: SamplerSettings) -> None:
         )
 
 
+def draw_steps(
+    variant: nn.Module, sampler: SamplerSettings, progress: Progress, what: str
+) -> OnStep | None:
+    """``progress``'s ``on_step(done, total)`` for one draw of ``variant``'s prior (``what``
+    is drawn, e.g. ``"8 draws"``): a bar over the backward chain's steps (drawn by ``sampler``)
+    or, for an :class:`~pbridge.variant.AutoregressivePrior`, over its cells. ``None`` when
+    ``progress`` shows nothing."""
+    if isinstance(variant, AutoregressivePrior):
+        return progress.steps(f"autoregressive prior, {what}", "cell")
+    return progress.steps(f"backward chain ({sampler.name}), {what}")
+
+
 @dataclass(frozen=True)
 class Draws:
     """One draw per item.
@@ -53,9 +66,11 @@ class Draws:
         z_e: ``(N, d, *cells)`` continuous latent z_e^0 (``None`` for variants without one: the
             VQ-VAE and the PixelCNN baseline).
         codes: ``(N, *cells)`` code indices of z_q^0 as drawn by the program.
-        mode_codes: ``(N, *cells)`` the most probable code of every cell given the chain's end
-            (tight: the read-out at z^1; paper: the kernel at z_e^0); ``codes`` for the
-            priors without a chain (VQ-VAE, PixelCNN) and for posterior draws.
+        mode_codes: ``(N, *cells)`` the most probable code of every cell under the site's
+            :attr:`~pbridge.variant.CodeDistribution.conditional_logits` (prior draws: the
+            tight read-out at z^1, the paper's kernel at z_e^0; posterior draws of the paper
+            formulation: the guide's kernel); ``codes`` where it is ``None`` (VQ-VAE,
+            PixelCNN, the tight guide's point mass).
         x_mean: decoder mean on z_q^0 ``(N, ...)``.
         x: the program's draw of x (prior) or the data (posterior).
     """
@@ -70,18 +85,13 @@ class Draws:
 def _draws(variant: nn.Module, trace: poutine.Trace, x: torch.Tensor) -> Draws:
     z_e = trace.nodes["z_e_0"]["value"] if "z_e_0" in trace.nodes else None
     z_q_site = trace.nodes["z_q_0"]
-    fn = z_q_site["fn"]
+    fn: CodeDistribution = z_q_site["fn"]
     codes = fn.indices(z_q_site["value"])
-    if isinstance(fn, BridgeCodePrior) and fn.readout_logits is not None:
-        mode_codes = fn.readout_logits.argmax(-1)  # the tight bridge's read-out at z^1
-    elif any(name in trace.nodes for name in ("z_e_0", "z_e_1")):
-        mode_codes = fn.logits.argmax(-1)  # p(z_q^0 | the chain's end)
-    else:
-        mode_codes = codes
+    logits = fn.conditional_logits
     return Draws(
         z_e=z_e,
         codes=codes,
-        mode_codes=mode_codes,
+        mode_codes=codes if logits is None else logits.argmax(-1),
         x_mean=variant.decoder(z_q_site["value"]).mean,
         x=x,
     )
@@ -129,8 +139,8 @@ def sample_prior(
     progress: Progress = QUIET,
 ) -> Draws:
     """``num`` draws from the generative model (every site sampled, x included), the bridge's
-    chain drawn by ``sampler`` (:func:`~pbridge.bridge_prior.prior_options`), its steps shown
-    by ``progress``."""
+    chain drawn by ``sampler`` (:func:`~pbridge.bridge_prior.prior_options`), its steps (an
+    autoregressive prior's cells) shown by ``progress`` (:func:`draw_steps`)."""
     if num <= 0:
         raise ValueError(f"num must be a positive integer, got {num}")
     check_sampler(variant, sampler)
@@ -139,7 +149,7 @@ def sample_prior(
     check_memory_for_draws(num, variant.data_shape, variant.latent_shape, num_codes, param.device)
     shape_x = variant.data_shape
     placeholder = torch.zeros((num, *shape_x), dtype=param.dtype, device=param.device)
-    on_step = progress.steps(f"backward chain ({sampler.name}), {num} draws")
+    on_step = draw_steps(variant, sampler, progress, f"{num} draws")
     model = prior_options(poutine.uncondition(variant.model), sampler=sampler, on_step=on_step)
     trace = poutine.trace(model).get_trace(placeholder)
     return _draws(variant, trace, trace.nodes["x"]["value"])

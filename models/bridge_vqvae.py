@@ -210,19 +210,22 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
         known: torch.Tensor,
         sampler: SamplerSettings = ANCESTRAL,
         network: nn.Module | None = None,
+        on_step: OnStep | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Complete the codes ``indices: (B, *cells)`` where ``known`` (bool, same shape) is
         False: the known cells' z^0 (tight: e_k; paper: e_k + s eps, s the encoder scale) are
         held by replacement along the backward chain drawn by ``sampler`` (:meth:`draw_chain`),
         the hidden cells' codes drawn from the read-out (:meth:`readout_logits`). Returns the
         completed indices and the read-out probabilities at every cell, ``(B, *cells, K)``
-        (one-hot at known cells). ``network`` as in :meth:`chain_denoiser`."""
+        (one-hot at known cells). ``network`` as in :meth:`chain_denoiser`;
+        ``on_step(done, total)`` is told the chain's progress."""
         codes = self.codebook()
         z0_known = gather_codes(indices, codes)
         if not self.settings.tight:
             z0_known = z0_known + self.encoder_scale() * torch.randn_like(z0_known)
         z_T = self.schedule.stationary_draw(z0_known)
-        z = self.draw_chain(z_T, sampler, network, known=(z0_known, known.unsqueeze(1)))
+        held = (z0_known, known.unsqueeze(1))
+        z = self.draw_chain(z_T, sampler, network, known=held, on_step=on_step)
         probs = self.readout_logits(z, network).softmax(-1)
         drawn = torch.distributions.Categorical(probs=probs).sample()
         one_hot = F.one_hot(indices, codes.shape[0]).to(probs)
@@ -257,13 +260,14 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
         with pyro.plate("data", x.shape[0]):
             if settings.estimator == "full_chain":
                 z_end = self._chain_end_sites(x.shape[0], codes, network)
-                z_q0 = pyro.sample("z_q_0", CodeVector(self.readout_logits(z_end, network), codes))
+                readout = self.readout_logits(z_end, network)
+                z_q0 = pyro.sample("z_q_0", CodeVector(readout, codes, conditional=True))
             elif settings.tight:
                 z_q0 = pyro.sample("z_q_0", self.prior(x.shape[0], network))
             else:
                 z_e0 = pyro.sample("z_e_0", self.prior(x.shape[0], network))
                 logits = self.readout_logits(z_e0, network)
-                z_q0 = pyro.sample("z_q_0", CodeVector(logits, codes))
+                z_q0 = pyro.sample("z_q_0", CodeVector(logits, codes, conditional=True))
             pyro.sample("x", self.decoder(z_q0), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
@@ -285,6 +289,7 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
                         straight_through=z_0,
                         gradient=settings.gradient,
                         temperature=settings.gumbel_temperature,
+                        conditional=True,
                     ),
                 )
             if settings.estimator == "full_chain":

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pbridge.pixelcnn import GatedPixelCNN, PixelCNNPrior
+from pbridge.samplers import OnStep
 
 from .vqvae import VQVAE
 
@@ -57,11 +58,13 @@ class PixelCNNVQVAE(VQVAE):
 
     @torch.no_grad()
     def inpaint(
-        self, indices: torch.Tensor, known: torch.Tensor
+        self, indices: torch.Tensor, known: torch.Tensor, on_step: OnStep | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`VQVAE.inpaint`: hidden cells drawn in raster order given the known cells
-        before them; the probabilities are the conditionals they were drawn from."""
-        return self.prior_net.sample(indices.shape[0], self.latent_shape[1:], (indices, known))
+        before them; the probabilities are the conditionals they were drawn from.
+        ``on_step(done, total)`` is told the progress cell by cell."""
+        grid = self.latent_shape[1:]
+        return self.prior_net.sample(indices.shape[0], grid, (indices, known), on_step)
 
     def model(self, x: torch.Tensor) -> None:
         pyro.module("vqvae", self)

@@ -16,6 +16,7 @@ from torch import nn
 from pbridge.autoencoder import CodebookAutoencoder, nearest_code_sites
 from pbridge.code_distribution import CodeVector
 from pbridge.codebook import Codebook
+from pbridge.samplers import OnStep
 
 __all__ = ["VQVAE"]
 
@@ -58,11 +59,12 @@ class VQVAE(CodebookAutoencoder):
 
     @torch.no_grad()
     def inpaint(
-        self, indices: torch.Tensor, known: torch.Tensor
+        self, indices: torch.Tensor, known: torch.Tensor, on_step: OnStep | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Complete the codes ``indices: (B, *cells)`` where ``known`` (bool, same shape) is
         False, by the prior; returns the completed indices and the prior's probabilities of
-        every code at every cell given the known ones, ``(B, *cells, K)`` (uniform here)."""
+        every code at every cell given the known ones, ``(B, *cells, K)`` (uniform here).
+        ``on_step`` is not called: the uniform draw is one step, with nothing to show."""
         num_codes = self.codebook.num_codes
         one_hot = torch.nn.functional.one_hot(indices, num_codes).float()
         probs = torch.where(known[..., None], one_hot, torch.full_like(one_hot, 1 / num_codes))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
+from typing import Protocol, runtime_checkable
 
 import pyro
 import pyro.distributions as dist
@@ -46,6 +47,7 @@ __all__ = [
     "chain_model_sites",
     "chain_guide_sites",
     "importance_proposal",
+    "TakesOptions",
     "PriorOptions",
     "prior_options",
 ]
@@ -404,8 +406,15 @@ class BridgeCodePrior(TorchDistribution):
             raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
         self.head, self.draw, self.proposal, self.tracker = head, draw, proposal, tracker
         self.strata, self.aux_weight, self.sampler = strata, aux_weight, sampler
-        self.readout_logits: torch.Tensor | None = None
+        self._readout_logits: torch.Tensor | None = None
         super().__init__(torch.Size([batch_size]), torch.Size(event_shape), validate_args)
+
+    @property
+    def conditional_logits(self) -> torch.Tensor | None:
+        """The read-out's logits ``(B, *cells, K)`` at the z^1 of this prior's last draw,
+        p_theta(z_q^0 | z^1) (:class:`~pbridge.variant.CodeDistribution`); ``None`` before a
+        draw."""
+        return self._readout_logits
 
     def with_options(
         self,
@@ -490,7 +499,8 @@ class BridgeCodePrior(TorchDistribution):
 
     def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
         """Codes drawn by the backward chain to z^1 and the categorical read-out there; the read-out
-        logits are kept in ``readout_logits`` ``(B, *cells, K)`` (the most probable codes)."""
+        logits are kept, :attr:`conditional_logits` ``(B, *cells, K)`` (the most probable
+        codes)."""
         if sample_shape != _NO_SHAPE:
             raise NotImplementedError("BridgeCodePrior draws one batch per call")
         if self.draw is None:
@@ -499,23 +509,43 @@ class BridgeCodePrior(TorchDistribution):
         like = codes.new_empty(self.batch_shape + self.event_shape)
         z = self.draw(self.head.schedule.stationary_draw(like), self.sampler)
         t = torch.ones(z.shape[0], dtype=torch.long, device=z.device)
-        self.readout_logits = self.head.logits(z, t)
-        k = torch.distributions.Categorical(logits=self.readout_logits).sample()
+        self._readout_logits = self.head.logits(z, t)
+        k = torch.distributions.Categorical(logits=self._readout_logits).sample()
         return gather_codes(k, codes)
 
 
+@runtime_checkable
+class TakesOptions(Protocol):
+    """A prior site's distribution that draws and scores with options:
+    :class:`BridgeCodePrior`, :class:`DiffusionPrior` and the PixelCNN's prior
+    (:class:`~pbridge.pixelcnn.PixelCNNPrior`, which counts its cells and takes no sampler or
+    strata)."""
+
+    def with_options(
+        self,
+        sampler: SamplerSettings | None = None,
+        strata: int | None = None,
+        on_step: OnStep | None = None,
+    ) -> TorchDistribution:
+        """This distribution drawing with ``sampler`` (its progress told to
+        ``on_step(done, total)``) and scoring with ``strata`` stratified steps per item, where
+        given."""
+        ...
+
+
 class PriorOptions(Messenger):
-    """A Pyro handler: the bridge's prior site (a :class:`BridgeCodePrior` or
-    :class:`DiffusionPrior`) draws with ``sampler``, telling ``on_step(done, total)`` its
-    progress, and scores with ``strata`` stratified steps per item, where given
-    (:meth:`BridgeCodePrior.with_options`); every other site is left as it is.
+    """A Pyro handler: the prior site (a :class:`TakesOptions`: the bridge's
+    :class:`BridgeCodePrior` or :class:`DiffusionPrior`, the PixelCNN's prior) draws with
+    ``sampler``, telling ``on_step(done, total)`` its progress, and scores with ``strata``
+    stratified steps per item, where given (:meth:`BridgeCodePrior.with_options`); every other
+    site is left as it is.
 
     This is how the options of one evaluation or one batch of draws reach the prior site
     without entering the model's signature: ``model(x, *more)`` stays the program Pyro's
     ``Trace_ELBO``, ``Predictive`` and the guide share, and the options are arguments of the
     function that wraps it (:func:`prior_options`), as ``poutine.condition`` wraps a model
-    with its data. A model without a bridge prior site (the VQ-VAE, the PixelCNN prior, the
-    full-chain estimator) runs unchanged.
+    with its data. A model without such a site (the VQ-VAE, the full-chain estimator) runs
+    unchanged.
     """
 
     def __init__(
@@ -528,7 +558,7 @@ class PriorOptions(Messenger):
         self.sampler, self.strata, self.on_step = sampler, strata, on_step
 
     def _pyro_sample(self, msg: dict) -> None:
-        if isinstance(msg["fn"], (BridgeCodePrior, DiffusionPrior)):
+        if isinstance(msg["fn"], TakesOptions):
             msg["fn"] = msg["fn"].with_options(self.sampler, self.strata, self.on_step)
 
 
@@ -538,8 +568,8 @@ def prior_options(
     strata: int | None = None,
     on_step: OnStep | None = None,
 ) -> Callable:
-    """``fn`` (a model) with its bridge prior site drawing by ``sampler`` (its progress told
-    to ``on_step(done, total)``) and scoring with ``strata`` stratified steps per item
+    """``fn`` (a model) with its prior site drawing by ``sampler`` (its progress told to
+    ``on_step(done, total)``) and scoring with ``strata`` stratified steps per item
     (:class:`PriorOptions`); ``fn`` itself if none is given."""
     if sampler is None and strata is None and on_step is None:
         return fn

@@ -36,6 +36,10 @@ class CodeVector(TorchDistribution):
             gradient under ``gradient="straight_through"``; ``None`` for no gradient path.
         gradient: ``"straight_through"`` or ``"gumbel"``.
         temperature: relaxation temperature of the ``"gumbel"`` path.
+        conditional: whether ``logits`` are a distribution given an earlier draw of the program
+            (the paper's kernel p(z_q^0 | z_e^0), the guide's q(z_q^0 | z_e^0), the full
+            chain's read-out at z^1): :attr:`conditional_logits` then returns them. ``False``
+            (the default) for a fixed prior (uniform, a learned table) or a point mass.
 
     ``batch_shape = (B,)``; ``event_shape = (d, *cells)``; values are code vectors, channel-first.
     """
@@ -51,6 +55,7 @@ class CodeVector(TorchDistribution):
         straight_through: torch.Tensor | None = None,
         gradient: str = "straight_through",
         temperature: float = 0.5,
+        conditional: bool = False,
         validate_args: bool | None = None,
     ) -> None:
         if gradient not in ("straight_through", "gumbel"):
@@ -65,8 +70,15 @@ class CodeVector(TorchDistribution):
             gradient,
             temperature,
         )
+        self.conditional = conditional
         cells = tuple(logits.shape[1:-1])
         super().__init__(logits.shape[:1], (codes.shape[1],) + cells, validate_args=validate_args)
+
+    @property
+    def conditional_logits(self) -> torch.Tensor | None:
+        """``logits`` ``(B, *cells, K)`` when they are given an earlier draw of the program
+        (``conditional``), else ``None`` (:class:`~pbridge.variant.CodeDistribution`)."""
+        return self.logits if self.conditional else None
 
     def expand(self, batch_shape, _instance=None):
         if tuple(batch_shape) != tuple(self.batch_shape):

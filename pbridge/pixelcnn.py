@@ -26,6 +26,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from .codebook import code_indices, gather_codes
+from .samplers import ANCESTRAL, OnStep, SamplerSettings
 
 __all__ = ["GatedPixelCNN", "PixelCNNPrior"]
 
@@ -115,6 +116,7 @@ class GatedPixelCNN(nn.Module):
         batch_size: int,
         grid: tuple[int, int],
         known: tuple[torch.Tensor, torch.Tensor] | None = None,
+        on_step: OnStep | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Code indices ``(B, H, W)`` drawn in raster order, one pass per drawn cell, and the
         conditional p(k_c | k_<c) each cell was drawn from, ``(B, H, W, K)``.
@@ -122,6 +124,9 @@ class GatedPixelCNN(nn.Module):
         ``known = (indices, mask)``, both ``(B, H, W)`` (mask bool, True = known): those cells
         keep their indices (probabilities one-hot) and only the others are drawn, in raster
         order, each given the known and already drawn cells before it (inpainting).
+        ``on_step(done, total)`` is told the progress after every drawn cell (``total``: the
+        cells drawn, those unknown in some item), as the samplers tell a chain's steps
+        (:func:`pbridge.samplers.reverse_sample`).
         """
         device = self.embed.weight.device
         indices = torch.zeros(batch_size, *grid, dtype=torch.long, device=device)
@@ -134,12 +139,15 @@ class GatedPixelCNN(nn.Module):
                     f"{tuple(indices.shape)} and {tuple(mask.shape)}"
                 )
         probs = torch.nn.functional.one_hot(indices, self.num_codes).to(self.embed.weight.dtype)
-        for i, j in (~mask).any(0).nonzero().tolist():
+        cells = (~mask).any(0).nonzero().tolist()
+        for done, (i, j) in enumerate(cells, 1):
             conditional = self(indices)[:, :, i, j].softmax(-1)
             drawn = torch.multinomial(conditional, 1).squeeze(-1)
             free = ~mask[:, i, j]
             indices[:, i, j] = torch.where(free, drawn, indices[:, i, j])
             probs[:, i, j] = torch.where(free[:, None], conditional, probs[:, i, j])
+            if on_step is not None:
+                on_step(done, len(cells))
         return indices, probs
 
 
@@ -151,6 +159,8 @@ class PixelCNNPrior(TorchDistribution):
 
     Args:
         net: the PixelCNN.  codes: ``(K, d)``.  batch_size: B.  grid: ``(H, W)``.
+        on_step: ``on_step(done, total)``, told the progress of ``sample`` cell by cell
+            (:meth:`GatedPixelCNN.sample`); set by :meth:`with_options`.
     """
 
     arg_constraints: dict = {}
@@ -163,11 +173,41 @@ class PixelCNNPrior(TorchDistribution):
         codes: torch.Tensor,
         batch_size: int,
         grid: tuple[int, int],
+        on_step: OnStep | None = None,
         validate_args: bool | None = None,
     ) -> None:
-        self.net, self.codes, self.grid = net, codes, tuple(grid)
+        self.net, self.codes, self.grid, self.on_step = net, codes, tuple(grid), on_step
         event = torch.Size((codes.shape[1], *self.grid))
         super().__init__(torch.Size([batch_size]), event, validate_args)
+
+    def with_options(
+        self,
+        sampler: SamplerSettings | None = None,
+        strata: int | None = None,
+        on_step: OnStep | None = None,
+    ) -> PixelCNNPrior:
+        """This prior telling ``on_step(done, total)`` the progress of its draw, cell by cell
+        (:func:`~pbridge.bridge_prior.prior_options`, as a bridge prior's
+        ``with_options``). It draws one way (ancestral, in raster order) and scores exactly:
+        ``strata`` does not apply, and a ``sampler`` other than the default is refused."""
+        if sampler is not None and sampler != ANCESTRAL:
+            raise ValueError(
+                f"a PixelCNN prior draws cell by cell: the sampler {sampler.name!r} does not apply"
+            )
+        return PixelCNNPrior(
+            self.net,
+            self.codes,
+            self.batch_shape[0],
+            self.grid,
+            on_step=self.on_step if on_step is None else on_step,
+            validate_args=self._validate_args,
+        )
+
+    @property
+    def conditional_logits(self) -> None:
+        """``None``: the codes of a cell are drawn given the cells drawn before it, not given an
+        earlier site of the program (:class:`~pbridge.variant.CodeDistribution`)."""
+        return None
 
     def expand(self, batch_shape, _instance=None):
         if tuple(batch_shape) != tuple(self.batch_shape):
@@ -186,5 +226,5 @@ class PixelCNNPrior(TorchDistribution):
     def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
         if sample_shape != _NO_SHAPE:
             raise NotImplementedError("PixelCNNPrior draws one batch per call")
-        indices, _ = self.net.sample(self.batch_shape[0], self.grid)
+        indices, _ = self.net.sample(self.batch_shape[0], self.grid, on_step=self.on_step)
         return gather_codes(indices, self.codes.detach())

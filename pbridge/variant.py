@@ -23,9 +23,10 @@ from torch import nn
 from .codebook import Codebook
 from .config import BridgeSettings
 from .ou_bridge import OUSchedule
-from .samplers import ANCESTRAL, SamplerSettings
+from .samplers import ANCESTRAL, OnStep, SamplerSettings
 
 __all__ = [
+    "CodeDistribution",
     "Variant",
     "BridgeChain",
     "Inpaints",
@@ -39,11 +40,35 @@ __all__ = [
 
 
 @runtime_checkable
+class CodeDistribution(Protocol):
+    """The distribution at a program's ``"z_q_0"`` site: the codes of every latent cell, values
+    code vectors ``(B, d, *cells)`` (:class:`~pbridge.code_distribution.CodeVector`,
+    :class:`~pbridge.bridge_prior.BridgeCodePrior`, :class:`~pbridge.pixelcnn.PixelCNNPrior`).
+    """
+
+    def indices(self, value: torch.Tensor) -> torch.Tensor:
+        """The code index ``(B, *cells)`` of every cell of a value ``(B, d, *cells)``."""
+        ...
+
+    @property
+    def conditional_logits(self) -> torch.Tensor | None:
+        """The logits ``(B, *cells, K)`` of every cell's code given what the program drew
+        before this site: the tight bridge's read-out p(z_q^0 | z^1) at the end of its last
+        draw, the paper's kernel p(z_q^0 | z_e^0) (the guide's q(z_q^0 | z_e^0)), the full
+        chain's read-out at z_e^1. ``None`` where there is no such distribution: a fixed prior
+        (uniform, a learned table), a point-mass guide, the PixelCNN (each cell given the cells
+        drawn before it), a bridge prior not drawn yet. The most probable codes of a draw
+        (:class:`~pbridge.inference.sampling.Draws`) and the prior's code entropy of
+        ``pbridge analyze`` read it."""
+        ...
+
+
+@runtime_checkable
 class Variant(Protocol):
     """Every variant: a Pyro model/guide pair over a batch of items, an ``nn.Module``.
 
     ``model(x)`` and ``guide(x)`` (``(x, y)`` for :class:`TakesLabels`) have the sites
-    ``"z_q_0"`` (a :class:`~pbridge.code_distribution.CodeVector`: the codes), ``"x"`` (the
+    ``"z_q_0"`` (the codes; its distribution a :class:`CodeDistribution`), ``"x"`` (the
     observation, in the model) and, when the variant has one, ``"z_e_0"`` (the continuous
     latent). ``codebook()`` returns the codes ``(K, d)`` and ``codebook.num_codes`` is K;
     ``decoder(z_q: (B, *latent_shape))`` is a distribution over x with batch shape ``(B,)``.
@@ -64,11 +89,12 @@ class Inpaints(Variant, Protocol):
     """A prior that completes a grid of codes (masked-patch scores, ``pbridge evaluate``)."""
 
     def inpaint(
-        self, indices: torch.Tensor, known: torch.Tensor
+        self, indices: torch.Tensor, known: torch.Tensor, on_step: OnStep | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Complete ``indices: (B, *cells)`` where ``known`` (bool, same shape) is False;
         returns the completed indices and the probabilities they were drawn from,
-        ``(B, *cells, K)`` (one-hot at known cells)."""
+        ``(B, *cells, K)`` (one-hot at known cells). ``on_step(done, total)``, when given, is
+        told the draw's progress (a chain's steps, an autoregressive prior's cells)."""
         ...
 
 
@@ -103,7 +129,11 @@ class BridgeChain(Inpaints, Protocol):
         ...
 
     def chain_states(
-        self, z_T: torch.Tensor, times: tuple[int, ...], network: nn.Module | None = None
+        self,
+        z_T: torch.Tensor,
+        times: tuple[int, ...],
+        network: nn.Module | None = None,
+        on_step: OnStep | None = None,
     ) -> dict[int, torch.Tensor]:
         """``{t: z^t}`` of one T-step ancestral backward chain from ``z_T`` at ``times``."""
         ...
@@ -114,6 +144,7 @@ class BridgeChain(Inpaints, Protocol):
         known: torch.Tensor,
         sampler: SamplerSettings = ANCESTRAL,
         network: nn.Module | None = None,
+        on_step: OnStep | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`Inpaints.inpaint` with the backward chain drawn by ``sampler``."""
         ...

@@ -169,6 +169,20 @@ def test_values_agree_with_independent_computations(bridge, digits):
     np.testing.assert_array_equal(idata.prior["z_q_0"].values[0], direct.codes)
 
 
+def test_paper_prior_records_the_kernels_entropy_at_the_chains_end(bridge, digits):
+    """Paper formulation: the prior's code entropy is that of the model's kernel
+    p(z_q^0 | z_e^0) at each prior draw's z_e^0 (the site's ``conditional_logits``), by torch's
+    Categorical."""
+    idata = _idata(bridge, digits)
+    codes, tau = bridge.codebook().detach(), bridge.settings.tau_p
+    z_e = torch.from_numpy(idata.prior["z_e_0"].values[0])  # (draw, d, h, w)
+    sq = (z_e[:, None] - codes[None, :, :, None, None]).pow(2).sum(2)  # (draw, K, h, w)
+    entropy = torch.distributions.Categorical(logits=(-sq / tau).movedim(1, -1)).entropy()
+    value = idata.prior["code_entropy"]
+    assert value.dims == ("chain", "draw", "cell_y", "cell_x")
+    np.testing.assert_allclose(value.values[0], entropy, rtol=1e-4)
+
+
 def test_round_trips_through_netcdf(bridge, digits, tmp_path):
     idata = _idata(bridge, digits, losses=[1.0, 0.5])
     path = tmp_path / "analysis.nc"

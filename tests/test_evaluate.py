@@ -14,13 +14,16 @@ from pbridge.config import image_preset
 from pbridge.data import load_images
 from pbridge.inference.evaluate import (
     EvalSettings,
+    _masked_patch,
     chain_bits_by_step,
     evaluate_run,
     results_table,
 )
 from pbridge.inference.images import run_images
 from pbridge.inference.load import load_run
+from pbridge.inference.progress import Progress
 from pbridge.inference.sampling import sample_posterior
+from pbridge.models.builders import build_image_model
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 
 SMALL = ["--items", "64", "--samples", "16", "--patch-items", "8", "--patch-draws", "2"]
@@ -70,6 +73,47 @@ def test_bridge_and_pixelcnn_go_through_the_same_protocol(variant, tmp_path):
     assert result["sampler"]["name"] == ("respaced" if variant == "two-stage" else "ancestral")
     table = results_table({variant: result})
     assert table.count("\n") == 3 and variant in table
+
+
+def test_pixelcnn_sample_and_evaluate_show_a_bar_over_the_cells(tmp_path, capsys):
+    """On a stderr that is not a terminal, ``pbridge sample`` of a PixelCNN run shows its draw
+    cell by cell (the 16 cells of the 4 x 4 grid) and ``pbridge evaluate`` every inpainting
+    draw over the 4 cells of the patch, as plain lines; the draws are the same bits without."""
+    _tiny_run("pixelcnn", tmp_path)
+    assert main(["sample", str(tmp_path), "--num", "8"]) == 0
+    err = capsys.readouterr().err
+    assert "autoregressive prior, 8 draws: 16/16 cells (" in err and "\r" not in err
+    shown = torch.load(tmp_path / "samples.pt", weights_only=True)
+    assert main(["sample", str(tmp_path), "--num", "8", "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+    hidden = torch.load(tmp_path / "samples.pt", weights_only=True)
+    assert all(torch.equal(shown[name], hidden[name]) for name in shown)
+    assert main(["evaluate", str(tmp_path), *SMALL]) == 0
+    err = capsys.readouterr().err
+    for draw in (1, 2):
+        assert f"autoregressive prior, inpainting, draw {draw} of 2: 4/4 cells (" in err
+    assert "autoregressive prior, 16 draws: 16/16 cells (" in err
+
+
+def test_inpainting_shows_the_chain_steps_of_every_draw(tmp_path, capsys):
+    """A bridge's masked-patch score shows one bar per inpainting draw over the steps of the
+    sampler's chain (5 respaced times: 4 steps down to z^1, where the tight chain stops); the
+    scores are the same bits without it."""
+    config = replace(
+        image_preset("digits", "small"), num_codes=8, latent_dim=4, unet_width=8, num_steps=20
+    )
+    torch.manual_seed(0)
+    variant = build_image_model(config).eval()
+    x = load_images("digits", "test").as_float()[:4]
+    settings, sampler = EvalSettings(patch_items=4, patch_draws=2), SamplerSettings("respaced", 5)
+    torch.manual_seed(1)
+    shown = _masked_patch(variant, x, settings, sampler, tmp_path / "a.png", Progress())
+    err = capsys.readouterr().err
+    torch.manual_seed(1)
+    quiet = _masked_patch(variant, x, settings, sampler, tmp_path / "b.png")
+    assert shown == quiet and capsys.readouterr().err == ""
+    for draw in (1, 2):
+        assert f"backward chain (respaced), inpainting, draw {draw} of 2: 4/4 steps (" in err
 
 
 def test_evaluate_refuses_a_sampler_the_variant_lacks(tmp_path, capsys):

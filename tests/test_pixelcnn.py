@@ -126,3 +126,22 @@ def test_pixelcnn_variant_bound_is_decoder_plus_prior_likelihood():
     assert reported == pytest.approx(expected, rel=1e-5)
     trainable = {n.split(".")[0] for n, p in variant.named_parameters() if p.requires_grad}
     assert trainable == {"prior_net"}
+
+
+@pytest.mark.parametrize("known", [False, True], ids=["prior", "inpainting"])
+def test_on_step_counts_the_drawn_cells_and_changes_no_draw(known):
+    """``on_step(done, total)`` is told every drawn cell, ``total`` the cells drawn (the whole
+    4 x 4 grid, or the 4 cells of the central patch when inpainting); the draws are the same
+    bits with and without it."""
+    torch.manual_seed(4)
+    net = GatedPixelCNN(num_codes=6, channels=8, layers=2)
+    indices = torch.randint(0, 6, (3, 4, 4))
+    condition = (indices, ~central_patch((4, 4)).expand(3, 4, 4)) if known else None
+    total = 4 if known else 16
+    calls = []
+    torch.manual_seed(5)
+    shown = net.sample(3, (4, 4), condition, on_step=lambda done, of: calls.append((done, of)))
+    torch.manual_seed(5)
+    quiet = net.sample(3, (4, 4), condition)
+    assert calls == [(done, total) for done in range(1, total + 1)]
+    assert all(torch.equal(a, b) for a, b in zip(shown, quiet, strict=True))

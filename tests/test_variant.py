@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from pyro import poutine
 from torch import nn
 
 from pbridge.checkpoint import load_checkpoint
@@ -23,6 +24,7 @@ from pbridge.models.builders import (
 from pbridge.variant import (
     AutoregressivePrior,
     BridgeChain,
+    CodeDistribution,
     InitialisesCodebook,
     Inpaints,
     SurrogateSites,
@@ -58,6 +60,36 @@ def test_every_image_variant_is_a_variant_with_its_capabilities(name, expected):
     variant = build_image_model(_tiny(name))
     assert all(isinstance(variant, p) for p in (Variant, SurrogateSites, InitialisesCodebook))
     assert _capabilities(variant) == expected
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("end-to-end", {}),
+        ("end-to-end", {"formulation": "paper"}),
+        ("end-to-end", {"estimator": "full_chain"}),
+        ("pixelcnn", {}),
+        ("vqvae", {}),
+    ],
+    ids=["tight", "paper", "full-chain", "pixelcnn", "vqvae"],
+)
+def test_every_code_site_is_a_code_distribution(name, options):
+    """The ``"z_q_0"`` site of every variant's guide and model (replayed on the guide, as the
+    ELBO runs it) is a :class:`CodeDistribution`; the logits given the program's earlier draws
+    are there exactly where the site is a kernel or a read-out at the chain's end."""
+    config = _tiny(name)
+    config = replace(config, num_steps=4, bridge=replace(config.bridge, **options))
+    variant = build_image_model(config)
+    x = torch.rand(2, *variant.data_shape)
+    guide = poutine.trace(variant.guide).get_trace(x)
+    model = poutine.trace(poutine.replay(variant.model, trace=guide)).get_trace(x)
+    conditional = []
+    for trace in (guide, model):
+        fn = trace.nodes["z_q_0"]["fn"]
+        assert isinstance(fn, CodeDistribution), type(fn).__name__
+        conditional.append(fn.conditional_logits is not None)
+    paper, full_chain = "formulation" in options, "estimator" in options
+    assert conditional == [paper, paper or full_chain]
 
 
 def test_the_toy_and_the_class_conditional_variants_capabilities():
