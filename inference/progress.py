@@ -51,7 +51,7 @@ class _Counter:
         if tenth > self._shown:
             self._shown = tenth
             seconds = time.perf_counter() - self._start
-            line = f"{self.desc}: {done}/{total} {self.unit}s ({seconds:.1f} s)"
+            line = f"{self.desc}: {done}/{total} {_plural(self.unit)} ({seconds:.1f} s)"
             print(line, file=sys.stderr, flush=True)
 
 
@@ -82,3 +82,8 @@ class Progress:
 
 QUIET = Progress(False)
 """Shows nothing: the default of the functions that take a :class:`Progress`."""
+
+
+def _plural(noun: str) -> str:
+    """``"step"`` -> ``"steps"``, ``"batch"`` -> ``"batches"``."""
+    return noun + ("es" if noun.endswith(("s", "sh", "ch", "x")) else "s")

@@ -219,3 +219,16 @@ def test_runs_sample_the_ema_weights_by_default_and_old_checkpoints_their_raw_on
     capsys.readouterr()
     assert main(["sample", str(run), "--num", "4", "--weights", "ema"]) == 2
     assert "holds no EMA weights" in capsys.readouterr().err
+
+
+def test_progress_lines_count_items_in_plural(capsys):
+    """A counter without a terminal prints lines naming its unit in the plural."""
+    from pbridge.inference.progress import Progress
+
+    assert list(Progress().iterate(range(3), 3, "test bound", "batch")) == [0, 1, 2]
+    assert list(Progress().iterate(range(2), 2, "chain", "step")) == [0, 1]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(" (")[0] for line in lines] == [
+        *(f"test bound: {i}/3 batches" for i in (1, 2, 3)),
+        *(f"chain: {i}/2 steps" for i in (1, 2)),
+    ]
