@@ -1,0 +1,229 @@
+"""``pbridge train``: the checks of its flags and settings against each other, the run
+directory and a resumed run's config.json; the config it runs, assembled from the preset,
+``--config``, ``--set`` and the flags; then the run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from pbridge.cli.messages import warn
+from pbridge.data import DATASETS
+
+
+def train_command(args: argparse.Namespace) -> dict:
+    """``pbridge train``: every check first (flags, the run directory, a resumed run's config),
+    then the run; a fresh run that fails before its first checkpoint leaves no directory."""
+    from pbridge.inference.images import run_images
+    from pbridge.inference.run_dir import is_run_dir
+    from pbridge.inference.toy import run_toy
+    from pbridge.inference.user_variant import run_user_variant
+
+    config = check_train(args)
+    out, progress = Path(args.out), not args.no_progress
+    existed, had_run = out.exists(), out.is_dir() and is_run_dir(out)
+    options = {"resume": args.resume, "overwrite": args.overwrite}
+    try:
+        if args.dataset.endswith(".py"):
+            return run_user_variant(
+                args.dataset,
+                out,
+                args.device,
+                progress,
+                root=args.root,
+                download=args.download,
+                config=config,
+                **options,
+            )
+        if args.dataset == "toy":
+            return run_toy(config, out, args.device, progress, **options)
+        return run_images(
+            config, out, args.device, progress, root=args.root, download=args.download, **options
+        )
+    except BaseException:  # Ctrl-C included
+        if not had_run and out.is_dir() and not is_run_dir(out, checkpoints_only=True):
+            _discard_failed_start(out, remove_folder=not existed)
+        raise
+
+
+def _discard_failed_start(out: Path, remove_folder: bool) -> None:
+    """Remove what a new run wrote before failing without a checkpoint: nothing to resume."""
+    from pbridge.inference.run_dir import RUN_FILES
+
+    try:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        if remove_folder and not any(out.iterdir()):
+            out.rmdir()
+    except OSError:
+        pass  # the error being raised says more
+
+
+_SETTING_FLAGS = {
+    "steps": "train.steps",
+    "seed": "train.seed",
+    "lr": "train.lr",
+    "batch_size": "train.batch_size",
+    "latent_warmup": "train.latent_warmup",
+    "autocast": "train.autocast",
+    "preset": "preset",
+    "variant": "variant",
+    "codebook": "vqvae_codebook",
+    "restart_dead_codes": "restart_dead_codes",
+    "vqvae_steps": "vqvae_steps",
+}
+"""The ``train`` flags that are shortcuts of settings: argparse destination -> setting."""
+
+_IMAGE_ONLY = ("preset", "variant", "codebook", "restart_dead_codes", "vqvae_steps")
+"""Destinations of the flags of the built-in image variants."""
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_train(args: argparse.Namespace):
+    """The config a ``train`` command will run, after checking its flags and settings against
+    each other, the run directory and (``--resume``) the run's own config.json; writes
+    nothing."""
+    from pbridge.inference.run_dir import check_out_dir
+
+    variant_file = args.dataset.endswith(".py")
+    if not variant_file and args.dataset != "toy" and args.dataset not in DATASETS:
+        raise ValueError(
+            f"unknown dataset {args.dataset!r}; expected one of toy, {', '.join(DATASETS)} or a "
+            "variant file ending in .py"
+        )
+    image_flags = [_flag(dest) for dest in _IMAGE_ONLY if getattr(args, dest) is not None]
+    if variant_file and image_flags:
+        raise ValueError(
+            f"{', '.join(image_flags)} do not apply to a variant file ({args.dataset}): set them "
+            "in its CONFIG, or with --set"
+        )
+    if args.dataset == "toy":
+        given = image_flags + [name for name in ("--root",) if args.root is not None]
+        if given or args.download:
+            given += ["--download"] if args.download else []
+            raise ValueError(f"{', '.join(given)} apply to image data sets, not to toy")
+    overrides = _overrides(args)
+    if args.extend_steps and not (args.resume and any(o.key == "train.steps" for o in overrides)):
+        raise ValueError("--extend-steps goes with --resume and --steps N (the new total)")
+    if os.environ.get("RANK", "0") == "0":  # the process that writes
+        check_out_dir(args.out, args.resume, args.overwrite)
+    if args.resume:
+        return _resumed_config(args, overrides)
+    return _fresh_config(args, overrides)
+
+
+def _config_class(dataset: str) -> type:
+    from pbridge.config import ImageConfig, ToyConfig
+
+    return ToyConfig if dataset == "toy" else ImageConfig
+
+
+def _overrides(args: argparse.Namespace) -> list:
+    """The settings the command gives, in order of precedence: ``--config FILE``, then
+    ``--set`` and the flags (a setting given twice on the command line is refused)."""
+    from pbridge.config_overrides import Override, parse_assignment, read_config_file
+
+    cls = _config_class(args.dataset)
+    from_file = read_config_file(args.config, cls) if args.config else []
+    given = [parse_assignment(text, cls) for text in args.settings or ()]
+    for dest, key in _SETTING_FLAGS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            shown = "" if isinstance(value, bool) else f" {value}"
+            given.append(Override(key, value, _flag(dest) + shown))
+    first: dict = {}
+    for item in given:
+        earlier = first.setdefault(item.key, item)
+        if earlier.value != item.value:
+            raise ValueError(f"{earlier.origin} and {item.origin} both set {item.key}: give one")
+    return from_file + given
+
+
+def _fresh_config(args: argparse.Namespace, overrides: list):
+    """The preset (``--preset``, else a ``preset`` setting, else ``small``), a toy config or
+    a variant file's ``CONFIG``, with the overrides applied."""
+    from pbridge.config import ToyConfig, image_preset
+    from pbridge.config_overrides import apply_overrides
+    from pbridge.inference.user_variant import load_variant_file
+    from pbridge.models.builders import image_variant
+
+    if args.dataset.endswith(".py"):
+        return apply_overrides(load_variant_file(args.dataset).config, overrides)
+    if args.dataset == "toy":
+        return apply_overrides(ToyConfig(), overrides)
+    for item in overrides:
+        if item.key == "dataset" and item.value != args.dataset:
+            raise ValueError(
+                f"{item.origin}: the data set is DATASET, here {args.dataset}; drop the setting "
+                "or train on that data set"
+            )
+    presets = [item.value for item in overrides if item.key == "preset"]
+    config = apply_overrides(
+        image_preset(args.dataset, presets[-1] if presets else "small"), overrides
+    )
+    image_variant(config.variant)  # an unknown name (--set, --config) is refused here
+    return config
+
+
+def _resumed_config(args: argparse.Namespace, overrides: list):
+    """The run's own config.json; every setting given must match it, by name (``train.steps``
+    may exceed it with ``--extend-steps``)."""
+    from pbridge.config import config_from_dict
+    from pbridge.config_overrides import apply_overrides, changed
+    from pbridge.inference.run_dir import read_config, run_kind
+
+    out = Path(args.out)
+    data, kind = read_config(out), run_kind(out)
+    asked = "variant-file" if args.dataset.endswith(".py") else "toy"
+    if asked == "toy" and args.dataset != "toy":
+        asked = "image"
+    held = data.get("dataset", "toy") if kind != "variant-file" else "a variant file"
+    if kind != asked or (kind == "image" and data.get("dataset") != args.dataset):
+        raise ValueError(
+            f"{out} holds a run on {held}, not {args.dataset}: --resume continues a run on its "
+            "own data; check --out and DATASET"
+        )
+    config = config_from_dict(_config_class(args.dataset), data, str(out / "config.json"))
+    wanted = apply_overrides(config, overrides)
+    differ = changed(config, wanted, overrides)
+    steps = differ.pop("train.steps", None)
+    if differ:
+        named = [f"{origin} (the run's: {theirs})" for origin, theirs in differ.values()]
+        raise ValueError(
+            f"--resume continues {out} as its config.json says; these settings contradict it: "
+            f"{', '.join(named)}; drop them"
+        )
+    if steps is None:
+        return config
+    return _extended(args, out, config, steps[0], wanted.train.steps)
+
+
+def _extended(args: argparse.Namespace, out: Path, config, origin: str, steps: int):
+    """The resumed run's config trained on to ``steps`` (``origin``: the setting asking for
+    them), if ``--extend-steps`` allows it and the run has done fewer."""
+    from pbridge.checkpoint import load_latest_checkpoint
+    from pbridge.inference.run_dir import CHECKPOINT_FILE
+
+    planned = config.train.steps
+    if not args.extend_steps:
+        raise ValueError(
+            f"{origin} differs from the run's {planned} steps ({out}/config.json): --resume "
+            "continues the run as configured; drop it, or add --extend-steps to train it on to "
+            f"{steps} steps"
+        )
+    checkpoint = out / CHECKPOINT_FILE
+    done = load_latest_checkpoint(checkpoint)[0]["step"] if checkpoint.exists() else 0
+    if steps <= done:
+        raise ValueError(f"--extend-steps: {origin} must exceed the {done} steps {out} has done")
+    warn(
+        f"extending {out} from {planned} to {steps} steps: the cosine learning-rate "
+        f"schedule is recomputed for {steps} steps from step {done + 1} on (config.json is "
+        f"updated), so the result differs from a run trained for {steps} steps from the "
+        "start"
+    )
+    return replace(config, train=replace(config.train, steps=steps))
