@@ -131,18 +131,20 @@ def plot_toy_trajectories(
     codes: torch.Tensor,
     path: str | Path,
 ) -> None:
-    """Three panels: data points ``(N, 2, L)``; forward paths ``(T+1, M, d, L)`` from z_e^0 to
-    z_e^T; reverse paths ``(T+1, M, d, L)`` (index = time) from z_e^T down to z_e^0, with the
-    codebook ``(K, d)``. Latent panels show the first two latent coordinates."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5))
+    """Three panels: data points ``(N, 2, L)``; forward paths ``(T+1, M, d, L)`` from z^0 (the
+    guide's z_e^0, or the code itself for the tight bridge) to z^T; reverse paths
+    ``(T+1, M, d, L)`` (index = time) from z^T down to z^0, with the codebook ``(K, d)``. Latent
+    panels show the first two latent coordinates; their legend sits below them, clear of the
+    codes."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.6))
     pts = data.movedim(1, -1).reshape(-1, 2)
     axes[0].scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.4, label="walk points")
     _circle(axes[0])
     axes[0].set_title(f"data: the points of {data.shape[0]} test walks")
-    axes[0].legend(loc="lower right", fontsize=8)
+    axes[0].legend(loc="center", fontsize=8)
     for ax, paths, title in (
-        (axes[1], forward, "forward OU (torchsde): z_e^0 -> z_e^T"),
-        (axes[2], reverse.flip(0), "reverse chain (model): z_e^T -> z_e^0"),
+        (axes[1], forward, r"forward OU (torchsde): $z^0 \to z^T$"),
+        (axes[2], reverse.flip(0), r"reverse chain (model): $z^T \to z^0$"),
     ):
         xy = paths[:, :, :2].movedim(2, -1).reshape(paths.shape[0], -1, 2)
         for i in range(xy.shape[1]):
@@ -161,8 +163,9 @@ def plot_toy_trajectories(
         )
         ax.set_aspect("equal")
         ax.set_title(title)
-        ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, bbox_to_anchor=(0.67, 0))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
