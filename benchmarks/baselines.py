@@ -3,7 +3,7 @@ protocol (``pbridge evaluate``) and write docs/results.md.
 
     python benchmarks/baselines.py --out runs/baselines
 
-It also copies each run's prior samples and reconstructions to docs/images/fmnist-VARIANT-*.png.
+It also copies each run's prior samples and reconstructions to docs/images/baselines-VARIANT-*.png.
 
 Rows: uniform-prior VQ-VAE, VQ-VAE + PixelCNN, two-stage bridge, end-to-end bridge (the tight
 formulation, the default). The step counts give each the same training budget, 900 s at the
@@ -99,15 +99,15 @@ FIGURES = {"eval_samples.png": "samples", "reconstructions.png": "reconstruction
 
 
 def _copy_figures(out: Path, images: Path) -> None:
-    """Copy each run's prior samples and reconstructions to ``images/fmnist-VARIANT-KIND.png``."""
+    """Copy each run's prior samples and reconstructions to ``images/baselines-VARIANT-KIND.png``."""
     images.mkdir(parents=True, exist_ok=True)
     for variant, _ in ROWS.values():
         for name, kind in FIGURES.items():
             if (out / variant / name).is_file():
-                shutil.copyfile(out / variant / name, images / f"fmnist-{variant}-{kind}.png")
+                shutil.copyfile(out / variant / name, images / f"baselines-{variant}-{kind}.png")
             else:
                 print(f"{out / variant / name} is missing: not copied")
-    print(f"figures copied to {images}/fmnist-VARIANT-{{samples,reconstructions}}.png")
+    print(f"figures copied to {images}/baselines-VARIANT-{{samples,reconstructions}}.png")
 
 
 def main() -> None:
