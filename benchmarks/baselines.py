@@ -99,7 +99,8 @@ FIGURES = {"eval_samples.png": "samples", "reconstructions.png": "reconstruction
 
 
 def _copy_figures(out: Path, images: Path) -> None:
-    """Copy each run's prior samples and reconstructions to ``images/baselines-VARIANT-KIND.png``."""
+    """Copy each run's prior samples and reconstructions to
+    ``images/baselines-VARIANT-KIND.png`` (KIND: samples, reconstructions)."""
     images.mkdir(parents=True, exist_ok=True)
     for variant, _ in ROWS.values():
         for name, kind in FIGURES.items():
