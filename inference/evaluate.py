@@ -32,7 +32,12 @@ import torch.nn.functional as F
 
 from pbridge.codebook import code_usage, gather_codes
 from pbridge.data import load_images
-from pbridge.feature_distance import classifier_accuracy, fd_fmnist, load_classifier
+from pbridge.feature_distance import (
+    CLASSIFIER_DATASET,
+    classifier_accuracy,
+    fd_fmnist,
+    load_classifier,
+)
 from pbridge.masked_patch import central_patch, patch_bits_autoregressive, patch_bits_monte_carlo
 from pbridge.samplers import ANCESTRAL, OnStep, SamplerSettings
 from pbridge.variant import AutoregressivePrior, BridgeChain, Inpaints
@@ -225,7 +230,7 @@ def chain_bits_by_step(variant, x: torch.Tensor, per_band: int = 8) -> dict:
 def _feature_distances(draws, recon, train_x, test_x, test_labels, dataset: str) -> dict:
     """FD-FMNIST of every set of prior samples in ``draws`` (mean and standard error over the
     sets), of reconstructions and of training images against the test split."""
-    if dataset != "fashion-mnist":
+    if dataset != CLASSIFIER_DATASET:
         return {"fd_fmnist": None, "fd_note": f"FD-FMNIST needs Fashion-MNIST, not {dataset}"}
     net = load_classifier().to(test_x.device)
     n = draws[0].shape[0]

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "CLASSIFIER_DATASET",
     "FashionClassifier",
     "frechet_distance",
     "train_classifier",
@@ -32,6 +33,8 @@ __all__ = [
     "CLASSIFIER_SHA256",
 ]
 
+CLASSIFIER_DATASET = "fashion-mnist"
+"""The data set the shipped classifier was trained on: the only one FD-FMNIST scores."""
 CLASSIFIER_PATH = Path(__file__).with_name("fd_fmnist_classifier.pt")
 CLASSIFIER_SHA256 = "52171adcacca4360bff515e6aa18c78a952a4176d962342f228f80eafdcef3a8"
 
