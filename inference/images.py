@@ -140,11 +140,12 @@ def score_images(
 
 def image_stages(config: ImageConfig) -> list[Stage]:
     """The training stages of ``config.variant`` (:data:`~pbridge.models.builders.IMAGE_VARIANTS`):
-    the variant; or, trained in two stages, the VQ-VAE for ``config.vqvae_steps`` steps to
-    ``vqvae.pt``, then the variant built on it, frozen."""
+    the variant; or, for a variant that pretrains its VQ-VAE and ``config.vqvae_steps > 0``, the
+    VQ-VAE for ``config.vqvae_steps`` steps to ``vqvae.pt``, then the variant built on it
+    (frozen, or trained on by the end-to-end variant)."""
     spec = image_variant(config.variant)
     variant = Stage(CHECKPOINT_FILE, config.train.steps, partial(spec.build, config))
-    if not spec.pretrains_vqvae:
+    if not spec.pretrains_vqvae or config.vqvae_steps == 0:
         return [variant]
     vqvae = Stage(VQVAE_FILE, config.vqvae_steps, partial(build_image_vqvae, config))
     return [vqvae, replace(variant, on_previous=partial(spec.on_vqvae, config))]

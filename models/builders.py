@@ -151,9 +151,11 @@ class ImageVariant:
     Attributes:
         summary: what it is, one line (the command line's help).
         on_vqvae: ``(config, vqvae) -> variant``: the variant on that VQ-VAE.
-        pretrains_vqvae: trained in two stages: the VQ-VAE alone for ``config.vqvae_steps``
-            steps (checkpoint ``vqvae.pt``), then ``on_vqvae`` of it, which freezes it, for
-            ``config.train.steps`` steps. Otherwise one stage of ``config.train.steps``.
+        pretrains_vqvae: trained in two stages when ``config.vqvae_steps > 0``: the VQ-VAE alone
+            for ``config.vqvae_steps`` steps (checkpoint ``vqvae.pt``), then ``on_vqvae`` of it
+            for ``config.train.steps`` steps (two-stage and pixelcnn freeze it; end-to-end
+            trains it on with the prior, on the joint ELBO: the warm start, docs/training.md).
+            Otherwise one stage of ``config.train.steps``.
     """
 
     summary: str
@@ -167,8 +169,10 @@ class ImageVariant:
 
 IMAGE_VARIANTS: dict[str, ImageVariant] = {
     "end-to-end": ImageVariant(
-        "the joint model: encoder, decoder, codebook and bridge prior on one ELBO",
+        "the joint model: encoder, decoder, codebook and bridge prior on one ELBO, after a "
+        "VQ-VAE warm start",
         build_image_bridge,
+        True,
     ),
     "two-stage": ImageVariant(
         "a VQ-VAE, then the bridge on its frozen encodings", _bridge_on_vqvae, True

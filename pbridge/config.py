@@ -211,8 +211,12 @@ class ImageConfig:
         preset: the name it was built from.
         variant: a name of the registry of image variants,
             :data:`pbridge.models.builders.IMAGE_VARIANTS` (checked when the variant is built):
-            ``"end-to-end"`` (the paper's claim), ``"two-stage"`` and ``"pixelcnn"`` (a VQ-VAE
-            for ``vqvae_steps`` steps, then a prior on it frozen for ``train.steps``), ``"vqvae"``.
+            ``"end-to-end"`` (the paper's claim: a VQ-VAE for ``vqvae_steps`` steps, then
+            everything with the bridge prior on the joint ELBO for ``train.steps``),
+            ``"two-stage"`` and ``"pixelcnn"`` (a VQ-VAE for ``vqvae_steps`` steps, then a prior
+            on it frozen for ``train.steps``), ``"vqvae"``.
+        vqvae_steps: steps of the VQ-VAE stage (>= 0; 0: none, the variant trains from the
+            start).
         vqvae_codebook: the VQ-VAE's codebook, ``"gradient"`` (codebook loss) or ``"ema"``
             (moving averages, :class:`~pbridge.codebook.EMACodebook`).
         restart_dead_codes: ``None``, or restart VQ-VAE codes whose average number of cells per
@@ -255,6 +259,8 @@ class ImageConfig:
                 f"unknown codebook {self.vqvae_codebook!r}; expected one of {', '.join(CODEBOOKS)}"
             )
         data_set(self.dataset)  # an unknown name is refused, naming the choices
+        if self.vqvae_steps < 0:
+            raise ValueError(f"vqvae_steps must be >= 0, got {self.vqvae_steps}")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data (``config.json``): sections as dicts, tuples kept."""

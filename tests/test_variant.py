@@ -121,6 +121,7 @@ def test_a_variant_file_whose_variant_lacks_members_is_refused_naming_them(tmp_p
 
 def test_the_registry_builds_and_stages_each_variant():
     assert [name for name, e in IMAGE_VARIANTS.items() if e.pretrains_vqvae] == [
+        "end-to-end",
         "two-stage",
         "pixelcnn",
     ]

@@ -18,6 +18,13 @@ def _seed(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -149,8 +156,10 @@ def _add_setting_options(train: argparse.ArgumentParser) -> None:
     )
     train.add_argument(
         "--vqvae-steps",
-        type=_positive_int,
-        help="two-stage and pixelcnn variants: steps of the VQ-VAE stage (default: the preset's)",
+        type=_non_negative_int,
+        help="steps of the VQ-VAE stage that comes first (two-stage and pixelcnn: then frozen; "
+        "end-to-end: the warm start, then trained on with the prior; 0: none) (default: the "
+        "preset's)",
     )
 
 

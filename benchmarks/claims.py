@@ -1,0 +1,332 @@
+"""The paper's two claims on Fashion-MNIST, row by row: end to end against two-stage, and the
+bridge against the PixelCNN, paired on the same test images, at more than one budget and seed.
+
+    OMP_NUM_THREADS=1 python benchmarks/claims.py --out runs/claims
+
+A row is one prior (``end-to-end``: the VQ-VAE warm start, then the joint ELBO;
+``end-to-end-cold``: the joint ELBO from the first step; ``two-stage``; ``pixelcnn``) at one
+training budget and seed. Its step counts give it the budget at the step costs measured side by
+side (one process, one thread, batch 64, docs/results.md): VQ-VAE 0.167 s, PixelCNN on a frozen
+VQ-VAE 1.10 s, tight bridge on a frozen VQ-VAE 0.575 s, tight bridge end to end 0.605 s. Each
+run logs the held-out bound on the first ``HELDOUT_ITEMS`` test images every ``EVAL_EVERY``
+steps of its last stage (``train.csv``, EMA weights), the curves' points; then every test image
+of the first ``--items`` is scored twice with independent draws (``paired_bits.pt``), so that
+any two rows compare on the same images.
+
+Two streams run the rows in order, each command with one torch thread. A finished row (its
+``paired_bits.pt`` written) is never rerun; a row cut short resumes from its checkpoints. After
+every row the tables and the curve figure are rewritten between the markers of docs/results.md
+and committed (``--no-commit``: not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shlex
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+THREADS = os.environ.get("OMP_NUM_THREADS", "1")
+HELDOUT_ITEMS = 1000
+EVAL_EVERY = 250
+BEGIN, END = "<!-- claims: begin -->", "<!-- claims: end -->"
+CURVE = "docs/images/claims-curve.png"
+
+STEP_SECONDS = {"vqvae": 0.167, "pixelcnn": 1.10, "two-stage": 0.575, "end-to-end": 0.605}
+"""Seconds per step of each stage, measured side by side (benchmarks/baselines.py's docstring)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One run: ``prior`` at ``budget`` seconds of one core, seed ``seed``."""
+
+    prior: str
+    budget: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.prior}-{self.budget}s-seed{self.seed}"
+
+    @property
+    def variant(self) -> str:
+        return "end-to-end" if self.prior == "end-to-end-cold" else self.prior
+
+    def steps(self) -> tuple[int, int]:
+        """(VQ-VAE steps, steps of the last stage) that spend the budget."""
+        if self.prior == "end-to-end-cold":
+            return 0, round(self.budget / STEP_SECONDS["end-to-end"])
+        vqvae = 1000 * self.budget // 900
+        rest = self.budget - vqvae * STEP_SECONDS["vqvae"]
+        return vqvae, round(rest / STEP_SECONDS[self.variant])
+
+
+ROWS = [
+    *(Row(p, 900, 0) for p in ("end-to-end", "two-stage", "pixelcnn", "end-to-end-cold")),
+    *(Row(p, 900, s) for s in (1, 2) for p in ("end-to-end", "two-stage", "pixelcnn")),
+    *(Row(p, 3600, 0) for p in ("end-to-end", "two-stage", "pixelcnn")),
+]
+"""In the order they run: the first seed at 900 s, the other seeds, the long budget."""
+
+
+def train_command(row: Row, out: Path) -> list[str]:
+    vqvae, steps = row.steps()
+    return [
+        *("train", "fashion-mnist", "--preset", "small", "--variant", row.variant),
+        f"--vqvae-steps={vqvae}",
+        f"--steps={steps}",
+        *("--seed", str(row.seed), "--out", str(out / row.name), "--no-progress"),
+        *(
+            "--set",
+            f"train.eval_every={EVAL_EVERY}",
+            "--set",
+            f"train.heldout_items={HELDOUT_ITEMS}",
+        ),
+    ]
+
+
+def run_row(row: Row, args: argparse.Namespace) -> None:
+    """Train ``row`` (resuming a run cut short) and score its images; output to its log."""
+    out = Path(args.out)
+    run = out / row.name
+    train = train_command(row, out)
+    if (run / "metrics.json").is_file():
+        train = []
+    elif (run / "config.json").is_file():
+        train.append("--resume")
+    score = [sys.executable, __file__, "--score", str(run), "--items", str(args.items)]
+    lines = [shlex.join([sys.executable, "-m", "pbridge.cli", *train])] if train else []
+    lines.append(shlex.join(score))
+    env = {**os.environ, "OMP_NUM_THREADS": THREADS}
+    with (out / f"{row.name}.log").open("a") as log:
+        done = subprocess.run(
+            ["bash", "-c", "set -e; " + "; ".join(lines)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    if done.returncode:
+        raise RuntimeError(f"{row.name} failed: see {out / row.name}.log")
+
+
+def score_run(run: Path, items: int, chain_steps: int = 100) -> None:
+    """``run/paired_bits.pt``: bits/dim of each of the first ``items`` test images, ``(2,
+    items)``, two independent draws (:func:`paired_bound.bits_per_image`), seed 0."""
+    import pyro
+    from paired_bound import bits_per_image
+
+    from pbridge.data import load_images
+    from pbridge.inference.load import load_run
+
+    pyro.set_rng_seed(0)
+    loaded = load_run(run, device="cpu")
+    x = load_images(loaded.config.dataset, "test").as_float()[:items]
+    with pyro.validation_enabled(False):
+        scores = torch.stack([bits_per_image(loaded.variant, x, chain_steps) for _ in range(2)])
+    tmp = run / "paired_bits.pt.tmp"
+    torch.save(scores, tmp)
+    tmp.replace(run / "paired_bits.pt")
+
+
+def _paired(out: Path, a: Row, b: Row) -> tuple[float, float] | None:
+    files = [out / r.name / "paired_bits.pt" for r in (a, b)]
+    if not all(f.is_file() for f in files):
+        return None
+    diff = torch.load(files[0]).mean(0) - torch.load(files[1]).mean(0)
+    return float(diff.mean()), float(diff.std() / math.sqrt(len(diff)))
+
+
+def _comparisons(out: Path) -> list[tuple[Row, Row]]:
+    """The pairs to report: end to end minus two-stage and the better bridge minus the
+    PixelCNN per budget and seed, and the warm start against the cold one."""
+    pairs = []
+    for budget, seed in sorted({(r.budget, r.seed) for r in ROWS}):
+        e2e, two, pcnn = (Row(p, budget, seed) for p in ("end-to-end", "two-stage", "pixelcnn"))
+        pairs.append((e2e, two))
+        paired = _paired(out, e2e, two)
+        best = two if paired is not None and paired[0] > 0 else e2e
+        pairs.append((best, pcnn))
+        if Row("end-to-end-cold", budget, seed) in ROWS:
+            pairs.append((e2e, Row("end-to-end-cold", budget, seed)))
+    return pairs
+
+
+def tables(out: Path, items: int) -> str:
+    """The section of docs/results.md for the rows finished so far."""
+    import json
+
+    done = [r for r in ROWS if (out / r.name / "paired_bits.pt").is_file()]
+    lines = [
+        "## The two claims, row by row (benchmarks/claims.py)",
+        "",
+        f"Produced by `OMP_NUM_THREADS={THREADS} python benchmarks/claims.py --out {out}` "
+        f"(rows finished: {len(done)} of {len(ROWS)}; a row's commands are in its log). "
+        "Budget: seconds of one core at the measured step costs (VQ-VAE 0.167 s, PixelCNN "
+        "1.10 s, bridge on frozen codes 0.575 s, bridge end to end 0.605 s per step). "
+        f"Paired: the first {items} test images, each scored twice with independent draws "
+        "(bits/dim: their mean); test bits/dim: the run's own score on the first 2,000 test "
+        "images, EMA weights.",
+        "",
+        "| run | steps (VQ-VAE + last stage) | paired bits/dim | test bits/dim | codes used "
+        "| train time (s) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in done:
+        m = json.loads((out / r.name / "metrics.json").read_text())
+        bits = torch.load(out / r.name / "paired_bits.pt").mean(0)
+        vqvae, steps = r.steps()
+        lines.append(
+            f"| {r.name} | {vqvae} + {steps} | {float(bits.mean()):.3f} "
+            f"| {m['test_bits_per_dim']:.3f} ± {m['test_bits_per_dim_stderr']:.3f} "
+            f"| {m['codes_used']} | {m['train_seconds']:.0f} |"
+        )
+    lines.append("")
+    by_budget: dict[tuple[str, str, int], list[float]] = {}
+    for a, b in _comparisons(out):
+        paired = _paired(out, a, b)
+        if paired is None:
+            continue
+        lines.append(
+            f"Paired difference, {a.name} minus {b.name}, same images: "
+            f"{paired[0]:+.3f} ± {paired[1]:.3f} bits/dim."
+        )
+        lines.append("")
+        kind = (a.prior, "pixelcnn" if b.prior == "pixelcnn" else b.prior, a.budget)
+        by_budget.setdefault(kind, []).append(paired[0])
+    for (first, second, budget), diffs in by_budget.items():
+        if len(diffs) > 1:
+            mean = sum(diffs) / len(diffs)
+            sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+            lines.append(
+                f"Over {len(diffs)} seeds at {budget} s, {first} minus {second}: "
+                f"{', '.join(f'{d:+.3f}' for d in diffs)}; mean {mean:+.3f}, s.d. {sd:.3f} "
+                "bits/dim."
+            )
+            lines.append("")
+    if done:
+        lines += [f"![held-out bound against training]({Path(CURVE).relative_to('docs')})", ""]
+    return "\n".join(lines)
+
+
+def curve(out: Path, path: Path) -> None:
+    """Held-out bits/dim against training seconds and steps (both stages), one line per run."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_time, by_step) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for r in ROWS:
+        log = out / r.name / "train.csv"
+        if not (out / r.name / "paired_bits.pt").is_file() or not log.is_file():
+            continue
+        first = out / r.name / "vqvae_train.csv"
+        offset_s = offset_n = 0.0
+        if first.is_file():
+            with first.open() as f:
+                rows = list(csv.DictReader(f))
+            offset_s, offset_n = sum(float(x["seconds"]) for x in rows), len(rows)
+        with log.open() as f:
+            rows = list(csv.DictReader(f))
+        secs, steps, bits, total = [], [], [], offset_s
+        for x in rows:
+            total += float(x["seconds"])
+            if x.get("heldout_bits_per_dim"):
+                secs.append(total)
+                steps.append(offset_n + int(x["step"]))
+                bits.append(float(x["heldout_bits_per_dim"]))
+        style = "-" if r.seed == 0 else ":"
+        by_time.plot(secs, bits, style, marker="o", ms=3, label=r.name)
+        by_step.plot(steps, bits, style, marker="o", ms=3, label=r.name)
+    by_time.set_xlabel("training seconds (both stages, as measured)")
+    by_step.set_xlabel("SVI steps (both stages)")
+    by_time.set_ylabel(f"held-out bits/dim (first {HELDOUT_ITEMS} test images, EMA)")
+    by_step.legend(fontsize=7)
+    fig.suptitle("Fashion-MNIST: the held-out bound along training, every prior")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_docs(out: Path, results: Path, items: int, commit: bool) -> None:
+    text = results.read_text() if results.is_file() else ""
+    section = f"{BEGIN}\n{tables(out, items)}\n{END}"
+    if BEGIN in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    results.write_text(text)
+    curve(out, Path(CURVE))
+    if commit:
+        subprocess.run(["git", "add", str(results), CURVE], check=False)
+        subprocess.run(
+            [
+                "git",
+                "commit",
+                "-q",
+                "-m",
+                "docs/results.md: claims rows (benchmarks/claims.py)",
+                "--",
+                str(results),
+                CURVE,
+            ],
+            check=False,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/claims", help="folder of the runs")
+    parser.add_argument("--results", default="docs/results.md", help="Markdown file to update")
+    parser.add_argument("--items", type=int, default=500, help="test images paired")
+    parser.add_argument("--streams", type=int, default=2)
+    parser.add_argument("--no-commit", action="store_true")
+    parser.add_argument("--score", metavar="RUN", help="(internal) score one run's images")
+    args = parser.parse_args()
+    if args.score:
+        score_run(Path(args.score), args.items)
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in ROWS if not (out / r.name / "paired_bits.pt").is_file()]
+    lock, failures = threading.Lock(), []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                row = todo.pop(0)
+            print(f"{row.name}: started", flush=True)
+            try:
+                run_row(row, args)
+            except RuntimeError as err:
+                failures.append(str(err))
+                print(err, flush=True)
+                continue
+            with lock:
+                write_docs(out, Path(args.results), args.items, not args.no_commit)
+            print(f"{row.name}: done", flush=True)
+
+    threads = [threading.Thread(target=worker) for _ in range(args.streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise SystemExit("\n".join(failures))
+
+
+if __name__ == "__main__":
+    main()
