@@ -70,10 +70,12 @@ class Row:
 
 ROWS = [
     *(Row(p, 900, 0) for p in ("end-to-end", "two-stage", "pixelcnn", "end-to-end-cold")),
-    *(Row(p, 900, s) for s in (1, 2) for p in ("end-to-end", "two-stage", "pixelcnn")),
+    *(Row(p, 900, s) for s in (1, 2) for p in ("end-to-end", "two-stage")),
+    *(Row("pixelcnn", 900, s) for s in (1, 2)),
     *(Row(p, 3600, 0) for p in ("end-to-end", "two-stage", "pixelcnn")),
 ]
-"""In the order they run: the first seed at 900 s, the other seeds, the long budget."""
+"""In the order they run: the first seed at 900 s, the bridges' other seeds, the PixelCNN's,
+the long budget."""
 
 
 def train_command(row: Row, out: Path) -> list[str]:

@@ -234,6 +234,21 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
             torch.where(known[..., None], one_hot, probs),
         )
 
+    @torch.no_grad()
+    def code_bound_per_cell(
+        self, indices: torch.Tensor, strata: int = 100, network: nn.Module | None = None
+    ) -> torch.Tensor:
+        """Every cell's share of the tight bound (13) on log p(k) of the codes ``indices: (B,
+        *cells)``, ``(B, *cells)`` nats, one draw with the read-out and ``strata`` stratified
+        steps per item; the shares add up to the bound. Summed over hidden cells M, a lower
+        bound on log p(k_M | k_O) of the model that :meth:`inpaint` samples with the ancestral
+        chain (docs/maths.md s. 7). Tight formulation only. ``network`` as in
+        :meth:`chain_denoiser`."""
+        if not self.settings.tight:
+            raise ValueError("per-cell bounds are those of the tight formulation")
+        prior = self.prior(indices.shape[0], network).with_options(strata=strata)
+        return prior.cell_log_prob(gather_codes(indices, self.codebook()))
+
     # ------------------------------------------------------------------ Pyro programs
     def _chain_end_sites(
         self, batch_size: int, like: torch.Tensor, network: nn.Module

@@ -448,24 +448,36 @@ class BridgeCodePrior(TorchDistribution):
         """The code index ``(B, *cells)`` of every cell of a value ``(B, d, *cells)``."""
         return code_indices(value, self.head.codebook())
 
-    def step_terms(
+    def cell_terms(
         self, k: torch.Tensor, t: torch.Tensor, eps: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The bound's term of step t per item and the head's cross-entropy there, ``(B,)`` each.
+        """The bound's term of step t at every cell and the head's cross-entropy there,
+        ``(B, *cells)`` each.
 
         ``k: (B, *cells)`` codes, ``t: (B,)`` in 1..T, z^t = mean of q(z^t | k) +
-        sqrt(sigma2 (1 - abar_t)) ``eps`` (drawn when not given). t = 1: the negative read-out
-        log-probability; t >= 2: 0.5 (SNR_{t-1} - SNR_t) / sigma2 ||e_k - z0_hat||^2.
+        sqrt(sigma2 (1 - abar_t)) ``eps`` (drawn when not given), the whole grid at once. t = 1:
+        the negative read-out log-probability of the cell's code; t >= 2: 0.5 (SNR_{t-1} -
+        SNR_t) / sigma2 ||e_k - z0_hat(z^t, t)||^2 of the cell (docs/maths.md (12)).
         """
         schedule, codes = self.head.schedule, self.head.codebook()
         e_k = gather_codes(k, codes)
         mean, var = schedule.marginal(e_k, t)
         eps = torch.randn_like(e_k) if eps is None else eps
         logits = self.head.logits(mean + var.sqrt() * eps, t)
-        cross_entropy = -logits.log_softmax(-1).gather(-1, k.unsqueeze(-1)).flatten(1).sum(-1)
-        sq_err = (e_k - mean_code(logits, codes)).pow(2).flatten(1).sum(-1)
+        cross_entropy = -logits.log_softmax(-1).gather(-1, k.unsqueeze(-1)).squeeze(-1)
+        sq_err = (e_k - mean_code(logits, codes)).pow(2).sum(1)
         weight = schedule.code_step_weight(t.clamp_min(2).cpu()).to(sq_err)
-        return torch.where(t == 1, cross_entropy, weight * sq_err), cross_entropy
+        cells = (-1,) + (1,) * (k.dim() - 1)
+        first = (t == 1).view(cells)
+        return torch.where(first, cross_entropy, weight.view(cells) * sq_err), cross_entropy
+
+    def step_terms(
+        self, k: torch.Tensor, t: torch.Tensor, eps: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`cell_terms` summed over the cells: the bound's term of step t per item and the
+        head's cross-entropy there, ``(B,)`` each."""
+        terms, cross_entropy = self.cell_terms(k, t, eps)
+        return terms.flatten(1).sum(-1), cross_entropy.flatten(1).sum(-1)
 
     def _draw_steps(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         T = self.head.schedule.num_steps
@@ -480,20 +492,39 @@ class BridgeCodePrior(TorchDistribution):
         t = torch.multinomial(q, batch, replacement=True)[:, None] + 1
         return t, 1.0 / q[t - 1]
 
+    def _estimate(self, k: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every cell's share of the bound, ``(B, *cells)``, from the steps ``t: (B, n)`` of
+        :meth:`_draw_steps` (returned with the terms ``(B, n, *cells)`` and the cross-entropies
+        of the head there, ``(B, n, *cells)``)."""
+        t, weight = self._draw_steps(k.shape[0], k.device)
+        n = t.shape[1]
+        terms, cross_entropy = self.cell_terms(k.repeat_interleave(n, 0), t.flatten())
+        terms = terms.view(k.shape[0], n, *k.shape[1:])
+        cross_entropy = cross_entropy.view_as(terms)
+        weight = weight.to(terms).view(*t.shape, *(1,) * (k.dim() - 1))
+        e_k = gather_codes(k, self.head.codebook())
+        cells = -self.head.schedule.prior_kl(e_k, per_cell=True) - (weight * terms).sum(1)
+        return cells, t, terms, cross_entropy
+
+    def cell_log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Every cell's share of :meth:`log_prob`'s estimate, ``(B, *cells)`` (its sum over the
+        cells is ``log_prob``'s value): the cell's read-out, L_T and step terms, all at the
+        whole grid's z^t ~ q(z^t | k). Summed over a set M of cells, an unbiased estimate of a
+        lower bound on log p(k_M | k_O) of the inpainting model that holds the other cells O
+        (docs/maths.md s. 7)."""
+        if self._validate_args:
+            self._validate_sample(value)
+        return self._estimate(self.indices(value))[0]
+
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        k = self.indices(value)
-        t, weight = self._draw_steps(k.shape[0], k.device)
-        n = t.shape[1]
-        terms, cross_entropy = self.step_terms(k.repeat_interleave(n, 0), t.flatten())
-        terms, weight = terms.view(-1, n), weight.to(terms)
-        e_k = gather_codes(k, self.head.codebook())
-        bound = -self.head.schedule.prior_kl(e_k) - (weight * terms).sum(-1)
+        cells, t, terms, cross_entropy = self._estimate(self.indices(value))
+        bound = cells.flatten(1).sum(-1)
         if torch.is_grad_enabled() and self.tracker is not None and self.strata is None:
-            self.tracker.update(t.flatten(), terms.detach().flatten())
+            self.tracker.update(t.flatten(), terms.detach().flatten(2).sum(-1).flatten())
         if torch.is_grad_enabled() and self.aux_weight > 0:
-            aux = self.aux_weight * cross_entropy.view(-1, n).sum(-1)
+            aux = self.aux_weight * cross_entropy.flatten(1).sum(-1)
             bound = bound - (aux - aux.detach())
         return bound
 

@@ -12,7 +12,13 @@ latent grid from the visible codes (docs/evaluation.md).
   most log2(K / f) bits.
 
 - Exact, for the PixelCNN: ``-(1 / |P|) sum_{i in P} log2 p(k_i | k_<i)`` with the true codes
-  everywhere (teacher forcing in raster order).
+  everywhere (teacher forcing in raster order): it conditions on the cells before each patch
+  cell in raster order only.
+
+- Conditional bound, for the tight bridge: ``-(1 / |P|) sum_{i in P} b_i / log 2`` with b_i the
+  cell's share of the bound on log p(k) (``code_bound_per_cell``): a lower bound on log p(k_P |
+  k_O) of the model the inpainting sampler draws from, which conditions on every visible cell
+  (docs/maths.md s. 7).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import math
 
 import torch
 
-__all__ = ["central_patch", "patch_bits_monte_carlo", "patch_bits_autoregressive"]
+__all__ = ["central_patch", "patch_bits_monte_carlo", "patch_bits"]
 
 PAPER_FRACTION = 36 / 256  # a 6 x 6 patch of the 16 x 16 CIFAR-10 grid
 
@@ -67,7 +73,8 @@ def patch_bits_monte_carlo(
     return -p_true[:, patch].double().log2().mean(-1)
 
 
-def patch_bits_autoregressive(log_prob_per_cell: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
-    """Per-item bits per hidden cell from the exact conditionals ``log p(k_c | k_<c)`` of an
-    autoregressive prior, ``(B, H, W)`` in nats -> ``(B,)``."""
+def patch_bits(log_prob_per_cell: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
+    """Per-item bits per hidden cell from per-cell log-probabilities ``(B, H, W)`` in nats (the
+    exact conditionals ``log p(k_c | k_<c)`` of an autoregressive prior, or the per-cell shares
+    of a bound) -> ``(B,)``."""
     return -log_prob_per_cell[:, patch].double().mean(-1) / math.log(2)

@@ -267,14 +267,16 @@ class OUSchedule:
             return out
         raise ValueError(f"model_variance must be 'beta' or 'beta_tilde', got {model_variance!r}")
 
-    def prior_kl(self, z0: torch.Tensor) -> torch.Tensor:
-        """L_T = KL(q(z^T | z^0) || N(z*, sigma2 I)) summed over event dims, shape ``(B,)``.
+    def prior_kl(self, z0: torch.Tensor, per_cell: bool = False) -> torch.Tensor:
+        """L_T = KL(q(z^T | z^0) || N(z*, sigma2 I)) of ``z0: (B, d, *cells)``, summed over
+        the event dims, ``(B,)``, or with ``per_cell`` over the d coordinates of each cell only,
+        ``(B, *cells)``.
 
         Per coordinate: 0.5 (abar_T (z^0 - z*)^2 / sigma2 - abar_T - log(1 - abar_T)).
         """
         abar = float(self._abar[-1])
         per_coord = 0.5 * (abar * (z0 - self.z_star) ** 2 / self.sigma2 - abar - math.log1p(-abar))
-        return per_coord.flatten(1).sum(-1)
+        return per_coord.sum(1) if per_cell else per_coord.flatten(1).sum(-1)
 
     def sde(self) -> OUSDE:
         """The same process as a torchsde SDE object."""

@@ -149,6 +149,14 @@ class BridgeChain(Inpaints, Protocol):
         """:meth:`Inpaints.inpaint` with the backward chain drawn by ``sampler``."""
         ...
 
+    def code_bound_per_cell(
+        self, indices: torch.Tensor, strata: int = 100, network: nn.Module | None = None
+    ) -> torch.Tensor:
+        """Every cell's share ``(B, *cells)`` of the tight bound on log p(k) of ``indices: (B,
+        *cells)``; summed over hidden cells, a bound on the inpainting model's
+        log p(k_M | k_O) (docs/maths.md s. 7)."""
+        ...
+
 
 @runtime_checkable
 class TakesLabels(Variant, Protocol):

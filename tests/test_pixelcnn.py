@@ -13,7 +13,7 @@ from pyro import poutine
 from pbridge.config import image_preset
 from pbridge.data import load_images
 from pbridge.inference.images import test_bits_per_dim as bits_per_dim_of
-from pbridge.masked_patch import central_patch, patch_bits_autoregressive
+from pbridge.masked_patch import central_patch, patch_bits
 from pbridge.models.builders import build_image_model
 from pbridge.pixelcnn import GatedPixelCNN
 
@@ -59,7 +59,7 @@ def test_one_pass_likelihood_equals_the_cell_by_cell_conditionals(float64):
     patch = torch.zeros(4, 5, dtype=torch.bool)
     patch[1:3, 1:4] = True
     by_cell = -cells[:, patch].sum(-1) / (6 * math.log(2))
-    torch.testing.assert_close(patch_bits_autoregressive(one_pass, patch), by_cell.double())
+    torch.testing.assert_close(patch_bits(one_pass, patch), by_cell.double())
 
 
 def test_inpainting_keeps_known_cells_and_reports_the_conditionals(float64):
