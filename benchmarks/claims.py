@@ -35,6 +35,7 @@ import torch
 
 THREADS = os.environ.get("OMP_NUM_THREADS", "1")
 HELDOUT_ITEMS = 1000
+PATCH_ITEMS = 64
 EVAL_EVERY = 250
 BEGIN, END = "<!-- claims: begin -->", "<!-- claims: end -->"
 CURVE = "docs/images/claims-curve.png"
@@ -119,19 +120,35 @@ def run_row(row: Row, args: argparse.Namespace) -> None:
 
 
 def score_run(run: Path, items: int, chain_steps: int = 100) -> None:
-    """``run/paired_bits.pt``: bits/dim of each of the first ``items`` test images, ``(2,
-    items)``, two independent draws (:func:`paired_bound.bits_per_image`), seed 0."""
+    """``run/patch.json``: the masked-patch figures of ``pbridge evaluate`` on the first
+    :data:`PATCH_ITEMS` test images (bridges: completions by 100 respaced steps); then
+    ``run/paired_bits.pt``: bits/dim of each of the first ``items`` test images, ``(2,
+    items)``, two independent draws (:func:`paired_bound.bits_per_image`). Seed 0."""
+    import json
+
     import pyro
     from paired_bound import bits_per_image
 
     from pbridge.data import load_images
+    from pbridge.inference.evaluate import EvalSettings, masked_patch_scores
     from pbridge.inference.load import load_run
+    from pbridge.samplers import ANCESTRAL, SamplerSettings
+    from pbridge.variant import BridgeChain
 
     pyro.set_rng_seed(0)
     loaded = load_run(run, device="cpu")
+    variant = loaded.variant
     x = load_images(loaded.config.dataset, "test").as_float()[:items]
+    sampler = ANCESTRAL  # the PixelCNN's and the VQ-VAE's own way
+    if isinstance(variant, BridgeChain):
+        sampler = SamplerSettings("respaced", sample_steps=min(100, variant.schedule.num_steps))
+    settings = EvalSettings(chain_steps=chain_steps, patch_items=PATCH_ITEMS)
     with pyro.validation_enabled(False):
-        scores = torch.stack([bits_per_image(loaded.variant, x, chain_steps) for _ in range(2)])
+        patch = masked_patch_scores(
+            variant, x[:PATCH_ITEMS], settings, sampler, run / "inpainting.png"
+        )
+        (run / "patch.json").write_text(json.dumps(patch, indent=2))
+        scores = torch.stack([bits_per_image(variant, x, chain_steps) for _ in range(2)])
     tmp = run / "paired_bits.pt.tmp"
     torch.save(scores, tmp)
     tmp.replace(run / "paired_bits.pt")
@@ -158,6 +175,35 @@ def _comparisons(out: Path) -> list[tuple[Row, Row]]:
         if Row("end-to-end-cold", budget, seed) in ROWS:
             pairs.append((e2e, Row("end-to-end-cold", budget, seed)))
     return pairs
+
+
+def _patch_table(out: Path, done: list[Row]) -> list[str]:
+    """Masked-patch bits per cell of every finished row, each figure named by what it
+    conditions on."""
+    import json
+
+    lines = [
+        f"Masked patch (the central 5 x 5 of the 14 x 14 code grid, the first {PATCH_ITEMS} test "
+        "images; bits per hidden cell; a uniform prior over the 128 codes: 7.00):",
+        "",
+        "| run | Monte Carlo, 4 completions (given the visible cells; floor 0.01) "
+        "| exact (given the cells before it in raster order) "
+        "| conditional bound (given the visible cells) |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in done:
+        m = json.loads((out / r.name / "patch.json").read_text())
+
+        def cell(key: str, m: dict = m) -> str:
+            value = m.get(key)
+            return "n/a" if value is None else f"{value:.2f} ± {m[key + '_stderr']:.2f}"
+
+        lines.append(
+            f"| {r.name} | {cell('masked_patch_bits_per_cell')} "
+            f"| {cell('masked_patch_bits_per_cell_exact')} "
+            f"| {cell('masked_patch_conditional_bound_bits_per_cell')} |"
+        )
+    return [*lines, ""]
 
 
 def tables(out: Path, items: int) -> str:
@@ -190,6 +236,7 @@ def tables(out: Path, items: int) -> str:
             f"| {m['codes_used']} | {m['train_seconds']:.0f} |"
         )
     lines.append("")
+    lines += _patch_table(out, done)
     by_budget: dict[tuple[str, str, int], list[float]] = {}
     for a, b in _comparisons(out):
         paired = _paired(out, a, b)

@@ -51,7 +51,13 @@ from .progress import QUIET, Progress
 from .run_dir import run_kind
 from .sampling import check_sampler, draw_steps, sample_posterior, sample_prior
 
-__all__ = ["EvalSettings", "evaluate_run", "results_table", "chain_bits_by_step"]
+__all__ = [
+    "EvalSettings",
+    "evaluate_run",
+    "results_table",
+    "chain_bits_by_step",
+    "masked_patch_scores",
+]
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,7 @@ def _inpaint(
 
 
 @torch.no_grad()
-def _masked_patch(
+def masked_patch_scores(
     variant,
     x: torch.Tensor,
     settings: EvalSettings,
@@ -138,9 +144,14 @@ def _masked_patch(
     out: Path,
     progress: Progress = QUIET,
 ) -> dict:
-    """Masked-patch bits per latent cell of the items ``x`` and ``inpainting.png`` (``out``),
-    for a variant that inpaints (:class:`~pbridge.variant.Inpaints`); for another, ``None``
-    and a note saying why. ``progress`` shows each draw's steps (:func:`.sampling.draw_steps`)."""
+    """Masked-patch bits per latent cell of the items ``x`` (the central patch of their codes)
+    and ``inpainting.png`` (``out``), for a variant that inpaints
+    (:class:`~pbridge.variant.Inpaints`): the Monte Carlo figure of ``settings.patch_draws``
+    completions by ``sampler`` (given the visible cells), the PixelCNN's exact figure (given the
+    cells before the patch in raster order) and the tight bridge's conditional bound (given the
+    visible cells, ``settings.chain_steps`` strata; docs/maths.md s. 7). For another variant,
+    ``None`` and a note saying why. ``progress`` shows each draw's steps
+    (:func:`.sampling.draw_steps`)."""
     if not isinstance(variant, Inpaints):
         return {
             "masked_patch_bits_per_cell": None,
@@ -316,7 +327,7 @@ def evaluate_run(
             f"{settings.patch_draws} draws each"
         )
         picture = run / "inpainting.png"
-        result.update(_masked_patch(variant, patch_x, settings, sampler, picture, progress))
+        result.update(masked_patch_scores(variant, patch_x, settings, sampler, picture, progress))
         timings["masked_patch"] = time.perf_counter() - start
 
         progress.stage(f"drawing {settings.fd_draws} x {settings.num_samples:,} samples")

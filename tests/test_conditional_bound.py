@@ -5,6 +5,7 @@ trained case, Markov walks, is in tests/test_tight_bound.py.)"""
 import math
 
 import torch
+from test_tight_bound import ConstantCorrection
 
 from pbridge.bridge_prior import BridgeCodePrior, stratified_steps
 from pbridge.code_head import CodeHead
@@ -13,15 +14,16 @@ from pbridge.masked_patch import patch_bits
 from pbridge.networks import ResidualMLPDenoiser
 from pbridge.ou_bridge import OUSchedule, image_schedule
 
-from test_tight_bound import ConstantCorrection
-
 SCHEDULE = OUSchedule(
     theta=1.0, eta2=2.0, z_star=0.3, deltas=torch.tensor([0.1, 0.2, 0.15, 0.3], dtype=torch.float64)
 )
 """sigma2 = eta2 / (2 theta) = 1 would hide a dropped 1 / sigma2: here it is 1, so the context
 tests below also run on a schedule with sigma2 = 0.25 (:data:`NARROW`)."""
 NARROW = OUSchedule(
-    theta=2.0, eta2=1.0, z_star=-0.2, deltas=torch.tensor([0.1, 0.2, 0.15, 0.3], dtype=torch.float64)
+    theta=2.0,
+    eta2=1.0,
+    z_star=-0.2,
+    deltas=torch.tensor([0.1, 0.2, 0.15, 0.3], dtype=torch.float64),
 )
 
 
