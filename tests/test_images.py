@@ -23,7 +23,8 @@ from pbridge.ou_bridge import image_schedule
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits")
-    assert main(["train", "digits", "--steps", "100", "--out", str(out), "--no-progress"]) == 0
+    argv = ["train", "digits", "--steps", "100", "--vqvae-steps", "20", "--out", str(out)]
+    assert main([*argv, "--no-progress"]) == 0
     return out
 
 

@@ -277,7 +277,8 @@ def test_same_seed_same_bits_and_the_run_records_its_environment(tmp_path):
     runs = []
     for name in ("a", "b"):
         out = tmp_path / name
-        assert main(["train", "digits", "--steps", "3", "--out", str(out), "--no-progress"]) == 0
+        argv = ["train", "digits", "--steps", "3", "--vqvae-steps", "3", "--out", str(out)]
+        assert main([*argv, "--no-progress"]) == 0
         runs.append(load_checkpoint(out / "checkpoint.pt"))
     for key, value in runs[0]["model"].items():
         assert torch.equal(value, runs[1]["model"][key]), key
