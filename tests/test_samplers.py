@@ -499,3 +499,74 @@ def test_bad_input_raises(kwargs, match, float64):
         kwargs["known"] = known[kwargs["known"]]
     with pytest.raises((ValueError, TypeError), match=match):
         reverse_sample(schedule, lambda z, t: torch.zeros_like(z), z_T, **kwargs)
+
+
+class RecordingDenoiser(nn.Module):
+    """``denoiser`` unchanged, keeping ``(t, z^t)`` of every call (what the chain fed it)."""
+
+    def __init__(self, denoiser) -> None:
+        super().__init__()
+        self.denoiser, self.seen = denoiser, []
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.seen.append((t.clone(), z_t.clone()))
+        return self.denoiser(z_t, t)
+
+
+@pytest.mark.parametrize("name", list(INPAINT))
+def test_inpainting_draws_known_cells_from_the_forward_marginal(name, float64):
+    """Wherever the chain evaluates the denoiser, at time t, the known cells hold a draw of
+    q(z^t | z0_known) = N(z* + sqrt(abar_t)(z0_known - z*), sigma2 (1 - abar_t)) (eq. 3):
+    standardised, mean 0 and variance 1 within 5 standard errors at every evaluation (toy
+    schedule: sigma2 = 0.0025, z* = 0.3; a variance without sigma2 is 400 times too wide)."""
+    schedule, m, c2 = gaussian_data("toy")
+    sampler = INPAINT[name]
+    n = 2000
+    recorder = RecordingDenoiser(GaussianOracle(schedule, m, c2))
+    z0_known = start_draws(schedule, m, c2, n)
+    mask = torch.zeros(n, 1, 3, dtype=torch.bool)
+    mask[:, :, 0] = True
+    gen = torch.Generator().manual_seed(4)
+    z_T = start_draws(schedule, m, c2, n, gen)
+    reverse_sample(schedule, recorder, z_T, sampler, known=(z0_known, mask), generator=gen)
+    assert len(recorder.seen) >= 20
+    zs, se = schedule.z_star, 1 / math.sqrt(2 * n)
+    for t, z in recorder.seen:
+        abar = schedule.abar_at(t, z)
+        mean = zs + abar.sqrt() * (z0_known - zs)
+        u = ((z - mean) / (schedule.sigma2 * (1 - abar)).sqrt())[:, :, 0]
+        assert abs(float(u.mean())) < 5 * se, float(t[0])
+        assert abs(float(u.var()) - 1) < 5 * math.sqrt(2) * se, float(t[0])
+
+
+END_SAMPLERS = {
+    "ancestral": SamplerSettings(),
+    "respaced": SamplerSettings("respaced", 10),
+    "respaced_eta0": SamplerSettings("respaced", 10, ddim_eta=0.0),
+    "sde": SamplerSettings("sde", 20),
+    "ode": SamplerSettings("ode", 20),
+}
+
+
+@pytest.mark.parametrize("to_time", [0, 1], ids=["to_z0", "to_z1"])
+@pytest.mark.parametrize("name", list(END_SAMPLERS))
+def test_the_chain_ends_at_to_time(name, to_time, float64):
+    """``to_time = 1`` (the tight chain): no denoiser evaluation at t <= 1 (the step to z^0 is
+    not taken) and, for the ancestral chain, ``record`` last sees t = 1; ``to_time = 0``: the
+    last evaluation is at t = 1 and the ancestral chain records t = 0 last."""
+    schedule, m, c2 = gaussian_data("toy")
+    sampler = END_SAMPLERS[name]
+    recorder = RecordingDenoiser(GaussianOracle(schedule, m, c2))
+    recorded = []
+    kw = {"record": lambda t, z: recorded.append(t)} if name == "ancestral" else {}
+    gen = torch.Generator().manual_seed(0)
+    z_T = start_draws(schedule, m, c2, 8, gen)
+    out = reverse_sample(schedule, recorder, z_T, sampler, generator=gen, to_time=to_time, **kw)
+    times = [float(t[0]) for t, _ in recorder.seen]
+    assert out.shape == z_T.shape and torch.isfinite(out).all()
+    if to_time == 1:
+        assert min(times) > 1 + 1e-9, min(times)
+    else:
+        assert times[-1] == 1.0
+    if name == "ancestral":
+        assert recorded == list(range(schedule.num_steps - 1, to_time - 1, -1))
