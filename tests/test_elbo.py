@@ -17,6 +17,7 @@ from pbridge.config import BridgeSettings
 from pbridge.models.bridge_vqvae import DiffusionBridgeVQVAE
 from pbridge.networks import NormalDecoder, PointwiseMLP, ResidualMLPDenoiser
 from pbridge.ou_bridge import OUSchedule
+from pbridge.samplers import SamplerSettings
 
 SCHEDULE = OUSchedule(
     theta=1.0, eta2=2.0, z_star=0.3, deltas=torch.tensor([0.1, 0.2, 0.15, 0.3], dtype=torch.float64)
@@ -104,7 +105,7 @@ def _elbo_batches(variant, x, batches, strata=None):
 @pytest.mark.parametrize(
     "settings",
     [
-        dict(formulation="paper"),
+        dict(formulation="paper", t_sampling="uniform"),
         dict(formulation="paper", t_sampling="importance", model_variance="beta"),
         dict(formulation="paper", tau_q=0.3),
         dict(formulation="tight"),
@@ -273,3 +274,38 @@ def test_elbo_per_item_sums_to_the_bound_of_the_same_draw(formulation, float64):
     assert per_item.shape == (16,)
     assert math.isclose(float(per_item.mean()), elbo, rel_tol=1e-9, abs_tol=1e-9)
     assert per_item.std() > 0  # items differ: not one figure spread over the batch
+
+
+CHAIN_SAMPLERS = {
+    "ancestral": SamplerSettings(),
+    "respaced": SamplerSettings("respaced", 3),
+    "respaced-eta0": SamplerSettings("respaced", 3, ddim_eta=0.0),
+    "sde": SamplerSettings("sde", 6),
+    "ode": SamplerSettings("ode", 6),
+}
+
+
+@pytest.mark.parametrize("formulation", ["tight", "paper"])
+@pytest.mark.parametrize("name", list(CHAIN_SAMPLERS))
+def test_prior_draws_end_the_chain_at_z1_in_the_tight_formulation(name, formulation, float64):
+    """Tight: every sampler stops the chain at z^1, so the network is evaluated at t = 1 only by
+    the read-out (its two self-conditioning passes, last); the ancestral chain's ``record``
+    ends at t = 1. Paper: the chain runs to z^0, its last evaluation at t = 1, recorded t = 0."""
+    variant = small_variant(formulation)
+    sampler = CHAIN_SAMPLERS[name]
+    times = []
+    variant.denoiser.register_forward_hook(
+        lambda module, args, out: times.append(float(args[1].double().max()))
+    )
+    with torch.no_grad():
+        drawn = variant.prior(8).with_options(sampler=sampler).sample()
+    assert drawn.shape == (8, 2, 2) and torch.isfinite(drawn).all()
+    if formulation == "tight":
+        assert [t for t in times if t <= 1] == times[-2:] == [1.0, 1.0], times
+    else:
+        assert times[-1] == 1.0 and min(times[:-1]) > 1, times
+    if name == "ancestral":
+        recorded = []
+        z_T = SCHEDULE.stationary_draw(torch.zeros(8, 2, 2))
+        variant.draw_chain(z_T, sampler, record=lambda t, z: recorded.append(t))
+        assert recorded == [3, 2, 1] + ([] if formulation == "tight" else [0])
