@@ -22,6 +22,13 @@ from pbridge.samplers import SamplerSettings
 SCHEDULE = OUSchedule(
     theta=1.0, eta2=2.0, z_star=0.3, deltas=torch.tensor([0.1, 0.2, 0.15, 0.3], dtype=torch.float64)
 )
+# sigma2 = 1 above hides a dropped sigma2; this one has sigma2 = 0.25 and z* = -0.4.
+SCHEDULE_S2 = OUSchedule(
+    theta=2.0,
+    eta2=1.0,
+    z_star=-0.4,
+    deltas=torch.tensor([0.05, 0.1, 0.08, 0.15], dtype=torch.float64),
+)
 
 
 def small_denoiser(event=(2, 3)):
@@ -62,22 +69,25 @@ def small_variant(formulation="paper", **settings) -> DiffusionBridgeVQVAE:
     ).double()
 
 
+@pytest.mark.parametrize("sigma2", [1.0, 0.25], ids=["sigma2=1", "sigma2=0.25"])
 @pytest.mark.parametrize("variance", ["beta_tilde", "beta"])
 @pytest.mark.parametrize("t", [1, 2, 4])
-def test_step_term_is_the_gaussian_kl(variance, t, float64):
+def test_step_term_is_the_gaussian_kl(variance, t, sigma2, float64):
     """w_t ||eps - eps_theta||^2 + c_t equals KL(q(z^{t-1}|z^t,z^0) || p_theta(z^{t-1}|z^t))
     from torch.distributions (t >= 2), and -log p_theta(z^0 | z^1) at t = 1."""
+    schedule = SCHEDULE if sigma2 == 1.0 else SCHEDULE_S2
+    assert schedule.sigma2 == sigma2
     denoiser = small_denoiser()
-    prior = DiffusionPrior(SCHEDULE, denoiser, (2, 3), 5, model_variance=variance)
+    prior = DiffusionPrior(schedule, denoiser, (2, 3), 5, model_variance=variance)
     z0, eps = torch.randn(5, 2, 3), torch.randn(5, 2, 3)
     tt = torch.full((5,), t)
-    mean, var = SCHEDULE.marginal(z0, tt)
+    mean, var = schedule.marginal(z0, tt)
     z_t = mean + var.sqrt() * eps
-    p_mean, p_var = reverse_step(SCHEDULE, denoiser, z_t, tt, variance)
+    p_mean, p_var = reverse_step(schedule, denoiser, z_t, tt, variance)
     if t == 1:
         ref = -Normal(p_mean, p_var.sqrt()).log_prob(z0)
     else:
-        q_mean, q_var = SCHEDULE.posterior(z_t, z0, tt)
+        q_mean, q_var = schedule.posterior(z_t, z0, tt)
         ref = kl_divergence(Normal(q_mean, q_var.sqrt()), Normal(p_mean, p_var.sqrt()))
     assert torch.allclose(prior.step_terms(z0, tt, eps), ref.flatten(1).sum(-1))
 
