@@ -213,6 +213,7 @@ def deterministic_law(schedule, denoiser, m, c2, sampler):
     return out[0], (out[1] - out[0]) ** 2 * (a * c2 + schedule.sigma2 * (1 - a))
 
 
+@pytest.mark.parametrize("data", list(DATA))
 @pytest.mark.parametrize(
     "sampler, tol_mean, tol_var",
     [
@@ -220,15 +221,18 @@ def deterministic_law(schedule, denoiser, m, c2, sampler):
         (SamplerSettings("ode", 50, method="midpoint"), 0.004, 0.01),
         (SamplerSettings("ode", method="midpoint"), 0.004, 0.01),
         (SamplerSettings("ode"), 0.03, 0.05),
-        (SamplerSettings("respaced", 1000, ddim_eta=0.0), 0.001, 0.01),
+        (SamplerSettings("respaced", ddim_eta=0.0), 0.001, {"image": 0.01, "toy": 0.03}),
     ],
-    ids=["heun50", "midpoint50", "midpoint_adaptive", "euler_adaptive", "ddim1000"],
+    ids=["heun50", "midpoint50", "midpoint_adaptive", "euler_adaptive", "ddim_all_steps"],
 )
-def test_deterministic_samplers_recover_the_data_law(sampler, tol_mean, tol_var, float64):
+def test_deterministic_samplers_recover_the_data_law(sampler, tol_mean, tol_var, data, float64):
     """Second-order ODE solvers and all-step DDIM: the exact output law is within a few % of
-    N(m, c2) (image preset, where the final z0_hat shrinks the variance by < 1e-4)."""
-    schedule, m, c2 = gaussian_data("image")
+    N(m, c2) (image preset, where the final z0_hat shrinks the variance by < 1e-4; the toy
+    schedule, sigma2 = 0.0025 and z* = 0.3, where it shrinks it by about 2%: measured 0.019
+    for DDIM)."""
+    schedule, m, c2 = gaussian_data(data)
     mean, var = deterministic_law(schedule, GaussianOracle(schedule, m, c2), m, c2, sampler)
+    tol_var = tol_var[data] if isinstance(tol_var, dict) else tol_var
     assert ((mean - m) / c2.sqrt()).abs().max() < tol_mean
     assert (var / c2 - 1).abs().max() < tol_var
 
@@ -252,17 +256,19 @@ def test_respaced_with_all_steps_is_the_ancestral_chain(known, float64):
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("data", list(DATA))
 @pytest.mark.parametrize(
     "method, steps, tol",
-    [("euler", 500, 6e-2), ("heun", 100, 5e-4), ("midpoint", 100, 2e-4)],
+    [("euler", 500, 8e-2), ("heun", 100, 5e-4), ("midpoint", 100, 2e-4)],
     ids=["euler500", "heun100", "midpoint100"],
 )
-def test_ode_round_trip(method, steps, tol, float64):
+def test_ode_round_trip(method, steps, tol, data, float64):
     """encode_ode then the reverse ODE gives z^0 back up to the solvers' errors (in units of c;
-    measured 4.9e-2, 2.0e-4, 6e-5). The target is z^0 shrunk by the final z0_hat,
+    measured 4.9e-2, 2.0e-4, 6e-5 on the image schedule, 6.1e-2, 4e-5, 5e-5 on the toy one).
+    The target is z^0 shrunk by the final z0_hat,
     E[z^0 | z^1 = z* + sqrt(abar_1)(z^0 - z*)] = m + abar_1 c2 / (abar_1 c2 + b2) (z^0 - m)
-    with b2 = sigma2 (1 - abar_1): a relative shrinkage of about 2e-4 here."""
-    schedule, m, c2 = gaussian_data("image")
+    with b2 = sigma2 (1 - abar_1): a relative shrinkage of about 2e-4 (image) or 2e-3 (toy)."""
+    schedule, m, c2 = gaussian_data(data)
     oracle = GaussianOracle(schedule, m, c2)
     z0 = m + c2.sqrt() * torch.randn(256, 2, 3)
     ode = SamplerSettings("ode", steps, method=method)
