@@ -211,3 +211,54 @@ def test_version_prints_the_package_version(capsys):
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"pbridge {metadata.version('pbridge')}"
+
+
+# flag and value -> its setting, the value it must give, a different value in a --config file;
+# falsy values where the flag allows them (a flag taken only ``if value:`` is lost over a file).
+FLAG_TABLE = {
+    "steps": (["--steps", "5"], "train.steps", 5, 9),
+    "seed-0": (["--seed", "0"], "train.seed", 0, 3),
+    "lr": (["--lr", "0.003"], "train.lr", 0.003, 0.0005),
+    "batch-size": (["--batch-size", "4"], "train.batch_size", 4, 8),
+    "latent-warmup-0": (["--latent-warmup", "0"], "train.latent_warmup", 0, 10),
+    "autocast": (["--autocast"], "train.autocast", True, False),
+    "preset": (["--preset", "small"], "preset", "small", "paper"),
+    "variant": (["--variant", "two-stage"], "variant", "two-stage", "pixelcnn"),
+    "codebook": (["--codebook", "gradient"], "vqvae_codebook", "gradient", "ema"),
+    "restart-dead-codes": (["--restart-dead-codes", "0.5"], "restart_dead_codes", 0.5, 2.0),
+    "vqvae-steps-0": (["--vqvae-steps", "0"], "vqvae_steps", 0, 50),
+}
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+def _setting(config, key: str):
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def test_the_flag_table_covers_every_shortcut_flag():
+    from pbridge.cli.train import _SETTING_FLAGS
+
+    assert {key for _, key, _, _ in FLAG_TABLE.values()} == set(_SETTING_FLAGS.values())
+
+
+@pytest.mark.parametrize("name", list(FLAG_TABLE))
+def test_every_train_flag_reaches_its_setting_over_a_config_file(name, tmp_path, captured):
+    """``--config FILE`` sets the key to one value, the flag to another (0 and False
+    included): the run receives the flag's value; without the flag, the file's."""
+    argv, key, value, in_file = FLAG_TABLE[name]
+    section, _, field = key.rpartition(".")
+    path = tmp_path / "settings.toml"
+    line = f"{field} = {_toml_value(in_file)}\n"
+    path.write_text(f"[{section}]\n{line}" if section else line)
+    base = ["train", "fashion-mnist", "--out", str(tmp_path / "run"), "--config", str(path)]
+    assert main([*base, *argv]) == 0
+    assert _setting(captured[-1], key) == value and type(_setting(captured[-1], key)) is type(value)
+    assert main(base) == 0
+    assert _setting(captured[-1], key) == in_file

@@ -17,9 +17,17 @@ from pbridge.config import BridgeSettings
 from pbridge.models.bridge_vqvae import DiffusionBridgeVQVAE
 from pbridge.networks import NormalDecoder, PointwiseMLP, ResidualMLPDenoiser
 from pbridge.ou_bridge import OUSchedule
+from pbridge.samplers import SamplerSettings
 
 SCHEDULE = OUSchedule(
     theta=1.0, eta2=2.0, z_star=0.3, deltas=torch.tensor([0.1, 0.2, 0.15, 0.3], dtype=torch.float64)
+)
+# sigma2 = 1 above hides a dropped sigma2; this one has sigma2 = 0.25 and z* = -0.4.
+SCHEDULE_S2 = OUSchedule(
+    theta=2.0,
+    eta2=1.0,
+    z_star=-0.4,
+    deltas=torch.tensor([0.05, 0.1, 0.08, 0.15], dtype=torch.float64),
 )
 
 
@@ -61,22 +69,25 @@ def small_variant(formulation="paper", **settings) -> DiffusionBridgeVQVAE:
     ).double()
 
 
+@pytest.mark.parametrize("sigma2", [1.0, 0.25], ids=["sigma2=1", "sigma2=0.25"])
 @pytest.mark.parametrize("variance", ["beta_tilde", "beta"])
 @pytest.mark.parametrize("t", [1, 2, 4])
-def test_step_term_is_the_gaussian_kl(variance, t, float64):
+def test_step_term_is_the_gaussian_kl(variance, t, sigma2, float64):
     """w_t ||eps - eps_theta||^2 + c_t equals KL(q(z^{t-1}|z^t,z^0) || p_theta(z^{t-1}|z^t))
     from torch.distributions (t >= 2), and -log p_theta(z^0 | z^1) at t = 1."""
+    schedule = SCHEDULE if sigma2 == 1.0 else SCHEDULE_S2
+    assert schedule.sigma2 == sigma2
     denoiser = small_denoiser()
-    prior = DiffusionPrior(SCHEDULE, denoiser, (2, 3), 5, model_variance=variance)
+    prior = DiffusionPrior(schedule, denoiser, (2, 3), 5, model_variance=variance)
     z0, eps = torch.randn(5, 2, 3), torch.randn(5, 2, 3)
     tt = torch.full((5,), t)
-    mean, var = SCHEDULE.marginal(z0, tt)
+    mean, var = schedule.marginal(z0, tt)
     z_t = mean + var.sqrt() * eps
-    p_mean, p_var = reverse_step(SCHEDULE, denoiser, z_t, tt, variance)
+    p_mean, p_var = reverse_step(schedule, denoiser, z_t, tt, variance)
     if t == 1:
         ref = -Normal(p_mean, p_var.sqrt()).log_prob(z0)
     else:
-        q_mean, q_var = SCHEDULE.posterior(z_t, z0, tt)
+        q_mean, q_var = schedule.posterior(z_t, z0, tt)
         ref = kl_divergence(Normal(q_mean, q_var.sqrt()), Normal(p_mean, p_var.sqrt()))
     assert torch.allclose(prior.step_terms(z0, tt, eps), ref.flatten(1).sum(-1))
 
@@ -104,7 +115,7 @@ def _elbo_batches(variant, x, batches, strata=None):
 @pytest.mark.parametrize(
     "settings",
     [
-        dict(formulation="paper"),
+        dict(formulation="paper", t_sampling="uniform"),
         dict(formulation="paper", t_sampling="importance", model_variance="beta"),
         dict(formulation="paper", tau_q=0.3),
         dict(formulation="tight"),
@@ -273,3 +284,38 @@ def test_elbo_per_item_sums_to_the_bound_of_the_same_draw(formulation, float64):
     assert per_item.shape == (16,)
     assert math.isclose(float(per_item.mean()), elbo, rel_tol=1e-9, abs_tol=1e-9)
     assert per_item.std() > 0  # items differ: not one figure spread over the batch
+
+
+CHAIN_SAMPLERS = {
+    "ancestral": SamplerSettings(),
+    "respaced": SamplerSettings("respaced", 3),
+    "respaced-eta0": SamplerSettings("respaced", 3, ddim_eta=0.0),
+    "sde": SamplerSettings("sde", 6),
+    "ode": SamplerSettings("ode", 6),
+}
+
+
+@pytest.mark.parametrize("formulation", ["tight", "paper"])
+@pytest.mark.parametrize("name", list(CHAIN_SAMPLERS))
+def test_prior_draws_end_the_chain_at_z1_in_the_tight_formulation(name, formulation, float64):
+    """Tight: every sampler stops the chain at z^1, so the network is evaluated at t = 1 only by
+    the read-out (its two self-conditioning passes, last); the ancestral chain's ``record``
+    ends at t = 1. Paper: the chain runs to z^0, its last evaluation at t = 1, recorded t = 0."""
+    variant = small_variant(formulation)
+    sampler = CHAIN_SAMPLERS[name]
+    times = []
+    variant.denoiser.register_forward_hook(
+        lambda module, args, out: times.append(float(args[1].double().max()))
+    )
+    with torch.no_grad():
+        drawn = variant.prior(8).with_options(sampler=sampler).sample()
+    assert drawn.shape == (8, 2, 2) and torch.isfinite(drawn).all()
+    if formulation == "tight":
+        assert [t for t in times if t <= 1] == times[-2:] == [1.0, 1.0], times
+    else:
+        assert times[-1] == 1.0 and min(times[:-1]) > 1, times
+    if name == "ancestral":
+        recorded = []
+        z_T = SCHEDULE.stationary_draw(torch.zeros(8, 2, 2))
+        variant.draw_chain(z_T, sampler, record=lambda t, z: recorded.append(t))
+        assert recorded == [3, 2, 1] + ([] if formulation == "tight" else [0])

@@ -13,6 +13,7 @@ from pbridge.cli import main
 from pbridge.config import ImageConfig, image_preset
 from pbridge.data import load_images
 from pbridge.inference.images import run_images
+from pbridge.inference.load import load_run
 from pbridge.inference.sampling import sample_posterior
 from pbridge.inference.svi import train
 from pbridge.models.builders import build_image_denoiser, build_image_model, build_image_vqvae
@@ -122,3 +123,100 @@ def test_pixelcnn_run_writes_both_stages_and_scores(tmp_path):
     assert stage_two["variant"] == "PixelCNNVQVAE"
     assert stage_two["losses"][-1] < stage_two["losses"][0]
     assert math.isfinite(metrics["test_bits_per_dim"]) and (tmp_path / "samples.png").is_file()
+
+
+TINY_DIGITS = [
+    "--set", "num_steps=20",
+    "--set", "unet_width=8",
+    "--set", "unet_mults=1",
+    "--set", "num_codes=8",
+    "--set", "latent_dim=4",
+    "--set", "max_train=64",
+    "--set", "eval_items=16",
+    "--set", "train.batch_size=8",
+    "--set", "train.heldout_items=16",
+    "--set", "pixelcnn_channels=8",
+    "--set", "pixelcnn_layers=2",
+    "--no-progress",
+]  # fmt: skip
+
+
+def _train_digits(out, variant: str, vqvae_steps: int, steps: int) -> int:
+    argv = ["train", "digits", "--variant", variant, "--out", str(out), *TINY_DIGITS]
+    return main([*argv, "--vqvae-steps", str(vqvae_steps), "--steps", str(steps)])
+
+
+def _rows(path) -> int:
+    return len(path.read_text().splitlines()) - 1  # the header
+
+
+@pytest.fixture(scope="module")
+def two_stage_run(tmp_path_factory):
+    """A tiny two-stage digits run, uninterrupted: 5 VQ-VAE steps, then 7 steps of the bridge."""
+    out = tmp_path_factory.mktemp("two-stage") / "run"
+    assert _train_digits(out, "two-stage", 5, 7) == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    "variant, vqvae_steps",
+    [("two-stage", 5), ("pixelcnn", 5), ("end-to-end", 5), ("end-to-end", 0)],
+)
+def test_each_stage_trains_its_own_budget(variant, vqvae_steps, tmp_path, two_stage_run):
+    """vqvae_steps != train.steps: the VQ-VAE stage logs and checkpoints vqvae_steps steps, the
+    last stage train.steps (end to end too: its warm start; 0: no VQ-VAE stage at all), and
+    the chain has the configured num_steps."""
+    out = two_stage_run
+    if variant != "two-stage":
+        out = tmp_path / "run"
+        assert _train_digits(out, variant, vqvae_steps, 7) == 0
+    assert _rows(out / "train.csv") == 7 and load_checkpoint(out / "checkpoint.pt")["step"] == 7
+    if vqvae_steps == 0:
+        assert not (out / "vqvae.pt").exists() and not (out / "vqvae_train.csv").exists()
+    else:
+        assert _rows(out / "vqvae_train.csv") == 5
+        assert load_checkpoint(out / "vqvae.pt")["step"] == 5
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 7
+    if variant != "pixelcnn":
+        assert load_run(out).variant.schedule.num_steps == 20
+
+
+def test_resume_with_another_image_data_set_is_refused(two_stage_run, capsys):
+    """A digits run resumed as fashion-mnist: exit 2, one line naming both data sets, the run
+    left byte-identical."""
+    before = {p.name: p.read_bytes() for p in two_stage_run.iterdir() if p.is_file()}
+    argv = ["train", "fashion-mnist", "--out", str(two_stage_run), "--resume", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "digits" in err and "fashion-mnist" in err and "\n" not in err.strip(), err
+    assert {p.name: p.read_bytes() for p in two_stage_run.iterdir() if p.is_file()} == before
+
+
+def test_interrupted_between_stages_keeps_stage_one_and_resumes_into_stage_two(
+    tmp_path, monkeypatch, two_stage_run
+):
+    """Ctrl-C as stage two starts: vqvae.pt and its log stay; --resume trains stage two only
+    (stage one untouched) and ends with the uninterrupted run's parameters."""
+    import pbridge.inference.pipeline as pipeline
+
+    real = pipeline.train_in_run
+
+    def interrupted(variant, data, settings, checkpoint, *args, **kwargs):
+        if checkpoint.name == "checkpoint.pt":
+            raise KeyboardInterrupt
+        return real(variant, data, settings, checkpoint, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train_in_run", interrupted)
+    out = tmp_path / "run"
+    assert _train_digits(out, "two-stage", 5, 7) == 130
+    assert load_checkpoint(out / "vqvae.pt")["step"] == 5 and _rows(out / "vqvae_train.csv") == 5
+    assert not (out / "checkpoint.pt").exists()
+    stage_one = (out / "vqvae.pt").read_bytes()
+    monkeypatch.setattr(pipeline, "train_in_run", real)
+    assert main(["train", "digits", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert (out / "vqvae.pt").read_bytes() == stage_one and _rows(out / "vqvae_train.csv") == 5
+    assert _rows(out / "train.csv") == 7
+    resumed, whole = (load_checkpoint(d / "checkpoint.pt") for d in (out, two_stage_run))
+    assert resumed["step"] == 7 and resumed["losses"] == whole["losses"]
+    for key, value in whole["model"].items():
+        assert torch.equal(resumed["model"][key], value), key

@@ -157,3 +157,24 @@ def test_abar_at_fractional_times_interpolates_the_ou_time(float64):
     torch.testing.assert_close(schedule.abar_at(half, like[:1])[:, 0], expected.reshape(1))
     with pytest.raises(ValueError, match="time indices"):
         schedule.abar_at(torch.tensor([50.5]), like[:1])
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_eps_from_z0_is_the_standardised_marginal_draw(name, float64):
+    """eps_from_z0(z^t, z^0, t) = (z^t - mean) / sd of q(z^t | z^0) at integer t, and at
+    fractional t with abar = exp(-2 theta s); predict_z0 inverts it (sigma2 = 0.0025, z* = 0.7
+    in the toy schedule: a dropped sigma2 shows)."""
+    schedule = SCHEDULES[name]
+    torch.manual_seed(3)
+    z0, z_t = torch.randn(4, 2, 3), torch.randn(4, 2, 3)
+    t = torch.tensor([1, 7, schedule.num_steps // 2, schedule.num_steps])
+    mean, var = schedule.marginal(z0, t)
+    eps = schedule.eps_from_z0(z_t, z0, t)
+    torch.testing.assert_close(eps, (z_t - mean) / var.sqrt())
+    torch.testing.assert_close(schedule.predict_z0(z_t, eps, t), z0)
+    frac = t.double() - 0.5
+    s = torch.tensor([float(schedule.times[i] + schedule.times[i - 1]) / 2 for i in t.tolist()])
+    abar = torch.exp(-2 * schedule.theta * s).view(4, 1, 1)
+    sd = (schedule.sigma2 * (1 - abar)).sqrt()
+    want = (z_t - schedule.z_star - abar.sqrt() * (z0 - schedule.z_star)) / sd
+    torch.testing.assert_close(schedule.eps_from_z0(z_t, z0, frac), want)

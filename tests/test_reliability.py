@@ -13,6 +13,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import pyro
@@ -22,6 +23,7 @@ import torch
 import pbridge.inference.svi as svi
 from pbridge.checkpoint import (
     CorruptCheckpointError,
+    checksum_path,
     load_checkpoint,
     load_latest_checkpoint,
     previous_path,
@@ -141,6 +143,38 @@ def test_a_signal_checkpoints_the_current_step_and_resume_finishes_the_run(
     variant = _toy()
     resumed = train(variant, x, settings, progress=False, checkpoint=path, resume=True)
     assert resumed.losses == whole.losses
+    for name, value in variant.state_dict().items():
+        assert torch.equal(value, reference.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("latest", ["missing", "corrupt"])
+def test_resume_from_the_previous_checkpoint_alone_finishes_the_run(latest, tmp_path, monkeypatch):
+    """Only checkpoint.pt.prev (step 10 of 12) is intact, the latest file lost or damaged:
+    resume runs steps 11 and 12 only (not the whole run again) and ends exactly where the
+    uninterrupted run ended."""
+    pyro.enable_validation(False)
+    x, settings = _walks(), TrainSettings(steps=12, batch_size=16, checkpoint_every=5)
+    reference, path = _toy(), tmp_path / "cut.pt"
+    whole = train(reference, x, settings, progress=False, checkpoint=path)
+    assert load_checkpoint(previous_path(path))["step"] == 10
+    if latest == "missing":
+        path.unlink()
+        checksum_path(path).unlink()
+    else:
+        path.write_bytes(b"garbage")
+    real_loss, calls = svi.negative_elbo, []
+
+    def counting_loss(*args):
+        calls.append(1)
+        return real_loss(*args)
+
+    monkeypatch.setattr(svi, "negative_elbo", counting_loss)
+    variant = _toy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the damaged latest file is reported
+        resumed = train(variant, x, settings, progress=False, checkpoint=path, resume=True)
+    assert len(calls) == 2 and resumed.losses == whole.losses
+    assert load_checkpoint(path)["step"] == 12
     for name, value in variant.state_dict().items():
         assert torch.equal(value, reference.state_dict()[name]), name
 
