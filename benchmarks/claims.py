@@ -121,7 +121,8 @@ def run_row(row: Row, args: argparse.Namespace) -> None:
 
 def score_run(run: Path, items: int, chain_steps: int = 100) -> None:
     """``run/patch.json``: the masked-patch figures of ``pbridge evaluate`` on the first
-    :data:`PATCH_ITEMS` test images (bridges: completions by 100 respaced steps); then
+    :data:`PATCH_ITEMS` test images (bridges: completions by 100 respaced steps) and, for a
+    bridge, its bound's bits per cell by band of steps on the first 200; then
     ``run/paired_bits.pt``: bits/dim of each of the first ``items`` test images, ``(2,
     items)``, two independent draws (:func:`paired_bound.bits_per_image`). Seed 0."""
     import json
@@ -130,7 +131,7 @@ def score_run(run: Path, items: int, chain_steps: int = 100) -> None:
     from paired_bound import bits_per_image
 
     from pbridge.data import load_images
-    from pbridge.inference.evaluate import EvalSettings, masked_patch_scores
+    from pbridge.inference.evaluate import EvalSettings, chain_bits_by_step, masked_patch_scores
     from pbridge.inference.load import load_run
     from pbridge.samplers import ANCESTRAL, SamplerSettings
     from pbridge.variant import BridgeChain
@@ -147,6 +148,9 @@ def score_run(run: Path, items: int, chain_steps: int = 100) -> None:
         patch = masked_patch_scores(
             variant, x[:PATCH_ITEMS], settings, sampler, run / "inpainting.png"
         )
+        if isinstance(variant, BridgeChain):  # where the bound goes, on 200 test images
+            with torch.no_grad():
+                patch.update(chain_bits_by_step(variant, x[:200]))
         (run / "patch.json").write_text(json.dumps(patch, indent=2))
         scores = torch.stack([bits_per_image(variant, x, chain_steps) for _ in range(2)])
     tmp = run / "paired_bits.pt.tmp"
@@ -180,7 +184,6 @@ def _comparisons(out: Path) -> list[tuple[Row, Row]]:
 def _patch_table(out: Path, done: list[Row]) -> list[str]:
     """Masked-patch bits per cell of every finished row, each figure named by what it
     conditions on."""
-    import json
 
     lines = [
         f"Masked patch (the central 5 x 5 of the 14 x 14 code grid, the first {PATCH_ITEMS} test "
@@ -192,7 +195,7 @@ def _patch_table(out: Path, done: list[Row]) -> list[str]:
         "|---|---:|---:|---:|",
     ]
     for r in done:
-        m = json.loads((out / r.name / "patch.json").read_text())
+        m = _patch(out, r)
 
         def cell(key: str, m: dict = m) -> str:
             value = m.get(key)
@@ -203,7 +206,29 @@ def _patch_table(out: Path, done: list[Row]) -> list[str]:
             f"| {cell('masked_patch_bits_per_cell_exact')} "
             f"| {cell('masked_patch_conditional_bound_bits_per_cell')} |"
         )
-    return [*lines, ""]
+    lines.append("")
+    bridges = [r for r in done if "chain_bits_per_cell_by_step" in _patch(out, r)]
+    if bridges:
+        bands = list(_patch(out, bridges[0])["chain_bits_per_cell_by_step"])
+        lines += [
+            "Where the bridge's bound goes, bits per latent cell by band of steps t (t = 1: the "
+            "read-out; 200 test images, 8 steps per band), and L_T:",
+            "",
+            "| run | " + " | ".join(f"t = {b}" for b in bands) + " | L_T |",
+            "|---|" + "---:|" * (len(bands) + 1),
+        ]
+        for r in bridges:
+            m = _patch(out, r)
+            cells = " | ".join(f"{v:.3f}" for v in m["chain_bits_per_cell_by_step"].values())
+            lines.append(f"| {r.name} | {cells} | {m['prior_kl_bits_per_cell']:.4f} |")
+        lines.append("")
+    return lines
+
+
+def _patch(out: Path, row: Row) -> dict:
+    import json
+
+    return json.loads((out / row.name / "patch.json").read_text())
 
 
 def tables(out: Path, items: int) -> str:
