@@ -139,7 +139,7 @@ def _overrides(args: argparse.Namespace) -> list:
     first: dict = {}
     for item in given:
         earlier = first.setdefault(item.key, item)
-        if earlier.value != item.value:
+        if earlier is not item and earlier.value != item.value:
             raise ValueError(f"{earlier.origin} and {item.origin} both set {item.key}: give one")
     return from_file + given
 
