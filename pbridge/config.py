@@ -411,29 +411,51 @@ def _fits(value: Any, hint: Any) -> bool:
     return True
 
 
-def _unknown_setting(cls: type, key: str, prefix: str) -> ValueError:
-    """The error for a setting ``prefix + key`` that ``cls`` does not have, listing its own."""
+def _unknown_setting(cls: type, key: str, prefix: str, root: type | None = None) -> ValueError:
+    """The error for a setting ``prefix + key`` that ``cls`` (the section ``prefix`` of the
+    config class ``root``) does not have, listing its own and suggesting the settings of
+    ``root`` at other levels that have the same last name (``did you mean num_codes?``)."""
     section = prefix.rstrip(".") or _SECTION_NAMES.get(cls, cls.__name__)
     names = ", ".join(f.name for f in dataclasses.fields(cls))
-    return ValueError(f"unknown setting {prefix + key!r}; {section} has: {names}")
+    message = f"unknown setting {prefix + key!r}; {section} has: {names}"
+    name = key.split(".")[-1]
+    elsewhere = [k for k in _dotted_keys(root or cls) if k.split(".")[-1] == name]
+    if elsewhere:
+        message += f"; did you mean {' or '.join(elsewhere)}?"
+    return ValueError(message)
+
+
+def _dotted_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every setting of the config class ``cls`` as a dotted key (``train.lr``)."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _dotted_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
 
 
 _SECTION_NAMES = {ToyConfig: "a toy config", ImageConfig: "an image config"}
 
 
-def _check_types(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> None:
+def _check_types(
+    cls: type, data: dict[str, Any], source: str, prefix: str = "", root: type | None = None
+) -> None:
     """Every key of ``data`` is a field of ``cls`` and every value fits its annotation
-    (sections recursively); errors name ``source`` and the dotted setting."""
+    (sections recursively; ``root``: the config class of which ``cls`` is the section
+    ``prefix``); errors name ``source`` and the dotted setting."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key, value in data.items():
         if key not in names:
-            raise ValueError(f"{source}: {_unknown_setting(cls, key, prefix)}")
+            raise ValueError(f"{source}: {_unknown_setting(cls, key, prefix, root)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise ValueError(f"{source}: {prefix}{key} must be an object, got {value!r}")
-            _check_types(hint, value, source, f"{prefix}{key}.")
+            _check_types(hint, value, source, f"{prefix}{key}.", root or cls)
         elif not _fits(value, hint):
             raise ValueError(f"{source}: {prefix}{key} must be {type_name(hint)}, got {value!r}")
 
@@ -450,16 +472,16 @@ def config_from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
 
 def setting_type(cls: type, key: str) -> Any:
     """The annotation of the dotted setting ``key`` of the config class ``cls``
-    (``"bridge.num_codes"``); ``ValueError`` naming the key and the settings at its level when
+    (``"bridge.tau_p"``); ``ValueError`` naming the key and the settings at its level when
     there is no such setting, or when it names a whole section."""
-    parts = key.split(".")
+    parts, root = key.split("."), cls
     for depth, part in enumerate(parts):
         prefix = "".join(f"{p}." for p in parts[:depth])
         if not dataclasses.is_dataclass(cls):
             raise ValueError(f"unknown setting {key!r}: {prefix.rstrip('.')} has no fields")
         hint = typing.get_type_hints(cls).get(part)
         if hint is None:
-            raise _unknown_setting(cls, part, prefix)
+            raise _unknown_setting(cls, part, prefix, root)
         cls = hint
     if dataclasses.is_dataclass(cls):
         names = ", ".join(f"{key}.{f.name}" for f in dataclasses.fields(cls))

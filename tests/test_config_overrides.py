@@ -8,6 +8,7 @@ import math
 import re
 import typing
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 import torch
@@ -350,3 +351,41 @@ def test_toy_settings_are_range_checked_on_the_command_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert f"--set {setting}: {setting.split('=')[0]} must be" in err and "\n" not in err
         assert not out.exists()
+
+
+def test_the_set_example_of_the_help_and_the_docs_is_accepted(capsys, tmp_path, captured):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    example = re.search(r"e\.g\. (--set .*?);", shown).group(1).split()
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    row = re.search(r"\| `--set KEY=VALUE` \| [^`]*`([^`]*)`", docs).group(1).split()
+    for argv in (example, row):
+        assert main(["train", "fashion-mnist", "--out", str(tmp_path / "run"), *argv]) == 0
+    assert len(captured) == 2
+
+
+@pytest.mark.parametrize(
+    "argv, suggestion",
+    [
+        (["--set", "bridge.num_codes=256"], "did you mean num_codes?"),
+        (["--set", "lr=1e-3"], "did you mean train.lr?"),
+        (["--set", "train.tau_p=0.5"], "did you mean bridge.tau_p?"),
+    ],
+    ids=["top-level-in-a-section", "section-key-at-top", "another-section"],
+)
+def test_an_unknown_setting_suggests_the_key_at_another_level(argv, suggestion, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "fashion-mnist", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pbridge: ValueError: --set ") and err.endswith(suggestion), err
+    assert not out.exists()
+
+
+def test_a_config_file_key_at_the_wrong_level_gets_the_suggestion(tmp_path, capsys):
+    path = tmp_path / "settings.toml"
+    path.write_text("[bridge]\nnum_codes = 3\n")
+    assert (
+        main(["train", "fashion-mnist", "--out", str(tmp_path / "r"), "--config", str(path)]) == 2
+    )
+    assert capsys.readouterr().err.strip().endswith("did you mean num_codes?")
