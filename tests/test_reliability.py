@@ -720,3 +720,48 @@ def test_sample_progress_shows_lines_is_silenced_and_never_changes_the_draws(run
     assert capsys.readouterr().err == ""
     hidden = torch.load(run / "samples.pt", weights_only=True)
     assert all(torch.equal(shown[name], hidden[name]) for name in shown)
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """The torchrun launches of ``pbridge train --devices N``, recorded instead of run."""
+    commands = []
+
+    def record(command, **kwargs):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr("pbridge.cli.subprocess.run", record)
+    return commands
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--devices", "3"], "--devices 3: the batch of 256 items (train.batch_size) must be "
+         "shared evenly by the 3 processes; give --batch-size 255 or 258"),
+        (["--devices", "2", "--nodes", "2", "--rdzv-endpoint", "h:1", "--batch-size", "6"],
+         "--devices 2 --nodes 2: the batch of 6 items (train.batch_size) must be shared evenly "
+         "by the 4 processes; give --batch-size 4 or 8"),
+        (["--devices", "2", "--nodes", "2"], "--nodes 2 needs --rdzv-endpoint HOST:PORT"),
+        (["--devices", "2", "--nodes", "2", "--rdzv-endpoint", "host"],
+         "--rdzv-endpoint 'host' must be HOST:PORT"),
+    ],
+    ids=["batch-not-divisible", "batch-not-divisible-over-nodes", "no-rendezvous",
+         "bad-rendezvous"],
+)  # fmt: skip
+def test_a_data_parallel_launch_is_checked_before_torchrun_starts(
+    argv, named, tmp_path, capsys, launches
+):
+    out = tmp_path / "run"
+    err = _refused(["train", "toy", "--out", out, *argv], capsys)
+    assert err.startswith("pbridge: ValueError: ") and named in err, err
+    assert launches == [] and not out.exists()
+
+
+def test_a_data_parallel_launch_that_fits_starts_torchrun(tmp_path, launches):
+    argv = ["train", "toy", "--out", str(tmp_path / "run"), "--devices", "2", "--device", "cpu"]
+    assert main(argv) == 0
+    (command,) = launches
+    assert command[1:6] == ["-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"]
+    assert command[6:] == ["-m", "pbridge.cli", *argv[:4], "--device", "cpu"]

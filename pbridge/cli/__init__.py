@@ -43,7 +43,7 @@ from pbridge.cli.draw import analyze_command, evaluate_command, sample_command
 from pbridge.cli.messages import one_line as _one_line
 from pbridge.cli.messages import one_line_warning
 from pbridge.cli.parser import build_parser as _parser
-from pbridge.cli.train import check_train, train_command
+from pbridge.cli.train import check_launch, check_train, train_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             launch = args.command == "train" and (args.devices > 1 or args.nodes > 1)
             if launch and "WORLD_SIZE" not in os.environ:
-                check_train(args)
+                check_launch(args, check_train(args))
                 return _launch_data_parallel(args, argv)
             return _run(args)
         except TrainingInterrupted as stopped:
@@ -91,9 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _launch_data_parallel(args: argparse.Namespace, argv: list[str]) -> int:
-    """Run this same command under ``torchrun`` with ``--devices`` processes per machine."""
-    if args.nodes > 1 and not args.rdzv_endpoint:
-        raise ValueError(f"--nodes {args.nodes} needs --rdzv-endpoint HOST:PORT")
+    """Run this same command under ``torchrun`` with ``--devices`` processes per machine
+    (checked first by :func:`~pbridge.cli.train.check_launch`)."""
     launcher = [
         sys.executable,
         "-m",
