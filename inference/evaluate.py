@@ -46,7 +46,7 @@ from .images import test_bits_per_dim
 from .load import load_run
 from .plots import plot_image_grid, plot_image_table, sampler_name
 from .progress import QUIET, Progress
-from .run_dir import run_kind
+from .run_dir import run_kind, write_json
 from .sampling import check_sampler, draw_steps, sample_posterior, sample_prior
 
 __all__ = ["EvalSettings", "evaluate_run", "results_table", "chain_bits_by_step"]
@@ -332,7 +332,7 @@ def _write_results(run: Path, result: dict) -> None:
     metrics_file = run / "metrics.json"
     if metrics_file.is_file():
         result["train_seconds"] = json.loads(metrics_file.read_text()).get("train_seconds")
-    (run / "eval.json").write_text(json.dumps(result, indent=2))
+    write_json(run / "eval.json", result)
     (run / "eval.md").write_text(results_table({run.name: result}))
 
 
