@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from pbridge.data import DATASETS
-
 TOY_SUMMARY = "the paper's toy problem (walks of 5 points on 8 circle centroids)"
 """``toy`` in ``train --help``; the image data sets' lines come from :data:`DATASETS`."""
 
@@ -42,7 +40,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _version() -> str:
+def version() -> str:
+    """pbridge's version, from the installed package's metadata (no torch imported)."""
     from importlib import metadata
 
     try:
@@ -59,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Diffusion-bridge VQ-VAE: train end to end with Pyro SVI, sample, score.",
         formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
     _add_sample_parser(sub)
@@ -88,6 +87,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 def _dataset_help() -> str:
     """``train``'s DATASET: toy, each data set of the registry with its shape and summary, or a
     variant file."""
+    from pbridge.data import DATASETS
+
     images = [
         f"{name} ({'x'.join(map(str, entry.shape))}), {entry.summary}"
         for name, entry in DATASETS.items()
