@@ -249,13 +249,14 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
 def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser(
         "evaluate",
-        help="score a trained image run under the common protocol",
-        description="Bits/dim, masked-patch bits per latent cell, FD-FMNIST, codebook usage and "
-        "sampling time on the test split; writes eval.json, eval.md and inpainting.png "
-        "(docs/evaluation.md).",
+        help="score a trained run under the common protocol",
+        description="An image run: bits/dim, masked-patch bits per latent cell, FD-FMNIST, "
+        "codebook usage and sampling time on the test split; writes eval.json, eval.md and "
+        "inpainting.png (docs/evaluation.md). A toy run: the ELBO on its test walks, the "
+        "transition accuracy of prior draws, codebook usage and sampling time, in eval.json.",
         formatter_class=_HelpFormatter,
     )
-    evaluate.add_argument("run_dir", help="an image run directory written by `pbridge train`")
+    evaluate.add_argument("run_dir", help="a run directory written by `pbridge train`")
     evaluate.add_argument("--items", type=_positive_int, default=1000, help="images for bits/dim")
     evaluate.add_argument(
         "--chain-steps",
@@ -287,8 +288,9 @@ def _add_analyze_parser(sub: argparse._SubParsersAction) -> None:
         "analyze",
         help="prior and posterior draws of a trained run as arviz InferenceData, with plots",
         description="Prior, posterior and predictive draws with the test items and the training "
-        "loss, as arviz InferenceData in analysis.nc; analysis_summary.csv (az.summary) and "
-        "reverse_chain.png, code_usage.png, code_entropy.png, elbo_trace.png (docs/analysis.md).",
+        "loss, as arviz InferenceData in analysis.nc; analysis_summary.csv (az.summary), "
+        "code_usage.png, elbo_trace.png, code_entropy.png (bridge variants) and "
+        "reverse_chain.png (image runs of bridge variants) (docs/analysis.md).",
         formatter_class=_HelpFormatter,
     )
     analyze.add_argument("run_dir", help="a run directory written by `pbridge train`")
