@@ -166,18 +166,25 @@ def check_model_guide_sites(variant: nn.Module, data: Batch, items: int = 2) -> 
     guide one of the model. The guide's training surrogates (:class:`~pbridge.variant.
     SurrogateSites`) are guide-only by design; observed sites are the model's own. Nothing of
     the run changes: the draws come from forked random states, without gradients, in a
-    parameter store of their own."""
+    parameter store of their own, the variant's buffers restored afterwards, and without
+    Pyro's validation of values (a NaN is the training guard's to name)."""
     args = _arguments(_rows(data, torch.arange(min(items, len(_arguments(data)[0])))))
     device = args[0].device
     store = pyro.get_param_store()
+    buffers = [(buffer, buffer.clone()) for buffer in variant.buffers()]  # batch norm's stats
     with (
         torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
         torch.no_grad(),
         store.scope(),
+        pyro.validation_enabled(False),  # sites only: a bad value is the training's to name
     ):
-        guide_trace = poutine.trace(bound_guide(variant)).get_trace(*args)
-        model = poutine.replay(variant.model, trace=guide_trace)
-        model_trace = poutine.trace(model).get_trace(*args)
+        try:
+            guide_trace = poutine.trace(bound_guide(variant)).get_trace(*args)
+            model = poutine.replay(variant.model, trace=guide_trace)
+            model_trace = poutine.trace(model).get_trace(*args)
+        finally:
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
     guide_sites = {
         name
         for name, site in guide_trace.nodes.items()

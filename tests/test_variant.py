@@ -243,3 +243,18 @@ def test_python_train_refuses_a_model_and_guide_that_disagree():
     settings = replace(_tiny("vqvae").train, steps=1, batch_size=2)
     with pytest.raises(ValueError, match="'z_extra' in the guide only"):
         train(variant, torch.rand(4, 1, 8, 8), settings, progress=False)
+
+
+def test_the_site_check_leaves_the_run_as_it_was():
+    """Same seed, same bits: the check draws from forked random states, keeps the parameter
+    store and restores the variant's buffers (batch norm's running statistics)."""
+    variant = build_image_model(_tiny("end-to-end"))
+    before = {name: value.clone() for name, value in variant.state_dict().items()}
+    pyro.get_param_store().get_param("kept", torch.ones(2))
+    x = torch.rand(4, 1, 8, 8)
+    state = torch.get_rng_state()
+    check_model_guide_sites(variant, x)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert list(pyro.get_param_store().keys()) == ["kept"]
+    after = variant.state_dict()
+    assert [name for name, value in before.items() if not torch.equal(value, after[name])] == []
