@@ -337,10 +337,13 @@ def _write_results(run: Path, result: dict) -> None:
 
 
 def _cell(value, stderr=None, digits: int = 2) -> str:
+    """``value ± stderr``; ``n/a`` without a value, the value alone without a standard error
+    (``None``, as eval.json writes one of a single batch, or NaN)."""
     if value is None:
         return "n/a"
     text = f"{value:.{digits}f}"
-    return text if stderr is None else f"{text} ± {stderr:.{digits}f}"
+    known = stderr is not None and math.isfinite(stderr)
+    return f"{text} ± {stderr:.{digits}f}" if known else text
 
 
 def results_table(results: dict[str, dict]) -> str:

@@ -786,6 +786,8 @@ def test_metrics_json_is_strict_json_with_null_where_a_number_is_undefined(tmp_p
     scores = {"masked_patch_bits_per_cell": None, "masked_patch_bits_per_cell_stderr": None}
     scores |= {"codes_used": 3, "sampling_seconds_per_image": 0.1, **read}
     assert "| run | 1.50 | n/a |" in results_table({"run": scores})
+    in_memory = scores | {"test_bits_per_dim_stderr": math.nan}  # eval.md from the run's dict
+    assert "| run | 1.50 | n/a |" in results_table({"run": in_memory})
 
 
 def test_a_checkpoint_copied_without_its_checksum_says_how_to_accept_it(tmp_path):
