@@ -15,8 +15,10 @@
 - ``training``: the per-step training loss from the checkpoint (dim ``step``).
 
 :func:`analyze_run` writes it to ``analysis.nc`` (NetCDF) with ``analysis_summary.csv``
-(``az.summary`` of code counts and per-cell entropy) and the plots ``reverse_chain.png``,
-``code_usage.png``, ``code_entropy.png`` and ``elbo_trace.png``.
+(``az.summary`` of code counts and per-cell entropy) and the plots ``code_usage.png``,
+``elbo_trace.png``, ``code_entropy.png`` (where the variant has a code kernel) and
+``reverse_chain.png`` (image runs of a bridge variant; a toy run's chain is in its
+``trajectories.png``).
 """
 
 from __future__ import annotations

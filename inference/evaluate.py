@@ -48,7 +48,7 @@ from .images import test_bits_per_dim
 from .load import load_run
 from .plots import plot_image_grid, plot_image_table, sampler_name
 from .progress import QUIET, Progress
-from .run_dir import run_kind
+from .run_dir import run_kind, write_json
 from .sampling import check_sampler, draw_steps, sample_posterior, sample_prior
 
 __all__ = [
@@ -359,15 +359,18 @@ def _write_results(run: Path, result: dict) -> None:
     metrics_file = run / "metrics.json"
     if metrics_file.is_file():
         result["train_seconds"] = json.loads(metrics_file.read_text()).get("train_seconds")
-    (run / "eval.json").write_text(json.dumps(result, indent=2))
+    write_json(run / "eval.json", result)
     (run / "eval.md").write_text(results_table({run.name: result}))
 
 
 def _cell(value, stderr=None, digits: int = 2) -> str:
+    """``value ± stderr``; ``n/a`` without a value, the value alone without a standard error
+    (``None``, as eval.json writes one of a single batch, or NaN)."""
     if value is None:
         return "n/a"
     text = f"{value:.{digits}f}"
-    return text if stderr is None else f"{text} ± {stderr:.{digits}f}"
+    known = stderr is not None and math.isfinite(stderr)
+    return f"{text} ± {stderr:.{digits}f}" if known else text
 
 
 def results_table(results: dict[str, dict]) -> str:

@@ -4,8 +4,8 @@
 
 1. seed and resolve the device (:func:`~.run_dir.start_run`); load the data (``recipe.data``);
 2. build the module of the first stage and, if it has one, initialise its codebook by k-means;
-3. with ``resume``, check every stage's checkpoint against its module; nothing is written
-   before this point;
+3. check that every stage's model and guide sample the same latent sites and, with ``resume``,
+   every stage's checkpoint against its module; nothing is written before this point;
 4. write ``config.json`` and ``environment.json`` (:func:`~.run_dir.write_run_files`), then
    ``recipe.on_written(out)`` (e.g. the copy of a variant file);
 5. train the stages in order, each checkpointed to its own file, a later stage built on the
@@ -30,7 +30,7 @@ from pbridge.variant import InitialisesCodebook, TakesLabels
 
 from .progress import Progress
 from .run_dir import check_resume, start_run, train_in_run, write_json, write_run_files
-from .svi import Batch, TrainResult
+from .svi import Batch, TrainResult, check_model_guide_sites
 from .train_hooks import training_hooks
 
 __all__ = ["RunData", "Stage", "Recipe", "run"]
@@ -138,6 +138,7 @@ def run(
     if isinstance(first, InitialisesCodebook):
         generator = torch.Generator(device=dev).manual_seed(config.train.seed)
         first.initialise_codebook(data.train_x[: recipe.init_items], generator)
+    _check_sites(recipe.stages, first, data)
     if resume:
         _check_resumable(recipe.stages, first, out, config)
     write_run_files(out, config, world, resume, overwrite)
@@ -167,6 +168,18 @@ def run(
     if not world.is_main:
         return {}
     return _finish(recipe, variant, result, data, out, progress, seconds, start)
+
+
+def _check_sites(stages: Sequence[Stage], first: nn.Module, data: RunData) -> None:
+    """Every stage's model and guide sample the same latent sites
+    (:func:`~.svi.check_model_guide_sites`); a later stage's module is built aside, the random
+    state left as it was."""
+    check_model_guide_sites(first, data.train(first))
+    dev = next(first.parameters()).device
+    for stage in stages[1:]:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            module = stage.build().to(dev)
+        check_model_guide_sites(module, data.train(module))
 
 
 def _check_resumable(stages: Sequence[Stage], first: nn.Module, out: Path, config: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import shutil
@@ -194,9 +195,26 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """``data`` as indented JSON, written atomically (:func:`atomic_write`)."""
+    """``data`` as indented JSON (:func:`json_text`), written atomically
+    (:func:`atomic_write`)."""
     with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2))
+        tmp.write_text(json_text(data))
+
+
+def json_text(data: Any) -> str:
+    """``data`` as indented strict JSON: a NaN or infinite float (a standard error of one
+    batch, a diverged loss) is written ``null``, which every JSON parser reads."""
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [finite(item) for item in value]
+        return value
+
+    return json.dumps(finite(data), indent=2, allow_nan=False)
 
 
 def start_run(out_dir: str | Path, config: Any, device: str) -> tuple[Path, torch.device, World]:

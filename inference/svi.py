@@ -63,6 +63,7 @@ __all__ = [
     "elbo_terms",
     "elbo_per_item",
     "bound_guide",
+    "check_model_guide_sites",
 ]
 
 
@@ -155,6 +156,56 @@ def bound_guide(variant: nn.Module) -> Callable[..., None]:
     (:class:`~pbridge.variant.SurrogateSites`) blocked."""
     hidden = variant.surrogate_sites if isinstance(variant, SurrogateSites) else ()
     return poutine.block(variant.guide, hide=list(hidden))
+
+
+def check_model_guide_sites(variant: nn.Module, data: Batch, items: int = 2) -> None:
+    """``ValueError`` naming the sites unless ``variant``'s model and guide sample the same
+    latent sites, traced once on the first ``items`` items of ``data`` as Pyro's validation
+    does (:func:`pyro.util.check_model_guide_match`): every unobserved sample site of the
+    model (replayed on the guide) must be a site of the guide, and every sample site of the
+    guide one of the model. The guide's training surrogates (:class:`~pbridge.variant.
+    SurrogateSites`) are guide-only by design; observed sites are the model's own. Nothing of
+    the run changes: the draws come from forked random states, without gradients, in a
+    parameter store of their own, the variant's buffers restored afterwards, and without
+    Pyro's validation of values (a NaN is the training guard's to name)."""
+    args = _arguments(_rows(data, torch.arange(min(items, len(_arguments(data)[0])))))
+    device = args[0].device
+    store = pyro.get_param_store()
+    buffers = [(buffer, buffer.clone()) for buffer in variant.buffers()]  # batch norm's stats
+    with (
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        torch.no_grad(),
+        store.scope(),
+        pyro.validation_enabled(False),  # sites only: a bad value is the training's to name
+    ):
+        try:
+            guide_trace = poutine.trace(bound_guide(variant)).get_trace(*args)
+            model = poutine.replay(variant.model, trace=guide_trace)
+            model_trace = poutine.trace(model).get_trace(*args)
+        finally:
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+    guide_sites = {
+        name
+        for name, site in guide_trace.nodes.items()
+        if site["type"] == "sample" and not site_is_subsample(site)
+        if not site["infer"].get("is_auxiliary")
+    }
+    model_sites = {
+        name
+        for name, site in model_trace.nodes.items()
+        if site["type"] == "sample" and not site_is_subsample(site) and not site["is_observed"]
+    }
+    guide_only, model_only = sorted(guide_sites - model_sites), sorted(model_sites - guide_sites)
+    if guide_only or model_only:
+        named = [f"{', '.join(map(repr, guide_only))} in the guide only"] if guide_only else []
+        named += [f"{', '.join(map(repr, model_only))} in the model only"] if model_only else []
+        raise ValueError(
+            f"the model and guide of {type(variant).__name__} sample different latent sites: "
+            f"{'; '.join(named)}; the ELBO is a bound only when the guide draws every unobserved "
+            "site of the model and nothing else (a guide's pyro.factor surrogates are named in "
+            "its surrogate_sites; docs/tutorial-variant.md)"
+        )
 
 
 def _bound_sites(
@@ -628,9 +679,11 @@ def train(
     SIGINT / SIGTERM during training finish the current step, write a checkpoint and raise
     :class:`TrainingInterrupted`. A non-finite loss or gradient raises ``FloatingPointError``
     naming the step and the sites or parameters that went non-finite; the last checkpoint is
-    then left as it was.
+    then left as it was. Before the first step, model and guide are checked to sample the same
+    latent sites (:func:`check_model_guide_sites`).
     """
     _check_data(variant, data)
+    check_model_guide_sites(variant, data)
     world = world or World()
     saved = None
     if resume and checkpoint is not None:

@@ -4,19 +4,7 @@ The building blocks most users need are re-exported here; variants live in ``pbr
 training, sampling and analysis in ``pbridge.inference``.
 """
 
-from .bridge_prior import (
-    BridgeCodePrior,
-    DiffusionPrior,
-    StepCostTracker,
-    chain_guide_sites,
-    chain_model_sites,
-    reverse_step,
-)
-from .code_distribution import CodeVector
-from .code_head import CodeHead, local_log_likelihood
-from .codebook import Codebook, CodeUsage, categorical_kl, code_logits, code_usage
-from .ou_bridge import OUSDE, OUSchedule, image_schedule, toy_schedule
-from .samplers import SamplerSettings
+import importlib
 
 __version__ = "0.1.0"
 
@@ -46,9 +34,39 @@ __all__ = [
 ]
 
 
+_EXPORTS = {
+    "OUSchedule": ".ou_bridge",
+    "OUSDE": ".ou_bridge",
+    "toy_schedule": ".ou_bridge",
+    "image_schedule": ".ou_bridge",
+    "Codebook": ".codebook",
+    "CodeUsage": ".codebook",
+    "code_logits": ".codebook",
+    "categorical_kl": ".codebook",
+    "code_usage": ".codebook",
+    "CodeVector": ".code_distribution",
+    "CodeHead": ".code_head",
+    "local_log_likelihood": ".code_head",
+    "BridgeCodePrior": ".bridge_prior",
+    "StepCostTracker": ".bridge_prior",
+    "DiffusionPrior": ".bridge_prior",
+    "reverse_step": ".bridge_prior",
+    "SamplerSettings": ".samplers",
+    "chain_model_sites": ".bridge_prior",
+    "chain_guide_sites": ".bridge_prior",
+}
+"""Each building block of ``__all__`` and the module of this package that defines it."""
+
+
 def __getattr__(name: str):
-    """``pbridge.to_inferencedata``, ``pbridge.load_run`` and ``pbridge.LoadedRun`` without
-    importing arviz or the variants at ``import pbridge``."""
+    """The names of ``__all__``, each imported from its module when first asked for: ``import
+    pbridge`` imports neither torch nor Pyro (``pbridge --version`` stays fast), and
+    ``pbridge.to_inferencedata``, ``pbridge.load_run`` and ``pbridge.LoadedRun`` do not import
+    arviz or the variants until they are used."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
     if name == "to_inferencedata":
         from .inference.analysis import to_inferencedata
 
@@ -62,3 +80,7 @@ def __getattr__(name: str):
 
         return LoadedRun
     raise AttributeError(f"module 'pbridge' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -2,8 +2,10 @@
 
 File format: ``<name>`` holds exactly the bytes of ``torch.save(payload)`` (so
 ``torch.load(<name>, weights_only=True)`` reads it), and the sidecar ``<name>.sha256`` holds
-their SHA-256 digest on one line (the hex digest ``sha256sum <name>`` prints); a truncated or
-altered file, or one whose sidecar is missing or disagrees, is refused on load. Checkpoints of
+their SHA-256 digest on one line (the hex digest ``sha256sum <name>`` prints; its whole line,
+``<hex>  <name>``, is read too); a truncated or altered file, or one whose sidecar is missing or
+disagrees, is refused on load, and a file copied without its sidecar is accepted by writing it:
+``sha256sum <name> > <name>.sha256``. Checkpoints of
 the older layout (one header line ``pbridge-checkpoint sha256=<hex>\\n`` before the torch bytes,
 no sidecar) are still read.
 
@@ -140,10 +142,12 @@ def _verified_body(path: Path) -> bytes:
         if not sidecar.is_file():
             raise CorruptCheckpointError(
                 f"{path} has no checksum file {sidecar.name} beside it: not a complete "
-                "pbridge checkpoint"
+                f"pbridge checkpoint; copy {sidecar.name} with it, or, to accept the file as it "
+                f"is, run `sha256sum {path.name} > {sidecar.name}` in {path.parent}"
             )
         body, source = data, sidecar.name
-        expected = sidecar.read_bytes().decode(errors="replace").strip()
+        words = sidecar.read_bytes().decode(errors="replace").split()  # sha256sum: "hex  name"
+        expected = words[0] if words else ""
     actual = hashlib.sha256(body).hexdigest()
     if actual != expected:
         raise CorruptCheckpointError(

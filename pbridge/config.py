@@ -3,11 +3,15 @@ values, and the presets built from them.
 
 A run's ``config.json`` is ``asdict`` of a :class:`ToyConfig` or :class:`ImageConfig`; the
 command line and variant files build these, and the builders in ``pbridge.models`` read them.
+Every numeric setting is range-checked when its dataclass is built (finite, an integer where
+it counts, positive where zero means nothing): a ``ValueError`` names the setting and its
+allowed range before anything runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -26,6 +30,39 @@ __all__ = [
     "setting_type",
     "type_name",
 ]
+
+
+def _check_number(
+    name: str,
+    value: Any,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    optional: bool = False,
+) -> None:
+    """``ValueError`` naming the setting ``name`` and its allowed range unless ``value`` is a
+    finite number (an ``int`` where ``integer``; ``None`` allowed where ``optional``) that is
+    ``>= low``, ``> above`` and ``< below`` (each bound where given)."""
+    if optional and value is None:
+        return
+    kinds = (int,) if integer else (int, float)
+    bounds = [f">= {low}"] if low is not None and not (integer and low == 1) else []
+    bounds += [f"> {above}"] if above is not None else []
+    bounds += [f"< {below}"] if below is not None else []
+    kind = "a positive integer" if integer and low == 1 else "an integer" if integer else ""
+    wanted = " ".join([kind or "a finite number", " and ".join(bounds)]).strip()
+    wanted += " (or None)" if optional else ""
+    is_number = isinstance(value, kinds) and not isinstance(value, bool)
+    if (
+        not is_number
+        or not math.isfinite(value)
+        or (low is not None and value < low)
+        or (above is not None and value <= above)
+        or (below is not None and value >= below)
+    ):
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -85,12 +122,11 @@ class BridgeSettings:
             raise ValueError(
                 "the tight formulation's bound is written for model_variance='beta_tilde'"
             )
-        for name in ("tau_p", "encoder_scale"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        _check_number("spherical_radius", self.spherical_radius, above=0, optional=True)
+        for name in ("tau_p", "encoder_scale", "gumbel_temperature"):
+            _check_number(name, getattr(self, name), above=0)
         for name in ("tau_q", "readout_aux", "commitment"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            _check_number(name, getattr(self, name), low=0)
         if self.gradient == "gumbel" and self.tau_q == 0:
             raise ValueError("the gumbel gradient needs tau_q > 0 (a point mass has no relaxation)")
 
@@ -140,26 +176,16 @@ class TrainSettings:
     sample_every: int = 1000
 
     def __post_init__(self) -> None:
-        if self.steps <= 0:
-            raise ValueError(f"steps must be a positive integer, got {self.steps}")
-        if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.latent_warmup < 0:
-            raise ValueError(f"latent_warmup must be >= 0, got {self.latent_warmup}")
+        for name in ("steps", "batch_size", "log_every", "heldout_items"):
+            _check_number(name, getattr(self, name), integer=True, low=1)
+        for name in ("checkpoint_every", "latent_warmup", "eval_every", "sample_every"):
+            _check_number(name, getattr(self, name), integer=True, low=0)
+        _check_number("seed", self.seed, integer=True, low=0, below=2**32)
         if self.lr_decay not in ("cosine", "none"):
             raise ValueError(f"lr_decay must be 'cosine' or 'none', got {self.lr_decay!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must lie in [0, 1) (0: no EMA), got {self.ema_decay}")
-        for name in ("log_every", "heldout_items"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("eval_every", "sample_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0: never), got {getattr(self, name)}")
+        _check_number("lr", self.lr, above=0)
+        _check_number("clip_norm", self.clip_norm, above=0)
+        _check_number("ema_decay", self.ema_decay, low=0, below=1)
 
 
 @dataclass(frozen=True)
@@ -187,6 +213,15 @@ class ToyConfig:
     num_samples: int = 2000
     bridge: BridgeSettings = field(default_factory=lambda: BridgeSettings(commitment=1.0))
     train: TrainSettings = field(default_factory=lambda: TrainSettings(steps=1600))
+
+    def __post_init__(self) -> None:
+        for name in ("num_train", "num_codes", "latent_dim", "hidden", "denoiser_width"):
+            _check_number(name, getattr(self, name), integer=True, low=1)
+        for name in ("denoiser_blocks", "num_steps", "num_samples"):
+            _check_number(name, getattr(self, name), integer=True, low=1)
+        _check_number("length", self.length, integer=True, low=2)
+        _check_number("noise", self.noise, above=0)
+        _check_number("delta", self.delta, above=0)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data (``config.json``): sections as dicts, tuples kept."""
@@ -221,7 +256,8 @@ class ImageConfig:
             (moving averages, :class:`~pbridge.codebook.EMACodebook`).
         restart_dead_codes: ``None``, or restart VQ-VAE codes whose average number of cells per
             batch falls below this value (:class:`~pbridge.codebook.Codebook`).
-        num_codes / latent_dim: K and d.  downsamples: stride-2 stages of the encoder.
+        num_codes / latent_dim: K and d.  downsamples: stride-2 stages of the encoder
+            (``2**downsamples`` must divide the data set's image height and width).
         unet_width / unet_mults / unet_blocks: the U-Net denoiser.
         num_steps: T of the image OU schedule (DDPM betas 1e-4 -> 0.02).
         pixelcnn_channels / pixelcnn_layers: the PixelCNN baseline prior.
@@ -258,9 +294,33 @@ class ImageConfig:
             raise ValueError(
                 f"unknown codebook {self.vqvae_codebook!r}; expected one of {', '.join(CODEBOOKS)}"
             )
-        data_set(self.dataset)  # an unknown name is refused, naming the choices
-        if self.vqvae_steps < 0:
-            raise ValueError(f"vqvae_steps must be >= 0, got {self.vqvae_steps}")
+        entry = data_set(self.dataset)  # an unknown name is refused, naming the choices
+        _check_number("vqvae_steps", self.vqvae_steps, integer=True, low=0)
+        _check_number("restart_dead_codes", self.restart_dead_codes, above=0, optional=True)
+        for name in ("num_codes", "latent_dim", "unet_width", "unet_blocks", "num_steps"):
+            _check_number(name, getattr(self, name), integer=True, low=1)
+        for name in ("pixelcnn_channels", "pixelcnn_layers"):
+            _check_number(name, getattr(self, name), integer=True, low=1)
+        for name in ("max_train", "eval_items"):
+            _check_number(name, getattr(self, name), integer=True, low=1, optional=True)
+        mults = self.unet_mults
+        positive = [isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in mults]
+        if not mults or not all(positive):
+            raise ValueError(
+                f"unet_mults must be a non-empty tuple of positive integers, got {mults!r}"
+            )
+        _check_number("downsamples", self.downsamples, integer=True, low=0)
+        height, width = entry.shape[1:]
+        scale = 2**self.downsamples
+        if height % scale or width % scale:
+            fits = max(
+                k for k in range(self.downsamples) if height % 2**k == 0 and width % 2**k == 0
+            )
+            raise ValueError(
+                f"downsamples={self.downsamples} halves {self.dataset}'s {height} x {width} "
+                f"images {self.downsamples} times, and 2**{self.downsamples} = {scale} does "
+                f"not divide {height} and {width}: downsamples must lie in 0..{fits}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data (``config.json``): sections as dicts, tuples kept."""
@@ -351,29 +411,51 @@ def _fits(value: Any, hint: Any) -> bool:
     return True
 
 
-def _unknown_setting(cls: type, key: str, prefix: str) -> ValueError:
-    """The error for a setting ``prefix + key`` that ``cls`` does not have, listing its own."""
+def _unknown_setting(cls: type, key: str, prefix: str, root: type | None = None) -> ValueError:
+    """The error for a setting ``prefix + key`` that ``cls`` (the section ``prefix`` of the
+    config class ``root``) does not have, listing its own and suggesting the settings of
+    ``root`` at other levels that have the same last name (``did you mean num_codes?``)."""
     section = prefix.rstrip(".") or _SECTION_NAMES.get(cls, cls.__name__)
     names = ", ".join(f.name for f in dataclasses.fields(cls))
-    return ValueError(f"unknown setting {prefix + key!r}; {section} has: {names}")
+    message = f"unknown setting {prefix + key!r}; {section} has: {names}"
+    name = key.split(".")[-1]
+    elsewhere = [k for k in _dotted_keys(root or cls) if k.split(".")[-1] == name]
+    if elsewhere:
+        message += f"; did you mean {' or '.join(elsewhere)}?"
+    return ValueError(message)
+
+
+def _dotted_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every setting of the config class ``cls`` as a dotted key (``train.lr``)."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _dotted_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
 
 
 _SECTION_NAMES = {ToyConfig: "a toy config", ImageConfig: "an image config"}
 
 
-def _check_types(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> None:
+def _check_types(
+    cls: type, data: dict[str, Any], source: str, prefix: str = "", root: type | None = None
+) -> None:
     """Every key of ``data`` is a field of ``cls`` and every value fits its annotation
-    (sections recursively); errors name ``source`` and the dotted setting."""
+    (sections recursively; ``root``: the config class of which ``cls`` is the section
+    ``prefix``); errors name ``source`` and the dotted setting."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key, value in data.items():
         if key not in names:
-            raise ValueError(f"{source}: {_unknown_setting(cls, key, prefix)}")
+            raise ValueError(f"{source}: {_unknown_setting(cls, key, prefix, root)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise ValueError(f"{source}: {prefix}{key} must be an object, got {value!r}")
-            _check_types(hint, value, source, f"{prefix}{key}.")
+            _check_types(hint, value, source, f"{prefix}{key}.", root or cls)
         elif not _fits(value, hint):
             raise ValueError(f"{source}: {prefix}{key} must be {type_name(hint)}, got {value!r}")
 
@@ -390,16 +472,16 @@ def config_from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
 
 def setting_type(cls: type, key: str) -> Any:
     """The annotation of the dotted setting ``key`` of the config class ``cls``
-    (``"bridge.num_codes"``); ``ValueError`` naming the key and the settings at its level when
+    (``"bridge.tau_p"``); ``ValueError`` naming the key and the settings at its level when
     there is no such setting, or when it names a whole section."""
-    parts = key.split(".")
+    parts, root = key.split("."), cls
     for depth, part in enumerate(parts):
         prefix = "".join(f"{p}." for p in parts[:depth])
         if not dataclasses.is_dataclass(cls):
             raise ValueError(f"unknown setting {key!r}: {prefix.rstrip('.')} has no fields")
         hint = typing.get_type_hints(cls).get(part)
         if hint is None:
-            raise _unknown_setting(cls, part, prefix)
+            raise _unknown_setting(cls, part, prefix, root)
         cls = hint
     if dataclasses.is_dataclass(cls):
         names = ", ".join(f"{key}.{f.name}" for f in dataclasses.fields(cls))

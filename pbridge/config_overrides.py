@@ -2,8 +2,8 @@
 shortcut flags, as a list of :class:`Override` applied over a config.
 
 A key is a dotted path into the config dataclasses of :mod:`pbridge.config`
-(``bridge.num_codes``, ``train.lr``, ``unet_mults``); a ``--set`` value is read as the field's
-annotated type (``int``, ``float``, ``bool``, ``str``, ``X | None``, ``tuple[int, ...]``
+(``bridge.tau_p``, ``train.lr``, ``num_codes``, ``unet_mults``); a ``--set`` value is read as
+the field's annotated type (``int``, ``float``, ``bool``, ``str``, ``X | None``, ``tuple[int, ...]``
 written ``1,2,2``). Every key and value is checked against the dataclasses, and the result
 by their own checks, before anything is written.
 """

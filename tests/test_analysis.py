@@ -1,9 +1,13 @@
 """Analysis: arviz InferenceData of prior and posterior draws, ``pbridge analyze``, variant files
 trained from the command line, and the class-conditional variant."""
 
+import inspect
 import json
 import math
+import re
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import arviz as az
 import numpy as np
@@ -20,6 +24,7 @@ from pbridge.config import image_preset
 from pbridge.data import load_images
 from pbridge.inference.analysis import summarise, to_inferencedata
 from pbridge.inference.load import load_run
+from pbridge.inference.plots import plot_elbo_trace
 from pbridge.inference.sampling import sample_prior
 from pbridge.inference.svi import train
 from pbridge.models import class_conditional
@@ -287,3 +292,44 @@ def test_class_conditional_chain_needs_valid_labels():
         variant.chain_network(torch.tensor([0, 12]))
     with pytest.raises(ValueError, match="needs labels"):
         variant.chain_network()
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_the_docs_name_the_statistic_elbo_trace_draws():
+    """elbo_trace.png draws a running median; docs/analysis.md says so."""
+    (statistic,) = re.findall(r'label = f"running (\w+)', inspect.getsource(plot_elbo_trace))
+    row = next(line for line in (DOCS / "analysis.md").read_text().splitlines()
+               if line.startswith("| `elbo_trace.png`"))  # fmt: skip
+    assert f"running {statistic}" in row and statistic == "median", row
+
+
+def test_analyze_on_a_toy_run_writes_what_the_docs_say(tiny_toy_run, tmp_path, capsys):
+    """A toy run gets no reverse_chain.png; docs/cli.md, docs/analysis.md and analyze --help
+    say which runs do."""
+    run = tmp_path / "toy"
+    shutil.copytree(tiny_toy_run, run)
+    capsys.readouterr()
+    assert main(["analyze", str(run), "--num", "2", "--items", "2", "--no-progress"]) == 0
+    written = json.loads(capsys.readouterr().out)["written"]
+    assert "reverse_chain.png" not in written and not (run / "reverse_chain.png").exists()
+    assert "a toy run gets no `reverse_chain.png`" in _words((DOCS / "cli.md").read_text())
+    row = next(line for line in (DOCS / "analysis.md").read_text().splitlines()
+               if line.startswith("| `reverse_chain.png`"))  # fmt: skip
+    assert "image runs of a bridge variant only" in row
+    with pytest.raises(SystemExit):
+        main(["analyze", "--help"])
+    assert "reverse_chain.png (image runs of bridge variants)" in _words(capsys.readouterr().out)
+
+
+def test_evaluate_help_covers_toy_runs(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    shown = _words(capsys.readouterr().out)
+    assert "image run directory" not in shown and "trained image run" not in shown
+    assert "A toy run: the ELBO on its test walks" in shown

@@ -2,15 +2,26 @@
 parsing, precedence, refusals, the bit-exact round trip of a run's config.json, and
 ``--help`` / ``--version``."""
 
+import dataclasses
 import json
+import math
+import re
+import typing
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 import torch
 
 from pbridge.checkpoint import load_checkpoint
 from pbridge.cli import main
-from pbridge.config import ImageConfig, ToyConfig, image_preset
+from pbridge.config import (
+    BridgeSettings,
+    ImageConfig,
+    ToyConfig,
+    TrainSettings,
+    image_preset,
+)
 from pbridge.config_overrides import apply_overrides, parse_assignment
 
 TINY_TOY = [
@@ -107,7 +118,7 @@ def test_a_run_config_json_works_as_a_config_file(tmp_path, captured):
         (["--set", "train=1"], "'train' is a section, not a setting; set its fields: train.steps"),
         (["--set", "dataset=cifar10"], "the data set is DATASET, here fashion-mnist"),
         (["--set", "train.lr=1e-3", "--lr", "2e-3"], "both set train.lr: give one"),
-        (["--lr", "-1"], "--lr -1.0: lr must be > 0, got -1.0"),
+        (["--lr", "-1"], "--lr -1.0: lr must be a finite number > 0, got -1.0"),
         (["--config", "missing.toml"], "--config missing.toml: no such file"),
     ],
     ids=["unknown-section-key", "unknown-key", "bad-float", "bad-choice", "bad-tuple",
@@ -262,3 +273,170 @@ def test_every_train_flag_reaches_its_setting_over_a_config_file(name, tmp_path,
     assert _setting(captured[-1], key) == value and type(_setting(captured[-1], key)) is type(value)
     assert main(base) == 0
     assert _setting(captured[-1], key) == in_file
+
+
+NUMERIC = {
+    BridgeSettings: {
+        "spherical_radius": "> 0",
+        "commitment": ">= 0",
+        "readout_aux": ">= 0",
+        "tau_p": "> 0",
+        "tau_q": ">= 0",
+        "encoder_scale": "> 0",
+        "gumbel_temperature": "> 0",
+    },
+    TrainSettings: {
+        "steps": "int > 0",
+        "batch_size": "int > 0",
+        "lr": "> 0",
+        "clip_norm": "> 0",
+        "seed": "int >= 0",
+        "checkpoint_every": "int >= 0",
+        "latent_warmup": "int >= 0",
+        "ema_decay": ">= 0",
+        "log_every": "int > 0",
+        "eval_every": "int >= 0",
+        "heldout_items": "int > 0",
+        "sample_every": "int >= 0",
+    },
+    ToyConfig: {
+        "num_train": "int > 0",
+        "length": "int > 0",
+        "noise": "> 0",
+        "num_codes": "int > 0",
+        "latent_dim": "int > 0",
+        "hidden": "int > 0",
+        "denoiser_width": "int > 0",
+        "denoiser_blocks": "int > 0",
+        "num_steps": "int > 0",
+        "delta": "> 0",
+        "num_samples": "int > 0",
+    },
+    ImageConfig: {
+        "vqvae_steps": "int >= 0",
+        "restart_dead_codes": "> 0",
+        "num_codes": "int > 0",
+        "latent_dim": "int > 0",
+        "downsamples": "int >= 0",
+        "unet_width": "int > 0",
+        "unet_mults": "int > 0",
+        "unet_blocks": "int > 0",
+        "num_steps": "int > 0",
+        "pixelcnn_channels": "int > 0",
+        "pixelcnn_layers": "int > 0",
+        "max_train": "int > 0",
+        "eval_items": "int > 0",
+    },
+}
+"""Every numeric setting of every config class and what it allows."""
+
+
+def _bad_values(allowed: str) -> list:
+    bad = [math.nan, math.inf, -math.inf, -1]
+    bad += [0] if "> 0" in allowed else []
+    bad += [2.5] if allowed.startswith("int") else []
+    return bad
+
+
+def test_the_table_of_ranges_names_every_numeric_setting():
+    for cls, ranges in NUMERIC.items():
+        hints = typing.get_type_hints(cls)
+        numeric = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if {int, float} & ({hints[f.name]} | set(typing.get_args(hints[f.name])))
+        }
+        assert numeric == set(ranges), cls.__name__
+
+
+@pytest.mark.parametrize(
+    "cls, name, value",
+    [
+        pytest.param(cls, name, value, id=f"{cls.__name__}.{name}={value}")
+        for cls, ranges in NUMERIC.items()
+        for name, allowed in ranges.items()
+        for value in _bad_values(allowed)
+    ],
+)
+def test_every_numeric_setting_is_range_checked_naming_it(cls, name, value):
+    if name == "unet_mults":  # a tuple: each entry is checked
+        value = (1, value)
+    with pytest.raises(
+        ValueError, match=rf"^{name} must be (a|an) .*, got {re.escape(repr(value))}$"
+    ):
+        cls(**{name: value})
+
+
+def test_unet_mults_may_not_be_empty():
+    with pytest.raises(ValueError, match="unet_mults must be a non-empty tuple"):
+        ImageConfig(unet_mults=())
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--set", "train.clip_norm=-1"], "--set train.clip_norm=-1: clip_norm must be a finite "
+         "number > 0, got -1.0"),
+        (["--lr", "inf"], "--lr inf: lr must be a finite number > 0, got inf"),
+        (["--lr", "nan"], "--lr nan: lr must be a finite number > 0, got nan"),
+        (["--set", "num_steps=0"], "--set num_steps=0: num_steps must be a positive integer"),
+        (["--set", "downsamples=4"], "downsamples=4 halves fashion-mnist's 28 x 28 images 4 "
+         "times, and 2**4 = 16 does not divide 28 and 28: downsamples must lie in 0..2"),
+        (["--set", "train.ema_decay=1"], "ema_decay must be a finite number >= 0 and < 1"),
+    ],
+    ids=["negative-clip-norm", "infinite-lr", "nan-lr", "no-steps", "too-many-downsamples",
+         "ema-decay-one"],
+)  # fmt: skip
+def test_out_of_range_settings_are_one_line_naming_the_key(argv, named, tmp_path, capsys, captured):
+    out = tmp_path / "run"
+    assert main(["train", "fashion-mnist", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pbridge: ValueError: ") and "\n" not in err and named in err, err
+    assert not out.exists() and captured == []
+
+
+def test_toy_settings_are_range_checked_on_the_command_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    for setting in ("num_steps=0", "delta=nan", "noise=-1"):
+        assert main(["train", "toy", "--out", str(out), "--set", setting]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"--set {setting}: {setting.split('=')[0]} must be" in err and "\n" not in err
+        assert not out.exists()
+
+
+def test_the_set_example_of_the_help_and_the_docs_is_accepted(capsys, tmp_path, captured):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    example = re.search(r"e\.g\. (--set .*?);", shown).group(1).split()
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    row = re.search(r"\| `--set KEY=VALUE` \| [^`]*`([^`]*)`", docs).group(1).split()
+    for argv in (example, row):
+        assert main(["train", "fashion-mnist", "--out", str(tmp_path / "run"), *argv]) == 0
+    assert len(captured) == 2
+
+
+@pytest.mark.parametrize(
+    "argv, suggestion",
+    [
+        (["--set", "bridge.num_codes=256"], "did you mean num_codes?"),
+        (["--set", "lr=1e-3"], "did you mean train.lr?"),
+        (["--set", "train.tau_p=0.5"], "did you mean bridge.tau_p?"),
+    ],
+    ids=["top-level-in-a-section", "section-key-at-top", "another-section"],
+)
+def test_an_unknown_setting_suggests_the_key_at_another_level(argv, suggestion, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "fashion-mnist", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pbridge: ValueError: --set ") and err.endswith(suggestion), err
+    assert not out.exists()
+
+
+def test_a_config_file_key_at_the_wrong_level_gets_the_suggestion(tmp_path, capsys):
+    path = tmp_path / "settings.toml"
+    path.write_text("[bridge]\nnum_codes = 3\n")
+    assert (
+        main(["train", "fashion-mnist", "--out", str(tmp_path / "r"), "--config", str(path)]) == 2
+    )
+    assert capsys.readouterr().err.strip().endswith("did you mean num_codes?")

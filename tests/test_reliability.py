@@ -14,6 +14,7 @@ import tempfile
 import textwrap
 import time
 import warnings
+from importlib import metadata
 from pathlib import Path
 
 import pyro
@@ -755,3 +756,118 @@ def test_sample_progress_shows_lines_is_silenced_and_never_changes_the_draws(run
     assert capsys.readouterr().err == ""
     hidden = torch.load(run / "samples.pt", weights_only=True)
     assert all(torch.equal(shown[name], hidden[name]) for name in shown)
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """The torchrun launches of ``pbridge train --devices N``, recorded instead of run."""
+    commands = []
+
+    def record(command, **kwargs):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr("pbridge.cli.subprocess.run", record)
+    return commands
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--devices", "3"], "--devices 3: the batch of 256 items (train.batch_size) must be "
+         "shared evenly by the 3 processes; give --batch-size 255 or 258"),
+        (["--devices", "2", "--nodes", "2", "--rdzv-endpoint", "h:1", "--batch-size", "6"],
+         "--devices 2 --nodes 2: the batch of 6 items (train.batch_size) must be shared evenly "
+         "by the 4 processes; give --batch-size 4 or 8"),
+        (["--devices", "2", "--nodes", "2"], "--nodes 2 needs --rdzv-endpoint HOST:PORT"),
+        (["--devices", "2", "--nodes", "2", "--rdzv-endpoint", "host"],
+         "--rdzv-endpoint 'host' must be HOST:PORT"),
+    ],
+    ids=["batch-not-divisible", "batch-not-divisible-over-nodes", "no-rendezvous",
+         "bad-rendezvous"],
+)  # fmt: skip
+def test_a_data_parallel_launch_is_checked_before_torchrun_starts(
+    argv, named, tmp_path, capsys, launches
+):
+    out = tmp_path / "run"
+    err = _refused(["train", "toy", "--out", out, *argv], capsys)
+    assert err.startswith("pbridge: ValueError: ") and named in err, err
+    assert launches == [] and not out.exists()
+
+
+def test_a_data_parallel_launch_that_fits_starts_torchrun(tmp_path, launches):
+    argv = ["train", "toy", "--out", str(tmp_path / "run"), "--devices", "2", "--device", "cpu"]
+    assert main(argv) == 0
+    (command,) = launches
+    assert command[1:6] == ["-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"]
+    assert command[6:] == ["-m", "pbridge.cli", *argv[:4], "--device", "cpu"]
+
+
+def test_metrics_json_is_strict_json_with_null_where_a_number_is_undefined(tmp_path, capsys):
+    """A one-batch standard error (NaN) is written null, which strict parsers read; the
+    readers of the scores take null."""
+    from pbridge.inference.evaluate import results_table
+    from pbridge.inference.run_dir import json_text, write_json
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda word: pytest.fail(f"{word} in JSON"))
+
+    metrics = {"test_bits_per_dim": 1.5, "test_bits_per_dim_stderr": math.nan, "a": [math.inf]}
+    write_json(tmp_path / "metrics.json", metrics)
+    read = strict((tmp_path / "metrics.json").read_text())
+    assert read == {"test_bits_per_dim": 1.5, "test_bits_per_dim_stderr": None, "a": [None]}
+    assert strict(json_text(metrics)) == read
+    scores = {"masked_patch_bits_per_cell": None, "masked_patch_bits_per_cell_stderr": None}
+    scores |= {"codes_used": 3, "sampling_seconds_per_image": 0.1, **read}
+    assert "| run | 1.50 | n/a |" in results_table({"run": scores})
+    in_memory = scores | {"test_bits_per_dim_stderr": math.nan}  # eval.md from the run's dict
+    assert "| run | 1.50 | n/a |" in results_table({"run": in_memory})
+
+
+def test_a_checkpoint_copied_without_its_checksum_says_how_to_accept_it(tmp_path):
+    save_checkpoint({"step": 3}, tmp_path / "checkpoint.pt")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(tmp_path / "checkpoint.pt", copy / "checkpoint.pt")
+    with pytest.raises(CorruptCheckpointError) as refused:
+        load_checkpoint(copy / "checkpoint.pt")
+    advice = "run `sha256sum checkpoint.pt > checkpoint.pt.sha256` in " + str(copy)
+    assert advice in str(refused.value)
+    if shutil.which("sha256sum"):  # the advice, followed: sha256sum's own line is read
+        subprocess.run("sha256sum checkpoint.pt > checkpoint.pt.sha256", shell=True, cwd=copy)
+    else:
+        digest = hashlib.sha256((copy / "checkpoint.pt").read_bytes()).hexdigest()
+        (copy / "checkpoint.pt.sha256").write_text(f"{digest}  checkpoint.pt\n")
+    assert load_checkpoint(copy / "checkpoint.pt")["step"] == 3
+
+
+@pytest.mark.filterwarnings("always")  # as outside the tests, where warnings are not errors
+def test_other_libraries_warnings_keep_their_category_and_source(tmp_path, capsys, monkeypatch):
+    """pbridge's own warnings read ``pbridge: warning: ...``; numpy's keep their category and
+    file, on one line."""
+    import numpy as np
+
+    def warn_twice(*args, **kwargs):
+        np.mean(np.array([]))  # numpy: RuntimeWarning, Mean of empty slice
+        own = svi.__file__, 1, "pbridge.inference.svi"
+        warnings.warn_explicit("a warning of pbridge's own", UserWarning, *own)
+        return {}
+
+    monkeypatch.setattr("pbridge.inference.toy.run_toy", warn_twice)
+    assert main(["train", "toy", "--out", str(tmp_path / "run")]) == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    numpy_line = next(line for line in lines if "Mean of empty slice" in line)
+    assert "numpy" in numpy_line and ": RuntimeWarning: Mean of empty slice" in numpy_line
+    assert not numpy_line.startswith("pbridge:")
+    assert "pbridge: warning: a warning of pbridge's own" in lines
+
+
+def test_version_is_printed_without_importing_torch():
+    code = (
+        "import sys, runpy; sys.argv = ['pbridge', '--version']\n"
+        "try:\n    runpy.run_module('pbridge.cli', run_name='__main__')\n"
+        "except SystemExit as done:\n    assert done.code == 0\n"
+        "print('torch' in sys.modules, 'pyro' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["pbridge", metadata.version("pbridge"), "False", "False"]

@@ -5,6 +5,7 @@ import json
 import math
 from dataclasses import replace
 
+import pyro
 import pytest
 import torch
 from pyro import poutine
@@ -12,8 +13,9 @@ from torch import nn
 
 from pbridge.checkpoint import load_checkpoint
 from pbridge.cli import _parser, main
-from pbridge.config import ImageConfig, ToyConfig, image_preset
-from pbridge.inference.user_variant import VariantFile
+from pbridge.config import BridgeSettings, ImageConfig, ToyConfig, image_preset
+from pbridge.inference.svi import check_model_guide_sites, train
+from pbridge.inference.user_variant import VariantFile, load_variant_file
 from pbridge.models import class_conditional
 from pbridge.models.builders import (
     IMAGE_VARIANTS,
@@ -172,3 +174,87 @@ def test_a_variant_file_run_works_with_every_command(tmp_path, capsys, tutorial_
     assert evaluation["masked_patch_bits_per_cell"] is None
     assert "does not inpaint" in evaluation["masked_patch_note"]
     assert math.isfinite(evaluation["test_bits_per_dim"])
+
+
+def _variant_and_batch(name: str) -> tuple[nn.Module, object]:
+    digits = torch.rand(2, 1, 8, 8)
+    if name == "toy":
+        return build_toy_model(ToyConfig()), torch.randn(2, 2, 5)
+    if name == "class-conditional":
+        return class_conditional.build(_tiny("end-to-end")), (digits, torch.tensor([0, 3]))
+    if name == "paper":
+        paper = replace(_tiny("end-to-end"), bridge=BridgeSettings(formulation="paper"))
+        return build_image_model(paper), digits
+    return build_image_model(_tiny(name)), digits
+
+
+@pytest.mark.parametrize("name", ["toy", *IMAGE_VARIANTS, "paper", "class-conditional"])
+def test_the_built_in_variants_sample_the_same_latent_sites_in_model_and_guide(name):
+    check_model_guide_sites(*_variant_and_batch(name))
+
+
+def test_the_tutorial_variant_samples_the_same_latent_sites(tutorial_variant):
+    source = load_variant_file(tutorial_variant)
+    check_model_guide_sites(source.build_variant(_tiny("vqvae")), torch.rand(2, 1, 8, 8))
+
+
+MISMATCHED = {
+    "guide-site-missing-from-the-model": (
+        "            nearest_code_sites(self.encode(x), self.codebook(), self.commitment)\n",
+        "            nearest_code_sites(self.encode(x), self.codebook(), self.commitment)\n"
+        "            pyro.sample('z_extra', pyro.distributions.Normal(0.0, 1.0))\n",
+        "'z_extra' in the guide only",
+    ),
+    "model-latent-missing-from-the-guide": (
+        '            pyro.sample("x", self.decoder(z_q0), obs=x)\n',
+        "            pyro.sample('scale', pyro.distributions.LogNormal(0.0, 1.0))\n"
+        '            pyro.sample("x", self.decoder(z_q0), obs=x)\n',
+        "'scale' in the model only",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MISMATCHED, ids=list(MISMATCHED))
+def test_a_variant_file_whose_model_and_guide_disagree_is_refused_before_training(
+    case, tmp_path, capsys, tutorial_variant
+):
+    old, new, named = MISMATCHED[case]
+    text = tutorial_variant.read_text()
+    assert old in text
+    tutorial_variant.write_text(text.replace(old, new))
+    run = tmp_path / "run"
+    argv = ["train", str(tutorial_variant), "--out", str(run), "--no-progress", "--steps", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pbridge: ValueError: the model and guide of LearnedPriorVQVAE")
+    assert named in err and "\n" not in err, err
+    assert not run.exists()  # no checkpoint, nothing written
+
+
+def test_python_train_refuses_a_model_and_guide_that_disagree():
+    variant = build_image_model(_tiny("vqvae"))
+    guide = variant.guide
+
+    def guide_with_extra_site(x):
+        guide(x)
+        pyro.sample("z_extra", pyro.distributions.Normal(0.0, 1.0))
+
+    variant.guide = guide_with_extra_site
+    settings = replace(_tiny("vqvae").train, steps=1, batch_size=2)
+    with pytest.raises(ValueError, match="'z_extra' in the guide only"):
+        train(variant, torch.rand(4, 1, 8, 8), settings, progress=False)
+
+
+def test_the_site_check_leaves_the_run_as_it_was():
+    """Same seed, same bits: the check draws from forked random states, keeps the parameter
+    store and restores the variant's buffers (batch norm's running statistics)."""
+    variant = build_image_model(_tiny("end-to-end"))
+    before = {name: value.clone() for name, value in variant.state_dict().items()}
+    pyro.get_param_store().get_param("kept", torch.ones(2))
+    x = torch.rand(4, 1, 8, 8)
+    state = torch.get_rng_state()
+    check_model_guide_sites(variant, x)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert list(pyro.get_param_store().keys()) == ["kept"]
+    after = variant.state_dict()
+    assert [name for name, value in before.items() if not torch.equal(value, after[name])] == []

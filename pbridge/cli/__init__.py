@@ -30,7 +30,6 @@ the run directory as it was. Exit status: 0 done; 2 bad input, or a failure name
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -39,21 +38,37 @@ import warnings
 
 __all__ = ["main"]
 
-from pbridge.cli.draw import analyze_command, evaluate_command, sample_command
 from pbridge.cli.messages import one_line as _one_line
 from pbridge.cli.messages import one_line_warning
-from pbridge.cli.parser import build_parser as _parser
-from pbridge.cli.train import check_train, train_command
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The parser of ``pbridge`` and its commands (:func:`~pbridge.cli.parser.build_parser`)."""
+    from pbridge.cli.parser import build_parser
+
+    return build_parser()
+
+
+def _print_version_if_asked(argv: list[str]) -> None:
+    """``pbridge --version``: the version printed (and exit 0) before torch and Pyro are
+    imported, read from the installed package's metadata."""
+    from pbridge.cli.parser import version
+
+    first = argparse.ArgumentParser(prog="pbridge", add_help=False)
+    first.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    first.parse_known_args(argv[:1])
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input or a failure named in
     one line, 130 / 143 stopped by SIGINT / SIGTERM)."""
     argv = sys.argv[1:] if argv is None else argv
+    _print_version_if_asked(argv)
     args = _parser().parse_args(argv)
     from torch import OutOfMemoryError
 
     from pbridge.checkpoint import CorruptCheckpointError
+    from pbridge.cli.train import check_launch, check_train
     from pbridge.inference.svi import TrainingInterrupted
 
     with warnings.catch_warnings():  # pbridge's warnings as one line each
@@ -62,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             launch = args.command == "train" and (args.devices > 1 or args.nodes > 1)
             if launch and "WORLD_SIZE" not in os.environ:
-                check_train(args)
+                check_launch(args, check_train(args))
                 return _launch_data_parallel(args, argv)
             return _run(args)
         except TrainingInterrupted as stopped:
@@ -91,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _launch_data_parallel(args: argparse.Namespace, argv: list[str]) -> int:
-    """Run this same command under ``torchrun`` with ``--devices`` processes per machine."""
-    if args.nodes > 1 and not args.rdzv_endpoint:
-        raise ValueError(f"--nodes {args.nodes} needs --rdzv-endpoint HOST:PORT")
+    """Run this same command under ``torchrun`` with ``--devices`` processes per machine
+    (checked first by :func:`~pbridge.cli.train.check_launch`)."""
     launcher = [
         sys.executable,
         "-m",
@@ -123,6 +137,9 @@ def _without_launch_options(argv: list[str]) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pbridge.cli.draw import analyze_command, evaluate_command, sample_command
+    from pbridge.cli.train import train_command
+
     if args.command == "train":
         metrics = train_command(args)
     elif args.command == "evaluate":
@@ -132,5 +149,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         metrics = sample_command(args)
     if metrics:  # empty on the processes of a data-parallel job other than the first
-        print(json.dumps(metrics, indent=2))
+        from pbridge.inference.run_dir import json_text
+
+        print(json_text(metrics))
     return 0

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from pbridge.data import DATASETS
-
 TOY_SUMMARY = "the paper's toy problem (walks of 5 points on 8 circle centroids)"
 """``toy`` in ``train --help``; the image data sets' lines come from :data:`DATASETS`."""
 
@@ -42,7 +40,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _version() -> str:
+def version() -> str:
+    """pbridge's version, from the installed package's metadata (no torch imported)."""
     from importlib import metadata
 
     try:
@@ -59,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Diffusion-bridge VQ-VAE: train end to end with Pyro SVI, sample, score.",
         formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
     _add_sample_parser(sub)
@@ -88,6 +87,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 def _dataset_help() -> str:
     """``train``'s DATASET: toy, each data set of the registry with its shape and summary, or a
     variant file."""
+    from pbridge.data import DATASETS
+
     images = [
         f"{name} ({'x'.join(map(str, entry.shape))}), {entry.summary}"
         for name, entry in DATASETS.items()
@@ -113,8 +114,8 @@ def _add_setting_options(train: argparse.ArgumentParser) -> None:
         action="append",
         metavar="KEY=VALUE",
         dest="settings",
-        help="set one setting (repeatable), e.g. --set bridge.num_codes=256 --set "
-        "unet_mults=1,2,2; the settings are listed below",
+        help="set one setting (repeatable), e.g. --set num_codes=256 --set bridge.tau_p=0.5 "
+        "--set unet_mults=1,2,2; the settings are listed below",
     )
     train.add_argument("--steps", type=_positive_int, help="SVI steps (default: the preset's)")
     train.add_argument("--seed", type=_seed, help="random seed (default: the preset's)")
@@ -248,13 +249,14 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
 def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser(
         "evaluate",
-        help="score a trained image run under the common protocol",
-        description="Bits/dim, masked-patch bits per latent cell, FD-FMNIST, codebook usage and "
-        "sampling time on the test split; writes eval.json, eval.md and inpainting.png "
-        "(docs/evaluation.md).",
+        help="score a trained run under the common protocol",
+        description="An image run: bits/dim, masked-patch bits per latent cell, FD-FMNIST, "
+        "codebook usage and sampling time on the test split; writes eval.json, eval.md and "
+        "inpainting.png (docs/evaluation.md). A toy run: the ELBO on its test walks, the "
+        "transition accuracy of prior draws, codebook usage and sampling time, in eval.json.",
         formatter_class=_HelpFormatter,
     )
-    evaluate.add_argument("run_dir", help="an image run directory written by `pbridge train`")
+    evaluate.add_argument("run_dir", help="a run directory written by `pbridge train`")
     evaluate.add_argument("--items", type=_positive_int, default=1000, help="images for bits/dim")
     evaluate.add_argument(
         "--chain-steps",
@@ -286,8 +288,9 @@ def _add_analyze_parser(sub: argparse._SubParsersAction) -> None:
         "analyze",
         help="prior and posterior draws of a trained run as arviz InferenceData, with plots",
         description="Prior, posterior and predictive draws with the test items and the training "
-        "loss, as arviz InferenceData in analysis.nc; analysis_summary.csv (az.summary) and "
-        "reverse_chain.png, code_usage.png, code_entropy.png, elbo_trace.png (docs/analysis.md).",
+        "loss, as arviz InferenceData in analysis.nc; analysis_summary.csv (az.summary), "
+        "code_usage.png, elbo_trace.png, code_entropy.png (bridge variants) and "
+        "reverse_chain.png (image runs of bridge variants) (docs/analysis.md).",
         formatter_class=_HelpFormatter,
     )
     analyze.add_argument("run_dir", help="a run directory written by `pbridge train`")

@@ -117,6 +117,40 @@ def check_train(args: argparse.Namespace):
     return _fresh_config(args, overrides)
 
 
+def check_launch(args: argparse.Namespace, config) -> None:
+    """What ``torchrun`` needs of a data-parallel ``train`` (``--devices N``, ``--nodes M``),
+    checked before it is launched: a rendezvous for several machines, a global batch that
+    the N x M processes share evenly, and N GPUs on this machine when it trains on CUDA."""
+    import torch
+
+    from pbridge.inference.svi import resolve_device
+
+    if args.nodes > 1 and not args.rdzv_endpoint:
+        raise ValueError(f"--nodes {args.nodes} needs --rdzv-endpoint HOST:PORT")
+    host, _, port = (args.rdzv_endpoint or "localhost:0").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--rdzv-endpoint {args.rdzv_endpoint!r} must be HOST:PORT")
+    processes, batch = args.devices * args.nodes, config.train.batch_size
+    if batch % processes:
+        lower = batch // processes * processes
+        fits = " or ".join(str(b) for b in (lower, lower + processes) if b > 0)
+        given = f"--devices {args.devices}" + (f" --nodes {args.nodes}" if args.nodes > 1 else "")
+        raise ValueError(
+            f"{given}: the batch of {batch} items (train.batch_size) must be shared evenly by "
+            f"the {processes} processes; give --batch-size {fits}, or a number of processes "
+            f"that divides {batch}"
+        )
+    if not torch.distributed.is_available():
+        raise ValueError(f"--devices {args.devices}: this torch has no torch.distributed")
+    device = resolve_device(args.device)
+    if device.type == "cuda" and torch.cuda.device_count() < args.devices:
+        raise ValueError(
+            f"--devices {args.devices} asks for one GPU per process, and this machine has "
+            f"{torch.cuda.device_count()}; give --devices {torch.cuda.device_count()} or "
+            "--device cpu"
+        )
+
+
 def _config_class(dataset: str) -> type:
     from pbridge.config import ImageConfig, ToyConfig
 
@@ -139,7 +173,7 @@ def _overrides(args: argparse.Namespace) -> list:
     first: dict = {}
     for item in given:
         earlier = first.setdefault(item.key, item)
-        if earlier.value != item.value:
+        if earlier is not item and earlier.value != item.value:
             raise ValueError(f"{earlier.origin} and {item.origin} both set {item.key}: give one")
     return from_file + given
 
