@@ -257,7 +257,7 @@ def tables(out: Path, items: int) -> str:
         vqvae, steps = r.steps()
         lines.append(
             f"| {r.name} | {vqvae} + {steps} | {float(bits.mean()):.3f} "
-            f"| {m['test_bits_per_dim']:.3f} ± {m['test_bits_per_dim_stderr']:.3f} "
+            f"| {m['test_bits_per_dim']:.3f} ± {m['test_bits_per_dim_stderr'] or math.nan:.3f} "
             f"| {m['codes_used']} | {m['train_seconds']:.0f} |"
         )
     lines.append("")
@@ -367,9 +367,15 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=2)
     parser.add_argument("--no-commit", action="store_true")
     parser.add_argument("--score", metavar="RUN", help="(internal) score one run's images")
+    parser.add_argument(
+        "--write-docs", action="store_true", help="only rewrite the tables of the finished rows"
+    )
     args = parser.parse_args()
     if args.score:
         score_run(Path(args.score), args.items)
+        return
+    if args.write_docs:
+        write_docs(Path(args.out), Path(args.results), args.items, not args.no_commit)
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -87,7 +87,8 @@ def fashion_mnist(out: Path) -> list[str]:
     for w in WEIGHTS:
         s = scores[w]
         lines.append(
-            f"| {w} | {s['test_bits_per_dim']:.3f} ± {s['test_bits_per_dim_stderr']:.3f} | "
+            f"| {w} | {s['test_bits_per_dim']:.3f} "
+            f"± {s['test_bits_per_dim_stderr'] or math.nan:.3f} | "
             f"{means[w]:.4f} | {s['fd_fmnist']:.2f} ± {s['fd_fmnist_stderr']:.2f} | "
             f"{s['codes_used']} |"
         )
