@@ -14,9 +14,9 @@ from pbridge.config import image_preset
 from pbridge.data import load_images
 from pbridge.inference.evaluate import (
     EvalSettings,
-    _masked_patch,
     chain_bits_by_step,
     evaluate_run,
+    masked_patch_scores,
     results_table,
 )
 from pbridge.inference.images import run_images
@@ -62,7 +62,8 @@ def test_uniform_vqvae_scores_log2_k_on_the_patch(tmp_path, capsys):
 @pytest.mark.parametrize("variant", ["two-stage", "pixelcnn"])
 def test_bridge_and_pixelcnn_go_through_the_same_protocol(variant, tmp_path):
     """Both priors go through the same estimator; the PixelCNN also reports its exact
-    teacher-forced figure."""
+    teacher-forced figure, the tight bridge its conditional bound (between 0 and the
+    uniform prior's log2 K plus the chain's slack), each named in the table."""
     _tiny_run(variant, tmp_path)
     settings = EvalSettings(bpd_items=64, num_samples=8, patch_items=8, patch_draws=2)
     sampler = SamplerSettings("respaced", 10) if variant == "two-stage" else ANCESTRAL
@@ -70,9 +71,14 @@ def test_bridge_and_pixelcnn_go_through_the_same_protocol(variant, tmp_path):
     bits = result["masked_patch_bits_per_cell"]
     assert bits > 0 and math.isfinite(bits) and result["masked_patch_bits_per_cell_stderr"] > 0
     assert ("masked_patch_bits_per_cell_exact" in result) == (variant == "pixelcnn")
+    bound = result.get("masked_patch_conditional_bound_bits_per_cell")
+    assert (bound is not None) == (variant == "two-stage")
+    if bound is not None:
+        assert 0 < bound < 10 and result["masked_patch_conditional_bound_bits_per_cell_stderr"] > 0
     assert result["sampler"]["name"] == ("respaced" if variant == "two-stage" else "ancestral")
     table = results_table({variant: result})
     assert table.count("\n") == 3 and variant in table
+    assert ("conditional bound" in table.splitlines()[2]) == (variant == "two-stage")
 
 
 def test_pixelcnn_sample_and_evaluate_show_a_bar_over_the_cells(tmp_path, capsys):
@@ -107,10 +113,10 @@ def test_inpainting_shows_the_chain_steps_of_every_draw(tmp_path, capsys):
     x = load_images("digits", "test").as_float()[:4]
     settings, sampler = EvalSettings(patch_items=4, patch_draws=2), SamplerSettings("respaced", 5)
     torch.manual_seed(1)
-    shown = _masked_patch(variant, x, settings, sampler, tmp_path / "a.png", Progress())
+    shown = masked_patch_scores(variant, x, settings, sampler, tmp_path / "a.png", Progress())
     err = capsys.readouterr().err
     torch.manual_seed(1)
-    quiet = _masked_patch(variant, x, settings, sampler, tmp_path / "b.png")
+    quiet = masked_patch_scores(variant, x, settings, sampler, tmp_path / "b.png")
     assert shown == quiet and capsys.readouterr().err == ""
     for draw in (1, 2):
         assert f"backward chain (respaced), inpainting, draw {draw} of 2: 4/4 steps (" in err
