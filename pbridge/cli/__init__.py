@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _launch_data_parallel(args: argparse.Namespace, argv: list[str]) -> int:
-    """Run this same command under ``torchrun`` with ``--devices`` processes per machine."""
+    """Run this same command under ``torchrun`` with ``--devices`` processes per machine; on
+    one machine the launcher holds the run directory's lock for its processes."""
     if args.nodes > 1 and not args.rdzv_endpoint:
         raise ValueError(f"--nodes {args.nodes} needs --rdzv-endpoint HOST:PORT")
     launcher = [
@@ -107,7 +108,15 @@ def _launch_data_parallel(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         launcher.append("--standalone")
     inner = _without_launch_options(argv)
-    return subprocess.run([*launcher, "-m", "pbridge.cli", *inner], check=False).returncode
+    command = [*launcher, "-m", "pbridge.cli", *inner]
+    if args.nodes > 1:  # the process of rank 0, on whichever machine, locks the run directory
+        return subprocess.run(command, check=False).returncode
+    from pbridge.inference.run_lock import INHERITED_LOCK, LOCK_FILE, run_lock
+
+    name = "train --resume" if args.resume else "train"
+    with run_lock(args.out, name, create=not args.resume) as held:
+        env = {**os.environ, INHERITED_LOCK: str((held.folder / LOCK_FILE).resolve())}
+        return subprocess.run(command, check=False, env=env).returncode
 
 
 def _without_launch_options(argv: list[str]) -> list[str]:
