@@ -26,7 +26,6 @@ while it runs (:func:`run_lock`), taken before it writes anything:
 from __future__ import annotations
 
 import datetime
-import errno
 import fcntl
 import json
 import os
@@ -96,7 +95,7 @@ def _refusal(path: Path, holder: dict | None) -> RunLockedError:
     text = _describe(path, holder)
     if holder is not None and holder.get("host") != _host():
         text += f" (if that process is gone, delete {path})"
-    return RunLockedError(errno.EBUSY, text)
+    return RunLockedError(text)
 
 
 def check_unlocked(folder: str | Path) -> None:
