@@ -611,7 +611,8 @@ def test_item9_a_full_disk_is_one_line_and_leaves_no_partial_file(run, capsys, m
 
     monkeypatch.setattr("pbridge.inference.sample_run.torch.save", full)
     quiet = ["sample", run, "--num", "4", "--no-progress"]  # stderr: the error line alone
-    assert "No space left on device" in _refused(quiet, capsys)
+    err = _refused(quiet, capsys)
+    assert f"No space left on device: '{run / 'samples.pt'}'" in err  # the file is named
     assert not (run / "samples.pt").exists() and not list(run.glob(".*tmp*"))
 
 
