@@ -20,7 +20,7 @@ from pbridge.checkpoint import save_checkpoint
 from pbridge.cli import main
 from pbridge.config import ToyConfig
 from pbridge.inference import run_lock as lock_module
-from pbridge.inference.run_lock import LOCK_FILE, RunLockedError, run_lock
+from pbridge.inference.run_lock import INHERITED_LOCK, LOCK_FILE, RunLockedError, run_lock
 from pbridge.inference.toy import run_toy
 
 TINY = ["--set", "num_train=256", "--set", "num_samples=64", "--set", "hidden=16"]
@@ -220,6 +220,33 @@ def test_the_lock_is_released_on_an_exception_and_on_ctrl_c(tmp_path):
             assert (tmp_path / "new" / LOCK_FILE).is_file()
             raise raised
         assert not (tmp_path / "new").exists()  # created, left empty: removed
+
+
+_INHERITOR = """
+import sys
+from pbridge.inference.run_lock import run_lock
+with run_lock(sys.argv[1], "train"):
+    print("in", flush=True)
+"""
+
+
+@pytest.mark.processes
+def test_the_processes_of_a_launcher_holding_the_lock_inherit_it(tmp_path):
+    """``train --devices N`` on one machine: the launcher holds the lock; its process of rank 0
+    (told by ``PBRIDGE_RUN_LOCK``) and of rank 1 run under it without taking or removing it."""
+    with run_lock(tmp_path, "train"):
+        path = str((tmp_path / LOCK_FILE).resolve())
+        for env in ({"RANK": "0", INHERITED_LOCK: path}, {"RANK": "1"}):
+            done = subprocess.run(
+                [sys.executable, "-c", _INHERITOR, str(tmp_path)],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+            )
+            assert (done.returncode, done.stdout) == (0, "in\n"), done.stderr
+            assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert not (tmp_path / LOCK_FILE).exists()
 
 
 def test_ranks_above_zero_take_no_lock(tmp_path, monkeypatch):
