@@ -49,6 +49,8 @@ LOCK_FILE = "pbridge.lock"
 """The lock file of a run directory, present while a command writes into it."""
 INHERITED_LOCK = "PBRIDGE_RUN_LOCK"
 """Environment variable naming the lock file a launcher holds for the processes it starts."""
+UNWRITTEN_AFTER = 10.0
+"""Seconds after which a lock file that names no holder counts as left by a dead process."""
 
 
 class RunLockedError(OSError):
@@ -121,7 +123,10 @@ def _locked_if_stale(path: Path) -> int | None:
     if holder is None:
         time.sleep(0.2)  # its holder writes the JSON right after creating and flocking it
         holder = _holder(path)
-    if holder is None or holder.get("host") != _host():
+    if holder is None:  # left unwritten by a process killed at once, or unreadable
+        if not _older_than(path, UNWRITTEN_AFTER):
+            return None
+    elif holder.get("host") != _host():
         return None
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -135,6 +140,13 @@ def _locked_if_stale(path: Path) -> int | None:
     return fd
 
 
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except FileNotFoundError:
+        return False
+
+
 def _create(path: Path, command: str) -> int | None:
     """Create the lock file exclusively, flock it and write its holder; its descriptor, or
     ``None`` when one exists."""
@@ -143,9 +155,7 @@ def _create(path: Path, command: str) -> int | None:
     except FileExistsError:
         return None
     except OSError as err:
-        raise type(err)(
-            err.errno, f"cannot write to {path.parent} (to lock it): {err.strerror}"
-        ) from err
+        raise type(err)(f"cannot write to {path.parent} (to lock it): {err.strerror}") from err
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

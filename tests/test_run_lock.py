@@ -182,6 +182,15 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(run):
     assert not (run / LOCK_FILE).exists()
 
 
+def test_an_unwritten_lock_is_stale_once_it_is_old(run, capsys):
+    """A lock file naming no holder (its process killed between creating and writing it)."""
+    (run / LOCK_FILE).write_text("")
+    assert main(["sample", str(run), "--num", "4", "--no-progress"]) == 2
+    assert "is being written" in capsys.readouterr().err
+    os.utime(run / LOCK_FILE, (0, 0))
+    assert main(["sample", str(run), "--num", "4", "--no-progress"]) == 0
+
+
 def test_of_many_takers_of_a_stale_lock_exactly_one_wins(tmp_path):
     _stale_lock(tmp_path)
     path, start, won, refused = tmp_path / LOCK_FILE, threading.Barrier(8), [], []
