@@ -23,8 +23,10 @@ launcher) and the dispatch to the commands; ``parser`` holds the parsers and the
 ``sample``, ``evaluate`` and ``analyze``, and ``messages`` how errors and warnings print.
 
 Every command checks its inputs before it writes anything, so a command that refuses leaves
-the run directory as it was. Exit status: 0 done; 2 bad input, or a failure named in one line;
-128 + signal number when stopped by SIGINT/SIGTERM (in training, after writing a checkpoint).
+the run directory as it was, and holds the run directory's lock while it writes
+(``inference/run_lock.py``: a second writer is refused, naming the first). Exit status: 0
+done; 2 bad input, or a failure named in one line; 128 + signal number when stopped by
+SIGINT/SIGTERM (in training, after writing a checkpoint).
 """
 
 from __future__ import annotations
