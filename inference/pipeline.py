@@ -2,10 +2,13 @@
 
 :func:`run` is the pipeline every ``pbridge train`` goes through:
 
+0. check the run directory and lock it (:mod:`.run_lock`), creating it for a new run; a start
+   that fails before a checkpoint removes what it wrote (:func:`~.run_dir.discard_failed_start`);
 1. seed and resolve the device (:func:`~.run_dir.start_run`); load the data (``recipe.data``);
 2. build the module of the first stage and, if it has one, initialise its codebook by k-means;
-3. check that every stage's model and guide sample the same latent sites and, with ``resume``,
-   every stage's checkpoint against its module; nothing is written before this point;
+3. check that every stage's model and guide sample the same latent sites and, with
+   ``resume``, every stage's checkpoint against its module (a finished, scored run
+   stops here); nothing is written before this point;
 4. write ``config.json`` and ``environment.json`` (:func:`~.run_dir.write_run_files`), then
    ``recipe.on_written(out)`` (e.g. the copy of a variant file);
 5. train the stages in order, each checkpointed to its own file, a later stage built on the
@@ -17,7 +20,10 @@ A kind of run is a :class:`Recipe`: its data, its stages and its scoring are the
 
 from __future__ import annotations
 
+import json
+import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,8 +34,19 @@ from torch import nn
 
 from pbridge.variant import InitialisesCodebook, TakesLabels
 
+from .distributed import World
 from .progress import Progress
-from .run_dir import check_resume, start_run, train_in_run, write_json, write_run_files
+from .run_dir import (
+    check_out_dir,
+    check_resume,
+    check_writable,
+    discard_failed_start,
+    start_run,
+    train_in_run,
+    write_json,
+    write_run_files,
+)
+from .run_lock import run_lock
 from .svi import Batch, TrainResult, check_model_guide_sites
 from .train_hooks import training_hooks
 
@@ -129,8 +146,39 @@ def run(
 ) -> dict[str, Any]:
     """Train ``recipe``'s stages, score the variant and write the run directory ``out_dir``
     (``resume``: continue from its checkpoints; ``overwrite``: replace the run it holds); the
-    metrics (``{}`` on the processes of a data-parallel run other than the main one)."""
+    metrics (``{}`` on the processes of a data-parallel run other than the main one).
+
+    The run directory is locked throughout (:func:`~.run_lock.run_lock`; another writer is
+    refused with :class:`~.run_lock.RunLockedError`). A start that fails before any stage has
+    written a checkpoint removes what it wrote, and the directory if it created it; the
+    run's earlier files and another process's are never touched. Resuming a run that has
+    trained all its steps and been scored writes nothing: a warning says so and its
+    ``metrics.json`` is returned."""
     start = time.perf_counter()
+    main = os.environ.get("RANK", "0") == "0"
+    if main:
+        check_out_dir(out_dir, resume, overwrite)
+        check_writable(out_dir)
+    command = "train --resume" if resume else "train"
+    with run_lock(out_dir, command, create=not resume) as held:
+        try:
+            return _run(recipe, held.folder, device, progress, resume, overwrite, start)
+        except BaseException:  # Ctrl-C included
+            if main:
+                discard_failed_start(held)
+            raise
+
+
+def _run(
+    recipe: Recipe,
+    out_dir: Path,
+    device: str,
+    progress: bool,
+    resume: bool,
+    overwrite: bool,
+    start: float,
+) -> dict[str, Any]:
+    """:func:`run` with the run directory locked."""
     config = recipe.config
     out, dev, world = start_run(out_dir, config, device)
     data = recipe.data().to(dev)
@@ -140,7 +188,9 @@ def run(
         first.initialise_codebook(data.train_x[: recipe.init_items], generator)
     _check_sites(recipe.stages, first, data)
     if resume:
-        _check_resumable(recipe.stages, first, out, config)
+        done = _check_resumable(recipe.stages, first, out, config)
+        if done >= recipe.stages[-1].steps and (out / "metrics.json").is_file():
+            return _finished(out, done, world)
     write_run_files(out, config, world, resume, overwrite)
     if world.is_main and recipe.on_written is not None:
         recipe.on_written(out)
@@ -182,14 +232,30 @@ def _check_sites(stages: Sequence[Stage], first: nn.Module, data: RunData) -> No
         check_model_guide_sites(module, data.train(module))
 
 
-def _check_resumable(stages: Sequence[Stage], first: nn.Module, out: Path, config: Any) -> None:
+def _check_resumable(stages: Sequence[Stage], first: nn.Module, out: Path, config: Any) -> int:
     """Every stage's checkpoint fits its module (:func:`~.run_dir.check_resume`); a later
-    stage's module is built aside, the random state left as it was."""
-    check_resume(first, out / stages[0].checkpoint, config)
+    stage's module is built aside, the random state left as it was. Returns the step of the
+    last stage's checkpoint (0: none yet)."""
+    done = check_resume(first, out / stages[0].checkpoint, config)
     dev = next(first.parameters()).device
     for stage in stages[1:]:
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            check_resume(stage.build(), out / stage.checkpoint, config)
+            done = check_resume(stage.build(), out / stage.checkpoint, config)
+    return done
+
+
+def _finished(out: Path, steps: int, world: World) -> dict[str, Any]:
+    """A resumed run that has trained all its steps and been scored: said in one warning,
+    nothing written; its metrics as ``metrics.json`` holds them."""
+    if not world.is_main:
+        return {}
+    warnings.warn(
+        f"{out} is finished: it has trained all its {steps} steps and is scored "
+        "(metrics.json, left as it is); nothing to do. To train it on, pass --steps N "
+        "--extend-steps with --resume",
+        stacklevel=3,
+    )
+    return json.loads((out / "metrics.json").read_text())
 
 
 def _finish(

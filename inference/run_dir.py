@@ -9,6 +9,7 @@ written?), :func:`read_config` (is ``config.json`` readable and of the right typ
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
@@ -33,6 +34,7 @@ from pbridge.checkpoint import check_state_fits, load_latest_checkpoint, previou
 from pbridge.config import TrainSettings, config_from_dict
 
 from .distributed import World, world_from_environment
+from .run_lock import LOCK_FILE, HeldLock, check_unlocked
 from .svi import Hook, TrainResult, load_checkpoint_of, resolve_device, train
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "check_writable",
     "check_resume",
     "write_run_files",
+    "discard_failed_start",
     "atomic_write",
     "write_json",
     "read_config",
@@ -137,12 +140,15 @@ def check_out_dir(out_dir: str | Path, resume: bool = False, overwrite: bool = F
     """Refuse (``ValueError`` naming the directory) to start a run where it would lose work:
     an existing file; a directory that holds a run, unless ``resume`` (continue it) or
     ``overwrite`` (replace it); a non-empty directory that holds no run; ``resume`` of a
-    missing or empty directory. Writes nothing."""
+    missing or empty directory; a directory another process holds (:mod:`.run_lock`). Writes
+    nothing."""
     out = Path(out_dir)
     if resume and overwrite:
         raise ValueError("--resume continues a run and --overwrite replaces it: give one of them")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a run directory")
+    if out.is_dir():
+        check_unlocked(out)
     holds_run = out.is_dir() and is_run_dir(out)
     if resume:
         if not holds_run:
@@ -156,7 +162,7 @@ def check_out_dir(out_dir: str | Path, resume: bool = False, overwrite: bool = F
             f"{out} already holds a run; pass --resume to continue it or --overwrite to replace "
             "it (its checkpoint, samples and scores are deleted)"
         )
-    if out.is_dir() and not holds_run and any(out.iterdir()):
+    if out.is_dir() and not holds_run and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise ValueError(f"{out} is not empty and holds no run; choose a new or empty --out")
 
 
@@ -189,6 +195,11 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename is not None or not err.errno:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err  # a full disk: name the file
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -249,6 +260,26 @@ def write_run_files(
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / CONFIG_FILE, config.to_dict())
     write_json(out / "environment.json", {**environment(), "processes": world.size})
+
+
+def discard_failed_start(held: HeldLock) -> None:
+    """Remove what this process wrote into the run directory ``held.folder`` before failing,
+    when no stage wrote a checkpoint (nothing to resume): only the names that were not there
+    when it took the lock (``held.before``), never a file of the run it started from or of
+    another process."""
+    out = held.folder
+    try:
+        if not out.is_dir() or is_run_dir(out, checkpoints_only=True):
+            return
+        for item in out.iterdir():
+            if item.name in held.before or item.name == LOCK_FILE:
+                continue
+            if item.is_dir() and not item.is_symlink():
+                shutil.rmtree(item)
+            else:
+                item.unlink()
+    except OSError:
+        pass  # the error being raised says more
 
 
 def run_kind(run_dir: str | Path) -> str:
@@ -390,10 +421,7 @@ def open_run(
     config = config_from_dict(config_type, data, str(run / CONFIG_FILE))
     checkpoint = run / CHECKPOINT_FILE
     if not (checkpoint.is_file() or previous_path(checkpoint).is_file()):
-        raise FileNotFoundError(
-            f"{run} has no checkpoint yet: its training has not reached its first checkpoint "
-            "(still running, or stopped before it; continue with `pbridge train ... --resume`)"
-        )
+        raise FileNotFoundError(_missing_checkpoint(run, config.train))
     state, used = load_latest_checkpoint(checkpoint)
     check_config_matches(data, state, run / CONFIG_FILE, used)
     variant = build(config)
@@ -423,4 +451,35 @@ def open_run(
         step=int(state["step"]),
         weights=chosen,
         checkpoint=used,
+    )
+
+
+def _logged_steps(log: Path) -> int:
+    """The last step ``train.csv`` logs (0 when it is missing or unreadable)."""
+    try:
+        with log.open(newline="") as handle:
+            steps = [int(row["step"]) for row in csv.DictReader(handle)]
+    except (OSError, ValueError, KeyError, TypeError, csv.Error):
+        return 0
+    return max(steps, default=0)
+
+
+def _missing_checkpoint(run: Path, settings: TrainSettings) -> str:
+    """What a run without ``checkpoint.pt`` (nor its ``.prev``) went through: finished (its
+    ``metrics.json``), or trained past a step that writes a checkpoint (its ``train.csv``),
+    the checkpoint since removed; or not at its first checkpoint yet."""
+    logged = _logged_steps(run / "train.csv")
+    if (run / "metrics.json").is_file():
+        what = "its training finished (metrics.json is there)"
+    elif logged >= min(settings.steps, settings.checkpoint_every or settings.steps):
+        what = f"its train.csv logs {logged} of {settings.steps} steps, past a checkpoint"
+    else:
+        return (
+            f"{run} has no checkpoint yet: its training has not reached its first checkpoint "
+            "(still running, or stopped before it; continue with `pbridge train ... --resume`)"
+        )
+    return (
+        f"{run} has no {CHECKPOINT_FILE} (nor {CHECKPOINT_FILE}.prev), yet {what}: the "
+        "checkpoint was deleted or moved; restore it, or train the run again with "
+        "`pbridge train ... --overwrite`"
     )

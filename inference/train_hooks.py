@@ -45,12 +45,19 @@ def heldout_bound(x: Batch, every: int) -> Hook:
 
 def sample_grid(folder: Path, every: int, draw: Callable[[nn.Module, Path, int], None]) -> Hook:
     """``draw(model, path, step)`` writes a PNG of prior samples at ``step``; the hook writes it
-    atomically to ``folder/step_NNNNNN.png``."""
+    atomically to ``folder/step_NNNNNN.png`` (``folder`` created for it, and removed again if
+    the first write fails)."""
 
     def run(step: int, model: nn.Module) -> None:
+        created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_write(folder / f"step_{step:06d}.png") as tmp:
-            draw(model, tmp, step)
+        try:
+            with atomic_write(folder / f"step_{step:06d}.png") as tmp:
+                draw(model, tmp, step)
+        except BaseException:
+            if created and not any(folder.iterdir()):  # a full disk leaves no empty folder
+                folder.rmdir()
+            raise
 
     return Hook(every, run)
 

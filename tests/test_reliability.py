@@ -462,6 +462,7 @@ def test_item4_resume_takes_the_run_config_and_flags_must_match(run, capsys, no_
         err = _refused(["train", "toy", "--out", run, "--resume", "--no-progress", *flags], capsys)
         assert named in err
         assert _snapshot(run) == before
+    (run / "metrics.json").unlink()  # trained but not scored: a resume has work left
     with pytest.raises(_Trained):  # without --steps: the run's own 3 steps, not the preset's
         main(["train", "toy", "--out", str(run), "--resume", "--no-progress"])
     assert no_training[-1].steps == 3
@@ -551,9 +552,22 @@ def test_item6_pyro_trace_dumps_are_cut_from_the_message(run, capsys):
 
 
 def test_item7_a_run_without_a_checkpoint_yet_says_so(run, capsys):
-    (run / "checkpoint.pt").unlink()
+    for name in ("checkpoint.pt", "metrics.json", "train.csv"):  # as before its first one
+        (run / name).unlink()
     err = _refused(["sample", run], capsys)
     assert "has no checkpoint yet" in err and "Corrupt" not in err
+
+
+@pytest.mark.parametrize("finished", [True, False], ids=["scored", "logged"])
+def test_a_finished_run_that_lost_its_checkpoint_says_so(finished, run, capsys):
+    """Issue 23 item 6: not "no checkpoint yet" for a run that had one."""
+    (run / "checkpoint.pt").unlink()
+    if not finished:
+        (run / "metrics.json").unlink()  # its train.csv still logs the 3 steps
+    err = _refused(["sample", run], capsys)
+    what = "its training finished" if finished else "its train.csv logs 3 of 3 steps"
+    assert f"{run} has no checkpoint.pt (nor checkpoint.pt.prev), yet {what}" in err
+    assert "deleted or moved" in err and "no checkpoint yet" not in err
 
 
 def test_item7_a_broken_config_json_is_named(run, capsys):
@@ -633,7 +647,8 @@ def test_item9_a_full_disk_is_one_line_and_leaves_no_partial_file(run, capsys, m
 
     monkeypatch.setattr("pbridge.inference.sample_run.torch.save", full)
     quiet = ["sample", run, "--num", "4", "--no-progress"]  # stderr: the error line alone
-    assert "No space left on device" in _refused(quiet, capsys)
+    err = _refused(quiet, capsys)
+    assert f"No space left on device: '{run / 'samples.pt'}'" in err  # the file is named
     assert not (run / "samples.pt").exists() and not list(run.glob(".*tmp*"))
 
 

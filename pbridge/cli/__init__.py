@@ -23,8 +23,10 @@ launcher) and the dispatch to the commands; ``parser`` holds the parsers and the
 ``sample``, ``evaluate`` and ``analyze``, and ``messages`` how errors and warnings print.
 
 Every command checks its inputs before it writes anything, so a command that refuses leaves
-the run directory as it was. Exit status: 0 done; 2 bad input, or a failure named in one line;
-128 + signal number when stopped by SIGINT/SIGTERM (in training, after writing a checkpoint).
+the run directory as it was, and holds the run directory's lock while it writes
+(``inference/run_lock.py``: a second writer is refused, naming the first). Exit status: 0
+done; 2 bad input, or a failure named in one line; 128 + signal number when stopped by
+SIGINT/SIGTERM (in training, after writing a checkpoint).
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _launch_data_parallel(args: argparse.Namespace, argv: list[str]) -> int:
     """Run this same command under ``torchrun`` with ``--devices`` processes per machine
-    (checked first by :func:`~pbridge.cli.train.check_launch`)."""
+    (checked first by :func:`~pbridge.cli.train.check_launch`); on one machine the launcher
+    holds the run directory's lock for its processes."""
     launcher = [
         sys.executable,
         "-m",
@@ -121,7 +124,15 @@ def _launch_data_parallel(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         launcher.append("--standalone")
     inner = _without_launch_options(argv)
-    return subprocess.run([*launcher, "-m", "pbridge.cli", *inner], check=False).returncode
+    command = [*launcher, "-m", "pbridge.cli", *inner]
+    if args.nodes > 1:  # the process of rank 0, on whichever machine, locks the run directory
+        return subprocess.run(command, check=False).returncode
+    from pbridge.inference.run_lock import INHERITED_LOCK, LOCK_FILE, run_lock
+
+    name = "train --resume" if args.resume else "train"
+    with run_lock(args.out, name, create=not args.resume) as held:
+        env = {**os.environ, INHERITED_LOCK: str((held.folder / LOCK_FILE).resolve())}
+        return subprocess.run(command, check=False, env=env).returncode
 
 
 def _without_launch_options(argv: list[str]) -> list[str]:

@@ -4,6 +4,8 @@ against its chain, memory, a writable folder), then one call into ``pbridge.infe
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pbridge.cli.messages import warn
 from pbridge.cli.parser import sampler_settings
@@ -38,6 +40,18 @@ def _check_drawing(args: argparse.Namespace, sampler) -> str:
     return kind
 
 
+@contextmanager
+def _locked(args: argparse.Namespace) -> Iterator[None]:
+    """The run directory of a sample / evaluate / analyze command, checked to hold a run and
+    locked (:mod:`~pbridge.inference.run_lock`) for the command."""
+    from pbridge.inference.run_dir import read_config
+    from pbridge.inference.run_lock import run_lock
+
+    read_config(args.run_dir)  # a missing run is named as such, not as a lock that failed
+    with run_lock(args.run_dir, args.command):
+        yield
+
+
 def _check_memory(config: dict, kind: str, num: int, device: str) -> None:
     """``num`` prior draws of the run fit in memory, estimated from its config.json (a variant
     file's shapes are known only once it is built: checked then)."""
@@ -64,28 +78,30 @@ def sample_command(args: argparse.Namespace) -> dict:
     from pbridge.inference.sample_run import sample_run
 
     sampler = sampler_settings(args)
-    _check_drawing(args, sampler)
-    return sample_run(
-        args.run_dir, args.num, args.device, args.seed, sampler, args.weights, _progress(args)
-    )
+    with _locked(args):
+        _check_drawing(args, sampler)
+        return sample_run(
+            args.run_dir, args.num, args.device, args.seed, sampler, args.weights, _progress(args)
+        )
 
 
 def analyze_command(args: argparse.Namespace) -> dict:
     from pbridge.inference.analysis import analyze_run
 
     sampler = sampler_settings(args)
-    _check_drawing(args, sampler)
-    return analyze_run(
-        args.run_dir,
-        args.num,
-        args.items,
-        args.seed,
-        args.device,
-        args.root,
-        sampler,
-        args.weights,
-        _progress(args),
-    )
+    with _locked(args):
+        _check_drawing(args, sampler)
+        return analyze_run(
+            args.run_dir,
+            args.num,
+            args.items,
+            args.seed,
+            args.device,
+            args.root,
+            sampler,
+            args.weights,
+            _progress(args),
+        )
 
 
 def evaluate_command(args: argparse.Namespace) -> dict:
@@ -102,15 +118,15 @@ def evaluate_command(args: argparse.Namespace) -> dict:
         patch_draws=args.patch_draws,
         seed=args.seed,
     )
-    kind = _check_drawing(args, sampler)
     progress = _progress(args)
-    if kind == "toy":
-        return evaluate_toy_run(
-            args.run_dir, settings, args.device, sampler, args.weights, progress
+    with _locked(args):
+        if _check_drawing(args, sampler) == "toy":
+            return evaluate_toy_run(
+                args.run_dir, settings, args.device, sampler, args.weights, progress
+            )
+        result = evaluate_run(
+            args.run_dir, settings, args.device, args.root, sampler, args.weights, progress
         )
-    result = evaluate_run(
-        args.run_dir, settings, args.device, args.root, sampler, args.weights, progress
-    )
     bpd, stderr = result.get("test_bits_per_dim"), result.get("test_bits_per_dim_stderr")
     if bpd is not None and stderr is not None and stderr > abs(bpd) / 4:
         warn(

@@ -15,50 +15,31 @@ from pbridge.data import DATASETS
 
 def train_command(args: argparse.Namespace) -> dict:
     """``pbridge train``: every check first (flags, the run directory, a resumed run's config),
-    then the run; a fresh run that fails before its first checkpoint leaves no directory."""
+    then the run, with the run directory locked (:func:`~pbridge.inference.pipeline.run`); a
+    fresh run that fails before its first checkpoint leaves no directory."""
     from pbridge.inference.images import run_images
-    from pbridge.inference.run_dir import is_run_dir
     from pbridge.inference.toy import run_toy
     from pbridge.inference.user_variant import run_user_variant
 
     config = check_train(args)
     out, progress = Path(args.out), not args.no_progress
-    existed, had_run = out.exists(), out.is_dir() and is_run_dir(out)
     options = {"resume": args.resume, "overwrite": args.overwrite}
-    try:
-        if args.dataset.endswith(".py"):
-            return run_user_variant(
-                args.dataset,
-                out,
-                args.device,
-                progress,
-                root=args.root,
-                download=args.download,
-                config=config,
-                **options,
-            )
-        if args.dataset == "toy":
-            return run_toy(config, out, args.device, progress, **options)
-        return run_images(
-            config, out, args.device, progress, root=args.root, download=args.download, **options
+    if args.dataset.endswith(".py"):
+        return run_user_variant(
+            args.dataset,
+            out,
+            args.device,
+            progress,
+            root=args.root,
+            download=args.download,
+            config=config,
+            **options,
         )
-    except BaseException:  # Ctrl-C included
-        if not had_run and out.is_dir() and not is_run_dir(out, checkpoints_only=True):
-            _discard_failed_start(out, remove_folder=not existed)
-        raise
-
-
-def _discard_failed_start(out: Path, remove_folder: bool) -> None:
-    """Remove what a new run wrote before failing without a checkpoint: nothing to resume."""
-    from pbridge.inference.run_dir import RUN_FILES
-
-    try:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        if remove_folder and not any(out.iterdir()):
-            out.rmdir()
-    except OSError:
-        pass  # the error being raised says more
+    if args.dataset == "toy":
+        return run_toy(config, out, args.device, progress, **options)
+    return run_images(
+        config, out, args.device, progress, root=args.root, download=args.download, **options
+    )
 
 
 _SETTING_FLAGS = {
