@@ -185,10 +185,10 @@ def test_without_ema_no_average_is_kept():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(ema_decay=1.0), "ema_decay must lie in"),
+        (dict(ema_decay=1.0), "ema_decay must be a finite number >= 0 and < 1"),
         (dict(log_every=0), "log_every must be a positive"),
-        (dict(eval_every=-1), "eval_every must be >= 0"),
-        (dict(sample_every=-5), "sample_every must be >= 0"),
+        (dict(eval_every=-1), "eval_every must be an integer >= 0"),
+        (dict(sample_every=-5), "sample_every must be an integer >= 0"),
     ],
     ids=["ema", "log", "eval", "sample"],
 )
