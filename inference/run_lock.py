@@ -30,6 +30,7 @@ import fcntl
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -148,12 +149,13 @@ def _older_than(path: Path, seconds: float) -> bool:
 
 
 def _create(path: Path, command: str) -> int | None:
-    """Create the lock file exclusively, flock it and write its holder; its descriptor, or
-    ``None`` when one exists."""
+    """Create the lock file exclusively, already flocked and holding its holder: written under
+    a private name, then hard-linked to ``path`` (atomic; fails when one exists), so no other
+    process ever sees it at ``path`` with a free flock. Its descriptor, or ``None`` when one
+    exists."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return None
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except OSError as err:
         raise type(err)(f"cannot write to {path.parent} (to lock it): {err.strerror}") from err
     try:
@@ -162,10 +164,15 @@ def _create(path: Path, command: str) -> int | None:
         holder = {"pid": os.getpid(), "host": _host(), "command": command, "since": since}
         os.write(fd, json.dumps(holder).encode())
         os.fsync(fd)
+        os.link(tmp, path)
+    except FileExistsError:
+        os.close(fd)
+        return None
     except BaseException:
-        os.unlink(path)
         os.close(fd)
         raise
+    finally:
+        os.unlink(tmp)
     return fd
 
 
