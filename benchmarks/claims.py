@@ -13,10 +13,10 @@ steps of its last stage (``train.csv``, EMA weights), the curves' points; then e
 of the first ``--items`` is scored twice with independent draws (``paired_bits.pt``), so that
 any two rows compare on the same images.
 
-Two streams run the rows in order, each command with one torch thread. A finished row (its
-``paired_bits.pt`` written) is never rerun; a row cut short resumes from its checkpoints. After
+Two streams run the rows, each command with one torch thread. A finished row (its scores
+written, :data:`SCORES`) is never rerun; a row cut short resumes from its checkpoints. After
 every row the tables and the curve figure are rewritten between the markers of docs/results.md
-and committed (``--no-commit``: not committed).
+and committed (``--no-commit``: not committed). Rows run in :data:`RUN_ORDER` first.
 """
 
 from __future__ import annotations
@@ -75,8 +75,18 @@ ROWS = [
     *(Row("pixelcnn", 900, s) for s in (1, 2)),
     *(Row(p, 3600, 0) for p in ("end-to-end", "two-stage", "pixelcnn")),
 ]
-"""In the order they run: the first seed at 900 s, the bridges' other seeds, the PixelCNN's,
-the long budget."""
+"""Every row, in the order of the tables."""
+
+RUN_ORDER = [
+    *(Row(p, 900, 2) for p in ("end-to-end", "two-stage")),
+    *(Row(p, 3600, 0) for p in ("end-to-end", "two-stage", "pixelcnn")),
+    *(Row("pixelcnn", 900, s) for s in (1, 2)),
+]
+"""The rows that run first (the bridges' third seed, then the long budget, then the
+PixelCNN's other seeds); the rest of :data:`ROWS` follows in its order."""
+
+FD_SAMPLES, FD_DRAWS = 500, 3
+"""FD-FMNIST: ``FD_DRAWS`` independent sets of ``FD_SAMPLES`` prior samples (mean, s.e.)."""
 
 
 def train_command(row: Row, out: Path) -> list[str]:
@@ -119,43 +129,88 @@ def run_row(row: Row, args: argparse.Namespace) -> None:
         raise RuntimeError(f"{row.name} failed: see {out / row.name}.log")
 
 
+SCORES = ("patch.json", "paired_bits.pt", "fd.json")
+"""A row's scores; a row is finished when all three are written."""
+
+
+def finished(run: Path) -> bool:
+    return all((run / name).is_file() for name in SCORES)
+
+
+def scored(run: Path) -> bool:
+    """Its bound and masked patch are scored (its FD-FMNIST may still be queued)."""
+    return all((run / name).is_file() for name in SCORES[:2])
+
+
 def score_run(run: Path, items: int, chain_steps: int = 100) -> None:
-    """``run/patch.json``: the masked-patch figures of ``pbridge evaluate`` on the first
-    :data:`PATCH_ITEMS` test images (bridges: completions by 100 respaced steps) and, for a
-    bridge, its bound's bits per cell by band of steps on the first 200; then
-    ``run/paired_bits.pt``: bits/dim of each of the first ``items`` test images, ``(2,
-    items)``, two independent draws (:func:`paired_bound.bits_per_image`). Seed 0."""
+    """The scores of ``run`` not yet written (each file written whole, once):
+
+    - ``patch.json``: the masked-patch figures of ``pbridge evaluate`` on the first
+      :data:`PATCH_ITEMS` test images (bridges: completions by 100 respaced steps) and, for a
+      bridge, its bound's bits per cell by band of steps on the first 200;
+    - ``paired_bits.pt``: bits/dim of each of the first ``items`` test images, ``(2, items)``,
+      two independent draws (:func:`paired_bound.bits_per_image`);
+    - ``fd.json``: FD-FMNIST of :data:`FD_DRAWS` sets of :data:`FD_SAMPLES` prior samples
+      (decoder means; bridges by 100 respaced steps) against the test split.
+
+    Seed 0 before each."""
     import json
 
     import pyro
     from paired_bound import bits_per_image
 
     from pbridge.data import load_images
+    from pbridge.feature_distance import fd_fmnist, load_classifier
     from pbridge.inference.evaluate import EvalSettings, chain_bits_by_step, masked_patch_scores
     from pbridge.inference.load import load_run
+    from pbridge.inference.sampling import sample_prior
     from pbridge.samplers import ANCESTRAL, SamplerSettings
     from pbridge.variant import BridgeChain
 
-    pyro.set_rng_seed(0)
     loaded = load_run(run, device="cpu")
     variant = loaded.variant
-    x = load_images(loaded.config.dataset, "test").as_float()[:items]
+    test_x = load_images(loaded.config.dataset, "test").as_float()
+    x = test_x[:items]
     sampler = ANCESTRAL  # the PixelCNN's and the VQ-VAE's own way
     if isinstance(variant, BridgeChain):
         sampler = SamplerSettings("respaced", sample_steps=min(100, variant.schedule.num_steps))
-    settings = EvalSettings(chain_steps=chain_steps, patch_items=PATCH_ITEMS)
+
+    def write(name: str, save) -> None:
+        tmp = run / (name + ".tmp")
+        save(tmp)
+        tmp.replace(run / name)
+
     with pyro.validation_enabled(False):
-        patch = masked_patch_scores(
-            variant, x[:PATCH_ITEMS], settings, sampler, run / "inpainting.png"
-        )
-        if isinstance(variant, BridgeChain):  # where the bound goes, on 200 test images
+        if not (run / "patch.json").is_file():
+            pyro.set_rng_seed(0)
+            settings = EvalSettings(chain_steps=chain_steps, patch_items=PATCH_ITEMS)
+            patch = masked_patch_scores(
+                variant, x[:PATCH_ITEMS], settings, sampler, run / "inpainting.png"
+            )
+            if isinstance(variant, BridgeChain):  # where the bound goes, on 200 test images
+                with torch.no_grad():
+                    patch.update(chain_bits_by_step(variant, x[:200]))
+            write("patch.json", lambda f: f.write_text(json.dumps(patch, indent=2)))
+        if not (run / "paired_bits.pt").is_file():
+            pyro.set_rng_seed(0)
+            scores = torch.stack([bits_per_image(variant, x, chain_steps) for _ in range(2)])
+            write("paired_bits.pt", lambda f: torch.save(scores, f))
+        if not (run / "fd.json").is_file():
+            pyro.set_rng_seed(0)
+            net = load_classifier()
             with torch.no_grad():
-                patch.update(chain_bits_by_step(variant, x[:200]))
-        (run / "patch.json").write_text(json.dumps(patch, indent=2))
-        scores = torch.stack([bits_per_image(variant, x, chain_steps) for _ in range(2)])
-    tmp = run / "paired_bits.pt.tmp"
-    torch.save(scores, tmp)
-    tmp.replace(run / "paired_bits.pt")
+                fds = [
+                    fd_fmnist(sample_prior(variant, FD_SAMPLES, sampler).x_mean, test_x, net)
+                    for _ in range(FD_DRAWS)
+                ]
+            fd = {
+                "fd_fmnist": sum(fds) / len(fds),
+                "fd_fmnist_stderr": float(torch.tensor(fds).std()) / math.sqrt(len(fds)),
+                "fd_fmnist_per_draw": fds,
+                "samples": FD_SAMPLES,
+                "sampler": "100 respaced steps" if sampler is not ANCESTRAL else "ancestral",
+            }
+            write("fd.json", lambda f: f.write_text(json.dumps(fd, indent=2)))
 
 
 def _paired(out: Path, a: Row, b: Row) -> tuple[float, float] | None:
@@ -225,6 +280,16 @@ def _patch_table(out: Path, done: list[Row]) -> list[str]:
     return lines
 
 
+def _fd(out: Path, row: Row) -> str:
+    import json
+
+    path = out / row.name / "fd.json"
+    if not path.is_file():
+        return "queued"
+    fd = json.loads(path.read_text())
+    return f"{fd['fd_fmnist']:.2f} ± {fd['fd_fmnist_stderr']:.2f}"
+
+
 def _patch(out: Path, row: Row) -> dict:
     import json
 
@@ -235,7 +300,7 @@ def tables(out: Path, items: int) -> str:
     """The section of docs/results.md for the rows finished so far."""
     import json
 
-    done = [r for r in ROWS if (out / r.name / "paired_bits.pt").is_file()]
+    done = [r for r in ROWS if scored(out / r.name)]
     lines = [
         "## The two claims, row by row (benchmarks/claims.py)",
         "",
@@ -248,8 +313,8 @@ def tables(out: Path, items: int) -> str:
         "images, EMA weights.",
         "",
         "| run | steps (VQ-VAE + last stage) | paired bits/dim | test bits/dim | codes used "
-        "| train time (s) |",
-        "|---|---|---:|---:|---:|---:|",
+        f"| FD-FMNIST ({FD_DRAWS} x {FD_SAMPLES} samples) | train time (s) |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in done:
         m = json.loads((out / r.name / "metrics.json").read_text())
@@ -258,7 +323,7 @@ def tables(out: Path, items: int) -> str:
         lines.append(
             f"| {r.name} | {vqvae} + {steps} | {float(bits.mean()):.3f} "
             f"| {m['test_bits_per_dim']:.3f} ± {m['test_bits_per_dim_stderr'] or math.nan:.3f} "
-            f"| {m['codes_used']} | {m['train_seconds']:.0f} |"
+            f"| {m['codes_used']} | {_fd(out, r)} | {m['train_seconds']:.0f} |"
         )
     lines.append("")
     lines += _patch_table(out, done)
@@ -302,7 +367,7 @@ def curve(out: Path, path: Path) -> None:
     fig, (by_time, by_step) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for r in ROWS:
         log = out / r.name / "train.csv"
-        if not (out / r.name / "paired_bits.pt").is_file() or not log.is_file():
+        if not scored(out / r.name) or not log.is_file():
             continue
         vqvae = r.steps()[0]
         with log.open() as f:
@@ -373,7 +438,8 @@ def main() -> None:
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in ROWS if not (out / r.name / "paired_bits.pt").is_file()]
+    order = RUN_ORDER + [r for r in ROWS if r not in RUN_ORDER]
+    todo = [r for r in order if not finished(out / r.name)]
     lock, failures = threading.Lock(), []
 
     def worker() -> None:
