@@ -390,8 +390,19 @@ def _checked_data(
     if not isinstance(data, torch.Tensor | tuple):
         if world.size > 1:
             raise ValueError("data-parallel training takes the data as a tensor, not an iterable")
+        if not isinstance(data, Iterable):
+            raise TypeError(
+                f"data must be a torch.Tensor, got {type(data).__name__} (x, a tuple (x, *more) "
+                "of tensors, or an iterable of such batches)"
+            )
         param = next(variant.parameters(), None)
         data, stream = _stream(data, None if param is None else param.device)
+        if not all(isinstance(t, torch.Tensor) for t in batch_arguments(data)):
+            raise TypeError(
+                "data must be a torch.Tensor, got an iterable whose first batch is not a tensor "
+                "or a tuple of tensors (x, a tuple (x, *more) of tensors, or an iterable of such "
+                "batches)"
+            )
     _check_data(variant, data)
     check_model_guide_sites(variant, data)
     return data, stream

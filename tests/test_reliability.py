@@ -251,9 +251,10 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
         (torch.zeros(8, 2, 5, dtype=torch.uint8), TypeError, "floating point.*torch.uint8"),
         (torch.zeros(8, 3, 5), ValueError, r"shape \(3, 5\), the variant expects \(2, 5\)"),
         (torch.zeros(0, 2, 5), ValueError, "empty"),
-        ([[0.0] * 5] * 2, TypeError, "torch.Tensor, got list"),
+        (3.0, TypeError, "torch.Tensor, got float"),
+        ([[0.0] * 5] * 2, TypeError, "an iterable whose first batch is not a tensor"),
     ],
-    ids=["dtype", "shape", "empty", "not-a-tensor"],
+    ids=["dtype", "shape", "empty", "not-a-tensor", "batches-not-tensors"],
 )
 def test_training_data_that_do_not_fit_are_refused_up_front(data, error, match):
     with pytest.raises(error, match=match):
