@@ -20,13 +20,13 @@ import pyro
 import torch
 
 from pbridge.data import load_images
+from pbridge.inference.bound import elbo_per_item
 from pbridge.inference.load import load_run
-from pbridge.inference.svi import elbo_per_item
 
 
 def bits_per_image(variant, x: torch.Tensor, chain_steps: int, batch: int = 100) -> torch.Tensor:
     """``-ELBO / (D log 2)`` of every image of ``x``, ``(N,)``: one draw of the guide and of the
-    prior's estimate per image (:func:`~pbridge.inference.svi.elbo_per_item`)."""
+    prior's estimate per image (:func:`~pbridge.inference.bound.elbo_per_item`)."""
     scores = [
         elbo_per_item(variant, x[i : i + batch], chain_steps) for i in range(0, len(x), batch)
     ]

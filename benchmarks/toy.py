@@ -23,7 +23,7 @@ import torch
 
 from pbridge.codebook import code_logits, gather_codes
 from pbridge.config import ToyConfig
-from pbridge.inference.svi import negative_elbo
+from pbridge.inference.bound import negative_elbo
 from pbridge.models.builders import build_toy_model
 from pbridge.toy import sample_walks
 

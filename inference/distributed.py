@@ -27,6 +27,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
 
+from . import bound
+
 __all__ = [
     "World",
     "world_from_environment",
@@ -76,9 +78,7 @@ class ELBOLoss(nn.Module):
         self.variant = variant
 
     def forward(self, x: torch.Tensor, latent_scale: float = 1.0) -> torch.Tensor:
-        from .svi import negative_elbo
-
-        return negative_elbo(self.variant, x, latent_scale)
+        return bound.negative_elbo(self.variant, x, latent_scale)
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:

@@ -22,6 +22,7 @@ from pbridge.likelihoods import bits_per_dim
 from pbridge.models.builders import build_image_model, build_image_vqvae, image_variant
 from pbridge.variant import TakesLabels
 
+from .bound import Batch, estimate_elbo
 from .pipeline import Recipe, RunData, Stage, run
 from .plots import plot_image_grid, plot_reconstructions
 from .progress import QUIET, Progress
@@ -33,7 +34,6 @@ from .run_dir import (
     open_run,
 )
 from .sampling import sample_posterior, sample_prior
-from .svi import Batch, estimate_elbo
 from .train_hooks import image_grid
 
 __all__ = [

@@ -34,6 +34,7 @@ from torch import nn
 
 from pbridge.variant import InitialisesCodebook, TakesLabels
 
+from .bound import Batch, check_model_guide_sites
 from .distributed import World
 from .progress import Progress
 from .run_dir import (
@@ -47,7 +48,7 @@ from .run_dir import (
     write_run_files,
 )
 from .run_lock import run_lock
-from .svi import Batch, TrainResult, check_model_guide_sites
+from .svi import TrainResult
 from .train_hooks import training_hooks
 
 __all__ = ["RunData", "Stage", "Recipe", "run"]
@@ -222,7 +223,7 @@ def _run(
 
 def _check_sites(stages: Sequence[Stage], first: nn.Module, data: RunData) -> None:
     """Every stage's model and guide sample the same latent sites
-    (:func:`~.svi.check_model_guide_sites`); a later stage's module is built aside, the random
+    (:func:`~.bound.check_model_guide_sites`); a later stage's module is built aside, the random
     state left as it was."""
     check_model_guide_sites(first, data.train(first))
     dev = next(first.parameters()).device

@@ -1,4 +1,5 @@
-"""Plots written to a run directory (matplotlib, Agg backend).
+"""Plots written to a run directory (matplotlib figures drawn without pyplot: importing or
+calling this module never changes the process's matplotlib backend or pyplot state).
 
 Every figure has a title saying what it shows; image grids are drawn pixel for pixel
 (nearest neighbour) at :data:`MIN_IMAGE_PIXELS` or more per side, so that 28 x 28 digits stay
@@ -9,16 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
+from mpl_toolkits.axes_grid1 import make_axes_locatable
+from torchvision.utils import make_grid
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from mpl_toolkits.axes_grid1 import make_axes_locatable  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
-
-from pbridge.samplers import SamplerSettings  # noqa: E402
-from pbridge.toy import centroids  # noqa: E402
+from pbridge.samplers import SamplerSettings
+from pbridge.toy import centroids
 
 __all__ = [
     "MIN_IMAGE_PIXELS",
@@ -66,13 +64,12 @@ def plot_image_grid(images: torch.Tensor, path: str | Path, title: str, nrow: in
     scale = max(1, -(-MIN_IMAGE_PIXELS // min(grid.shape[1:])))
     height, width = grid.shape[1] * scale, grid.shape[2] * scale
     title_px = 40
-    fig = plt.figure(figsize=(width / _DPI, (height + title_px) / _DPI), dpi=_DPI)
+    fig = Figure(figsize=(width / _DPI, (height + title_px) / _DPI), dpi=_DPI)
     ax = fig.add_axes((0, 0, 1, height / (height + title_px)))
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest", vmin=0, vmax=1)
     ax.axis("off")
     fig.suptitle(title, fontsize=9, y=1 - 8 / (height + title_px), va="top", wrap=True)
     fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
 
 
 def plot_image_table(
@@ -87,12 +84,8 @@ def plot_image_table(
     (nearest neighbour), under ``title``."""
     num_rows, num_columns = frames.shape[:2]
     side = max(0.9, MIN_IMAGE_PIXELS / 4 / _DPI)
-    fig, axes = plt.subplots(
-        num_rows,
-        num_columns,
-        figsize=(side * num_columns + 0.6, side * num_rows + 0.8),
-        squeeze=False,
-    )
+    fig = Figure(figsize=(side * num_columns + 0.6, side * num_rows + 0.8))
+    axes = fig.subplots(num_rows, num_columns, squeeze=False)
     for i in range(num_rows):
         for j in range(num_columns):
             _image(axes[i, j], frames[i, j])
@@ -103,7 +96,6 @@ def plot_image_table(
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
 
 
 def plot_reconstructions(
@@ -136,7 +128,8 @@ def plot_toy_trajectories(
     ``(T+1, M, d, L)`` (index = time) from z^T down to z^0, with the codebook ``(K, d)``. Latent
     panels show the first two latent coordinates; their legend sits below them, clear of the
     codes."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.6))
+    fig = Figure(figsize=(15, 5.6))
+    axes = fig.subplots(1, 3)
     pts = data.movedim(1, -1).reshape(-1, 2)
     axes[0].scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.4, label="walk points")
     _circle(axes[0])
@@ -167,7 +160,6 @@ def plot_toy_trajectories(
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, bbox_to_anchor=(0.67, 0))
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_toy_samples(x: torch.Tensor, path: str | Path, title: str) -> None:
@@ -176,7 +168,8 @@ def plot_toy_samples(x: torch.Tensor, path: str | Path, title: str) -> None:
     n = x.shape[0]
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows + 0.9), squeeze=False)
+    fig = Figure(figsize=(3 * cols, 3 * rows + 0.9))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, walk in zip(axes.flat, x, strict=False):
         _circle(ax)
         ax.plot(walk[0], walk[1], "-o", ms=4, label="sampled walk (decoder mean)")
@@ -190,7 +183,6 @@ def plot_toy_samples(x: torch.Tensor, path: str | Path, title: str) -> None:
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def _image(ax, x: torch.Tensor) -> None:
@@ -213,7 +205,8 @@ def plot_reverse_chain(
 def plot_code_usage(counts: dict[str, torch.Tensor], path: str | Path) -> None:
     """Histogram of code usage: for every named source (e.g. ``"posterior"``, ``"prior"``) the
     fraction of latent cells on each code, ``(K,)`` counts each."""
-    fig, ax = plt.subplots(figsize=(10, 3.5))
+    fig = Figure(figsize=(10, 3.5))
+    ax = fig.subplots()
     width = 0.8 / len(counts)
     for i, (name, c) in enumerate(counts.items()):
         codes = torch.arange(c.shape[0]) + (i - (len(counts) - 1) / 2) * width
@@ -225,7 +218,6 @@ def plot_code_usage(counts: dict[str, torch.Tensor], path: str | Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_code_entropy(
@@ -238,7 +230,8 @@ def plot_code_entropy(
     grid = entropy if entropy.dim() == 2 else entropy.reshape(1, -1)
     rows, cols = grid.shape
     cell = min(0.6, 6.0 / max(rows, cols))
-    fig, ax = plt.subplots(figsize=(cell * cols + 2.2, cell * rows + 1.8))
+    fig = Figure(figsize=(cell * cols + 2.2, cell * rows + 1.8))
+    ax = fig.subplots()
     image = ax.imshow(grid.numpy(), cmap="viridis", vmin=0.0, vmax=max_entropy)
     for (i, j), value in zip(
         torch.cartesian_prod(torch.arange(rows), torch.arange(cols)).tolist(),
@@ -261,7 +254,6 @@ def plot_code_entropy(
     ax.set_title(f"per-cell code entropy\n{what}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
 
 
 def plot_elbo_trace(losses: torch.Tensor, path: str | Path, window: int = 50) -> None:
@@ -270,7 +262,8 @@ def plot_elbo_trace(losses: torch.Tensor, path: str | Path, window: int = 50) ->
     heavy-tailed (one chain step, weighted by T), so the median, not the mean, shows the trend,
     and the axis spans the 2nd to 98th percentiles of the steps."""
     steps = torch.arange(1, losses.shape[0] + 1)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
     ax.plot(steps.numpy(), losses.numpy(), ".", ms=1.5, alpha=0.4, label="per step")
     if losses.shape[0] >= window:
         running = losses.unfold(0, window, 1).median(-1).values
@@ -292,4 +285,3 @@ def plot_elbo_trace(losses: torch.Tensor, path: str | Path, window: int = 50) ->
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -30,12 +30,18 @@ import torchsde
 from torch import nn
 
 import pbridge
-from pbridge.checkpoint import check_state_fits, load_latest_checkpoint, previous_path
+from pbridge.checkpoint import (
+    check_state_fits,
+    load_checkpoint_of,
+    load_latest_checkpoint,
+    previous_path,
+    written_by_class_of,
+)
 from pbridge.config import TrainSettings, config_from_dict
 
 from .distributed import World, world_from_environment
 from .run_lock import LOCK_FILE, HeldLock, check_unlocked
-from .svi import Hook, TrainResult, load_checkpoint_of, resolve_device, train
+from .svi import Hook, TrainResult, train
 
 __all__ = [
     "CONFIG_FILE",
@@ -57,6 +63,7 @@ __all__ = [
     "LoadedRun",
     "open_run",
     "environment",
+    "resolve_device",
 ]
 
 CONFIG_FILE = "config.json"
@@ -425,7 +432,7 @@ def open_run(
     state, used = load_latest_checkpoint(checkpoint)
     check_config_matches(data, state, run / CONFIG_FILE, used)
     variant = build(config)
-    if state.get("variant") != type(variant).__name__:
+    if not written_by_class_of(state, variant):
         raise ValueError(
             f"{used} was written by a {state.get('variant')} run, but config.json builds a "
             f"{type(variant).__name__}"
@@ -483,3 +490,16 @@ def _missing_checkpoint(run: Path, settings: TrainSettings) -> str:
         "checkpoint was deleted or moved; restore it, or train the run again with "
         "`pbridge train ... --overwrite`"
     )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"`` / ``"cuda[:i]"`` as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda[:i]'") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device

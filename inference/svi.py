@@ -1,7 +1,7 @@
 """SVI training of a Pyro model/guide pair on the joint ELBO.
 
-The loss is Pyro's ``Trace_ELBO`` differentiable loss divided by the batch size (negative ELBO
-per item), minimised with ``torch.optim.Adam`` and gradient-norm clipping over every parameter
+The loss (:func:`~.bound.negative_elbo`: Pyro's ``Trace_ELBO`` differentiable loss per item) is
+minimised with ``torch.optim.Adam`` and gradient-norm clipping over every parameter
 of the variant: encoder, decoder, codebook and prior train together. Options: a warm-up of the
 latent (KL) terms, ``beta * (log p(z) - log q(z))`` with beta rising linearly from 0 to 1, by a
 ``poutine.scale`` on the unobserved sites of model and guide; bfloat16 autocast of the networks.
@@ -16,7 +16,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,73 +24,35 @@ from typing import Any
 
 import pyro
 import torch
-from pyro import poutine
-from pyro.infer import Trace_ELBO
-from pyro.poutine.scale_messenger import ScaleMessenger
-from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
-from pbridge.bridge_prior import prior_options
-from pbridge.checkpoint import (
-    check_state_fits,
-    load_latest_checkpoint,
-    previous_path,
-    save_checkpoint,
-)
-from pbridge.codebook import CodeUsage, code_usage
+from pbridge.checkpoint import load_checkpoint_of, previous_path, save_checkpoint
 from pbridge.config import TrainSettings
-from pbridge.variant import SurrogateSites, Variant
+from pbridge.variant import CodeModel, Variant
 
+from . import bound
+from .bound import (
+    Batch,
+    batch_arguments,
+    batch_rows,
+    check_model_guide_sites,
+    elbo_terms,
+    non_finite_sites,
+    posterior_code_usage,
+)
 from .distributed import ELBOLoss, World, local_batches, mean_over_processes, step_seed
 from .training_log import Hook, TrainingLog, csv_columns, untouched
 
 __all__ = [
-    "Batch",
     "TrainSettings",
     "TrainResult",
     "TrainState",
     "Hook",
     "TrainingInterrupted",
-    "non_finite_sites",
-    "resolve_device",
-    "load_checkpoint_of",
     "train",
-    "negative_elbo",
-    "posterior_code_usage",
-    "estimate_elbo",
-    "elbo_terms",
-    "elbo_per_item",
-    "bound_guide",
-    "check_model_guide_sites",
 ]
-
-
-Batch = torch.Tensor | tuple[torch.Tensor, ...]
-
-
-def _arguments(batch: Batch) -> tuple[torch.Tensor, ...]:
-    """The model's and guide's arguments: ``(x,)`` or the tuple ``(x, *more)`` itself."""
-    return batch if isinstance(batch, tuple) else (batch,)
-
-
-def _rows(batch: Batch, index: torch.Tensor) -> Batch:
-    """The rows ``index`` of every tensor of the batch."""
-    return tuple(t[index] for t in batch) if isinstance(batch, tuple) else batch[index]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"`` / ``"cuda[:i]"`` as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda[:i]'") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
 
 
 @dataclass
@@ -107,168 +69,6 @@ class TrainResult:
         nothing when none were kept."""
         if self.ema is not None:
             variant.load_state_dict(self.ema)
-
-
-class _LatentScale(ScaleMessenger):
-    """``poutine.scale`` restricted to unobserved sample sites (observations and
-    ``pyro.factor`` surrogates keep their weight)."""
-
-    def _process_message(self, msg: dict) -> None:
-        if not msg["is_observed"]:
-            super()._process_message(msg)
-
-
-def negative_elbo(variant: nn.Module, x: Batch, latent_scale: float = 1.0) -> torch.Tensor:
-    """The training loss: a one-sample estimate of the negative ELBO per item, plus any surrogate
-    terms the guide adds with ``pyro.factor`` (a differentiable scalar). ``latent_scale`` = beta
-    weighs the latent sites of model and guide, ``-(log p(x|z) + beta (log p(z) - log q(z)))``."""
-    model, guide = variant.model, variant.guide
-    if latent_scale != 1.0:
-        model, guide = _LatentScale(latent_scale)(model), _LatentScale(latent_scale)(guide)
-    args = _arguments(x)
-    return Trace_ELBO().differentiable_loss(model, guide, *args) / args[0].shape[0]
-
-
-def load_checkpoint_of(variant: nn.Module, path: Path) -> tuple[dict, Path]:
-    """The newest intact checkpoint at ``path`` (or its previous copy), checked to have been
-    written by a run of ``variant``'s class with tensors of its shapes; returns the state and
-    the file read."""
-    state, used = load_latest_checkpoint(path)
-    written_by = state.get("variant")
-    if written_by != type(variant).__name__:
-        raise ValueError(
-            f"{used} was written by a {written_by} run; cannot resume a "
-            f"{type(variant).__name__} from it"
-        )
-    check_state_fits(variant, state["model"], str(used))
-    return state, used
-
-
-@torch.no_grad()
-def posterior_code_usage(variant: nn.Module, x: Batch) -> CodeUsage:
-    """Codebook usage of the guide's z_q^0 on ``x``."""
-    site = poutine.trace(variant.guide).get_trace(*_arguments(x)).nodes["z_q_0"]
-    return code_usage(site["fn"].indices(site["value"]), variant.codebook.num_codes)
-
-
-def bound_guide(variant: nn.Module) -> Callable[..., None]:
-    """The guide of ``variant`` as a term of the bound: its training surrogates
-    (:class:`~pbridge.variant.SurrogateSites`) blocked."""
-    hidden = variant.surrogate_sites if isinstance(variant, SurrogateSites) else ()
-    return poutine.block(variant.guide, hide=list(hidden))
-
-
-def check_model_guide_sites(variant: nn.Module, data: Batch, items: int = 2) -> None:
-    """``ValueError`` naming the sites unless ``variant``'s model and guide sample the same
-    latent sites, traced once on the first ``items`` items of ``data`` as Pyro's validation
-    does (:func:`pyro.util.check_model_guide_match`): every unobserved sample site of the
-    model (replayed on the guide) must be a site of the guide, and every sample site of the
-    guide one of the model. The guide's training surrogates (:class:`~pbridge.variant.
-    SurrogateSites`) are guide-only by design; observed sites are the model's own. Nothing of
-    the run changes: the draws come from forked random states, without gradients, in a
-    parameter store of their own, the variant's buffers restored afterwards, and without
-    Pyro's validation of values (a NaN is the training guard's to name)."""
-    args = _arguments(_rows(data, torch.arange(min(items, len(_arguments(data)[0])))))
-    device = args[0].device
-    store = pyro.get_param_store()
-    buffers = [(buffer, buffer.clone()) for buffer in variant.buffers()]  # batch norm's stats
-    with (
-        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
-        torch.no_grad(),
-        store.scope(),
-        pyro.validation_enabled(False),  # sites only: a bad value is the training's to name
-    ):
-        try:
-            guide_trace = poutine.trace(bound_guide(variant)).get_trace(*args)
-            model = poutine.replay(variant.model, trace=guide_trace)
-            model_trace = poutine.trace(model).get_trace(*args)
-        finally:
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
-    guide_sites = {
-        name
-        for name, site in guide_trace.nodes.items()
-        if site["type"] == "sample" and not site_is_subsample(site)
-        if not site["infer"].get("is_auxiliary")
-    }
-    model_sites = {
-        name
-        for name, site in model_trace.nodes.items()
-        if site["type"] == "sample" and not site_is_subsample(site) and not site["is_observed"]
-    }
-    guide_only, model_only = sorted(guide_sites - model_sites), sorted(model_sites - guide_sites)
-    if guide_only or model_only:
-        named = [f"{', '.join(map(repr, guide_only))} in the guide only"] if guide_only else []
-        named += [f"{', '.join(map(repr, model_only))} in the model only"] if model_only else []
-        raise ValueError(
-            f"the model and guide of {type(variant).__name__} sample different latent sites: "
-            f"{'; '.join(named)}; the ELBO is a bound only when the guide draws every unobserved "
-            "site of the model and nothing else (a guide's pyro.factor surrogates are named in "
-            "its surrogate_sites; docs/tutorial-variant.md)"
-        )
-
-
-def _bound_sites(
-    variant: nn.Module, args: tuple[torch.Tensor, ...], strata: int | None
-) -> Iterator[tuple[str, float, dict]]:
-    """``(name, sign, site)`` of every sample site of one draw of the bound: the guide (its
-    surrogates blocked) with sign -1 and the model replayed on it with sign +1, the bridge's
-    prior scoring ``strata`` stratified chain steps per item (``None``: its training
-    estimate)."""
-    guide = bound_guide(variant)
-    model = prior_options(variant.model, strata=strata)
-    guide_trace = poutine.trace(guide).get_trace(*args)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for name, site in trace.nodes.items():
-            if site["type"] == "sample" and not site_is_subsample(site):
-                yield name, sign, site
-
-
-@torch.no_grad()
-def elbo_terms(variant: nn.Module, x: Batch) -> dict[str, float]:
-    """One draw of the ELBO split by site, nats per item: ``log p - log q`` of every latent site
-    (``z_e`` sites summed, so the chain and the guide's entropy are one term) and ``log p`` of
-    the observation ``x``. Surrogate sites are left out; the values add up to the ELBO."""
-    args = _arguments(x)
-    terms: dict[str, float] = {}
-    for name, sign, site in _bound_sites(variant, args, None):
-        key = "z_e" if name.startswith("z_e_") else name
-        value = sign * float(site["fn"].log_prob(site["value"]).sum()) / args[0].shape[0]
-        terms[key] = terms.get(key, 0.0) + value
-    return terms
-
-
-@torch.no_grad()
-def elbo_per_item(variant: nn.Module, x: Batch, strata: int | None = None) -> torch.Tensor:
-    """One draw of the ELBO of every item, nats, ``(N,)`` float64: ``sum over sites of
-    log p - log q`` per item, surrogate sites left out, the bridge's prior scoring ``strata``
-    stratified chain steps per item. Its mean is one draw of :func:`estimate_elbo`."""
-    args = _arguments(x)
-    n = args[0].shape[0]
-    elbo = torch.zeros(n, dtype=torch.float64, device=args[0].device)
-    for _, sign, site in _bound_sites(variant, args, strata):
-        elbo += sign * site["fn"].log_prob(site["value"]).double().reshape(n, -1).sum(-1)
-    return elbo
-
-
-@torch.no_grad()
-def estimate_elbo(
-    variant: nn.Module, x: Batch, repeats: int = 10, strata: int | None = None
-) -> tuple[float, float]:
-    """The ELBO per item (nats) on ``x``, its mean over ``repeats`` one-sample estimates and the
-    standard error of that mean. Surrogate sites named in ``variant.surrogate_sites`` are left out,
-    so the figure is the bound itself. ``strata``: the bridge's prior scores ``strata``
-    stratified chain steps per item (:func:`~pbridge.bridge_prior.prior_options`; a lower
-    variance bound for evaluation); ``None``: its training estimate."""
-    guide = bound_guide(variant)
-    model = prior_options(variant.model, strata=strata)
-    args = _arguments(x)
-    values = torch.tensor(
-        [-float(Trace_ELBO().loss(model, guide, *args)) / args[0].shape[0] for _ in range(repeats)]
-    )
-    stderr = float(values.std() / repeats**0.5) if repeats > 1 else float("nan")
-    return float(values.mean()), stderr
 
 
 class TrainingInterrupted(Exception):
@@ -302,22 +102,31 @@ def _signals_as_flag(flag: dict[str, str | None]) -> Iterator[None]:
 def _check_data(variant: nn.Module, data: Batch) -> None:
     if isinstance(data, tuple) and not data:
         raise ValueError("data is an empty tuple; expected x or a tuple (x, *more)")
-    data, *more = _arguments(data)
+    data, *more = batch_arguments(data)
     if not isinstance(data, torch.Tensor):
         raise TypeError(
             f"data must be a torch.Tensor, got {type(data).__name__} (x, or a tuple (x, *more) "
             "of tensors)"
         )
-    if not torch.is_floating_point(data):
+    codes = isinstance(variant, CodeModel)
+    if codes and (torch.is_floating_point(data) or data.dtype == torch.bool):
+        raise TypeError(f"codes must be integer indices (int64), got {data.dtype}")
+    if not codes and not torch.is_floating_point(data):
         raise TypeError(f"data must be floating point (e.g. uint8 images / 255), got {data.dtype}")
     if data.shape[0] == 0:
         raise ValueError("the training data set is empty")
-    expected = variant.data_shape if isinstance(variant, Variant) else None
+    expected = variant.data_shape if isinstance(variant, Variant | CodeModel) else None
     if expected is not None and tuple(data.shape[1:]) != tuple(expected):
         raise ValueError(
             f"data items have shape {tuple(data.shape[1:])}, the variant expects {tuple(expected)}"
         )
-    if not torch.isfinite(data).all():
+    if codes and not 0 <= int(data.min()) <= int(data.max()) < variant.codebook.num_codes:
+        bad = int(data.min()) if int(data.min()) < 0 else int(data.max())
+        raise ValueError(
+            f"code {bad} in the data is not one of the codebook's {variant.codebook.num_codes} "
+            f"(0..{variant.codebook.num_codes - 1})"
+        )
+    if not codes and not torch.isfinite(data).all():
         bad = int((~torch.isfinite(data)).flatten(1).any(1).nonzero()[0])
         raise ValueError(f"the training data contain NaN or inf values (first in item {bad})")
     for i, tensor in enumerate(more, start=1):
@@ -348,29 +157,11 @@ def _loss_and_gradients(
 ) -> torch.Tensor:
     """The training loss ``loss_of(x, beta)`` (bfloat16 autocast if ``bf16``), its gradients
     left in the parameters' ``.grad``."""
-    with torch.autocast(_arguments(x)[0].device.type, torch.bfloat16, enabled=bf16):
+    with torch.autocast(batch_arguments(x)[0].device.type, torch.bfloat16, enabled=bf16):
         loss = loss_of(x, beta)
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
     return loss
-
-
-def non_finite_sites(variant: nn.Module, x: Batch) -> list[str]:
-    """Sample sites of one model/guide draw on ``x`` whose log-density is NaN or infinite,
-    as ``"name (guide)"`` / ``"name (model)"`` (surrogate ``pyro.factor`` sites included)."""
-    args = _arguments(x)
-    with torch.no_grad():
-        guide_trace = poutine.trace(variant.guide).get_trace(*args)
-        model = poutine.replay(variant.model, trace=guide_trace)
-        model_trace = poutine.trace(model).get_trace(*args)
-    bad = []
-    for role, trace in (("guide", guide_trace), ("model", model_trace)):
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            if not torch.isfinite(site["fn"].log_prob(site["value"]).sum()):
-                bad.append(f"{name} ({role})")
-    return bad
 
 
 def _raise_non_finite(loop: _Loop, step: int, batch: Batch, beta: float, loss: float) -> None:
@@ -401,7 +192,7 @@ def _summary(variant: nn.Module, batch: Batch) -> dict[str, float | int]:
     with untouched(variant):
         terms = elbo_terms(variant, batch)
         usage = posterior_code_usage(variant, batch) if isinstance(variant, Variant) else None
-    elbo, dims = sum(terms.values()), _arguments(batch)[0][0].numel()
+    elbo, dims = sum(terms.values()), batch_arguments(batch)[0][0].numel()
     summary: dict[str, float | int] = {
         "neg_elbo": -elbo,
         "bits_per_dim": -elbo / (dims * math.log(2)),
@@ -521,40 +312,114 @@ class _Loop:
     loss_of: Callable[[Batch, float], torch.Tensor]
     shards: Iterator[torch.Tensor] | None
     stop: dict[str, str | None]
+    stream: Iterator[Batch] | None = None
 
     @property
     def device(self) -> torch.device:
-        return _arguments(self.data)[0].device
+        return batch_arguments(self.data)[0].device
 
     def batch(self, step: int) -> Batch:
-        """The batch of ``step``: this process's shard of the global batch (re-seeding torch
-        by (seed, rank, step)), or ``batch_size`` items drawn with the batch generator."""
+        """The batch of ``step``: the next batch of an iterable's stream, this process's shard
+        of the global batch (re-seeding torch by (seed, rank, step)), or ``batch_size`` items
+        drawn with the batch generator."""
+        if self.stream is not None:
+            return next(self.stream)
         if self.shards is not None:
             index = next(self.shards).to(self.device)
             torch.manual_seed(step_seed(self.settings.seed, self.world.rank, step))
         else:
-            num_items = _arguments(self.data)[0].shape[0]
+            num_items = batch_arguments(self.data)[0].shape[0]
             index = torch.randint(
                 num_items,
                 (self.settings.batch_size,),
                 generator=self.state.generator,
                 device=self.device,
             )
-        return _rows(self.data, index)
+        return batch_rows(self.data, index)
+
+
+def _as_batch(batch: Any, device: torch.device | None) -> Batch:
+    """A batch an iterable yielded as :data:`~.bound.Batch`: a list (as a ``DataLoader`` of a
+    ``TensorDataset`` yields) becomes a tuple, a one-tensor one its tensor; moved to
+    ``device``."""
+    if isinstance(batch, list | tuple):
+        batch = tuple(batch) if len(batch) != 1 else batch[0]
+    if device is None:
+        return batch
+    if isinstance(batch, tuple):
+        return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in batch)
+    return batch.to(device) if isinstance(batch, torch.Tensor) else batch
+
+
+def _stream(data: Iterable, device: torch.device | None) -> tuple[Batch, Iterator[Batch]]:
+    """The first batch of the iterable ``data`` and the stream of every batch from the first
+    on, passing over ``data`` again each time it runs out (a new epoch: a ``DataLoader``
+    reshuffles). An iterable that yields nothing, or nothing a second time (a generator), is
+    a ``ValueError``."""
+    first_epoch = iter(data)
+    first = next(first_epoch, None)
+    if first is None:
+        raise ValueError("the data iterable yields no batch")
+
+    def batches() -> Iterator[Batch]:
+        yield _as_batch(first, device)
+        count = 1
+        for batch in first_epoch:
+            count += 1
+            yield _as_batch(batch, device)
+        while True:
+            again = 0
+            for batch in data:
+                again += 1
+                yield _as_batch(batch, device)
+            if not again:
+                raise ValueError(
+                    f"the data iterable ran out after {count} batches and yields none when "
+                    "iterated again: pass one that can be iterated again (a DataLoader, a list)"
+                )
+
+    return _as_batch(first, device), batches()
+
+
+def _checked_data(
+    variant: nn.Module, data: Batch | Iterable[Batch], world: World
+) -> tuple[Batch, Iterator[Batch] | None]:
+    """``data`` (an iterable's first batch) checked, and the model/guide pair on it; with the
+    stream of an iterable's batches (``None`` for tensors)."""
+    stream = None
+    if not isinstance(data, torch.Tensor | tuple):
+        if world.size > 1:
+            raise ValueError("data-parallel training takes the data as a tensor, not an iterable")
+        if not isinstance(data, Iterable):
+            raise TypeError(
+                f"data must be a torch.Tensor, got {type(data).__name__} (x, a tuple (x, *more) "
+                "of tensors, or an iterable of such batches)"
+            )
+        param = next(variant.parameters(), None)
+        data, stream = _stream(data, None if param is None else param.device)
+        if not all(isinstance(t, torch.Tensor) for t in batch_arguments(data)):
+            raise TypeError(
+                "data must be a torch.Tensor, got an iterable whose first batch is not a tensor "
+                "or a tuple of tensors (x, a tuple (x, *more) of tensors, or an iterable of such "
+                "batches)"
+            )
+    _check_data(variant, data)
+    check_model_guide_sites(variant, data)
+    return data, stream
 
 
 def _open_loop(
     variant: nn.Module, data: Batch, settings: TrainSettings, world: World, first_step: int
 ) -> _Loop:
     """The loop of a run continuing at ``first_step`` (its state is loaded by the caller)."""
-    device = _arguments(data)[0].device
+    device = batch_arguments(data)[0].device
     state = TrainState(variant, settings, device)
     if world.size == 1:
-        loss_of, shards = (lambda x, beta: negative_elbo(variant, x, beta)), None
+        loss_of, shards = (lambda x, beta: bound.negative_elbo(variant, x, beta)), None
     else:
         ids = [device.index] if device.type == "cuda" else None
         ddp = DistributedDataParallel(ELBOLoss(variant), device_ids=ids)
-        num_items = _arguments(data)[0].shape[0]
+        num_items = batch_arguments(data)[0].shape[0]
         loss_of = ddp
         shards = local_batches(num_items, settings.batch_size, world, settings.seed, first_step)
     return _Loop(state, data, settings, world, loss_of, shards, {"signal": None})
@@ -632,7 +497,7 @@ def _open_log(
     path = Path(log) if log is not None and main else None
     terms: list[str] = []
     if path is not None:  # the ELBO's sites name the term columns
-        probe = _rows(loop.data, torch.arange(min(2, _arguments(loop.data)[0].shape[0])))
+        probe = batch_rows(loop.data, torch.arange(min(2, batch_arguments(loop.data)[0].shape[0])))
         terms = [
             k.removeprefix("term_")
             for k in _summary(loop.state.variant, probe)
@@ -646,7 +511,7 @@ def _open_log(
 
 def train(
     variant: nn.Module,
-    data: Batch,
+    data: Batch | Iterable[Batch],
     settings: TrainSettings,
     progress: bool = True,
     checkpoint: str | Path | None = None,
@@ -657,7 +522,12 @@ def train(
     hooks: Sequence[Hook] = (),
 ) -> TrainResult:
     """Train ``variant`` on ``data: (N, ...)``, or on ``(x, *more)`` of tensors with N rows each
-    (passed to model and guide as ``model(x, *more)``), already on the variant's device.
+    (passed to model and guide as ``model(x, *more)``), already on the variant's device: each
+    step draws ``settings.batch_size`` items. ``data`` may instead be any iterable of such
+    batches (a ``torch.utils.data.DataLoader``, a list): each step takes the next batch, moved
+    to the variant's device, and the iterable is passed over again when it runs out; the
+    iterable sets the batch size, and a resumed run starts it afresh (only a tensor gives a
+    resumed run the batches of an uninterrupted one). Data-parallel training takes a tensor.
 
     With ``world`` of more than one process (:mod:`pbridge.inference.distributed`), the loss
     runs under DistributedDataParallel on this process's shard of each global batch of
@@ -682,9 +552,8 @@ def train(
     then left as it was. Before the first step, model and guide are checked to sample the same
     latent sites (:func:`check_model_guide_sites`).
     """
-    _check_data(variant, data)
-    check_model_guide_sites(variant, data)
     world = world or World()
+    data, stream = _checked_data(variant, data, world)
     saved = None
     if resume and checkpoint is not None:
         path = Path(checkpoint)
@@ -692,6 +561,7 @@ def train(
             saved = load_checkpoint_of(variant, path)[0]
     first_step = saved["step"] + 1 if saved else 1
     loop = _open_loop(variant, data, settings, world, first_step)
+    loop.stream = stream
     if saved:
         loop.state.load_state_dict(saved)
     training_log = _open_log(loop, progress, log, hooks, first_step)

@@ -20,12 +20,12 @@ from pbridge.models.builders import build_toy_model
 from pbridge.samplers import ANCESTRAL, SamplerSettings
 from pbridge.toy import nearest_centroid, sample_walks, transition_accuracy
 
+from .bound import estimate_elbo
 from .pipeline import Recipe, RunData, Stage, run
 from .plots import plot_toy_trajectories
 from .progress import QUIET, Progress
 from .run_dir import CHECKPOINT_FILE, LoadedRun, check_writable, open_run, write_json
 from .sampling import Draws, check_sampler, sample_posterior, sample_prior
-from .svi import estimate_elbo
 from .train_hooks import toy_grid
 
 __all__ = [

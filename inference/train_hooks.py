@@ -12,8 +12,8 @@ from torch import nn
 from pbridge.config import TrainSettings
 from pbridge.likelihoods import bits_per_dim
 
+from .bound import Batch, estimate_elbo
 from .run_dir import atomic_write
-from .svi import Batch, estimate_elbo
 from .training_log import Hook
 
 __all__ = [

@@ -59,7 +59,7 @@ class Hook:
 
 def csv_columns(terms: Sequence[str], hooks: Sequence[Hook]) -> list[str]:
     """The header of ``train.csv``: :data:`STEP_COLUMNS`, :data:`SUMMARY_COLUMNS`, one
-    ``term_<site>`` per ELBO term (:func:`~.svi.elbo_terms`) and the hooks' columns."""
+    ``term_<site>`` per ELBO term (:func:`~.bound.elbo_terms`) and the hooks' columns."""
     hooked = [c for hook in hooks for c in hook.columns]
     return [*STEP_COLUMNS, *SUMMARY_COLUMNS, *(f"term_{t}" for t in terms), *hooked]
 

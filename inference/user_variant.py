@@ -28,7 +28,7 @@ import re
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import ModuleType
@@ -129,7 +129,6 @@ def run_user_variant(
     out_dir: str | Path,
     device: str = "auto",
     progress: bool = True,
-    train_overrides: dict[str, Any] | None = None,
     root: str | Path | None = None,
     download: bool = False,
     resume: bool = False,
@@ -138,14 +137,11 @@ def run_user_variant(
 ) -> dict[str, Any]:
     """Train the variant of a variant file on its config's data set, score it on the test
     split (:func:`~.images.score_images`) and write the run directory, the file copied into it
-    (:func:`~.pipeline.run`). ``train_overrides``: fields of the config's
-    :class:`~pbridge.config.TrainSettings` to replace (``steps``, ``seed``, ...); ``config``:
-    use this config instead (a resumed run's own). Nothing is written before the file, the
+    (:func:`~.pipeline.run`). ``config``: use this config instead of the file's (the command
+    line's, with its overrides; a resumed run's own). Nothing is written before the file, the
     data, the directory and the checkpoint are checked."""
     source = load_variant_file(path)
-    if config is None:
-        config = source.config
-        config = replace(config, train=replace(config.train, **(train_overrides or {})))
+    config = source.config if config is None else config
     copy = Path(out_dir) / VARIANT_FILE
     if resume and copy.is_file() and copy.read_bytes() != source.path.read_bytes():
         raise ValueError(f"{copy} differs from {source.path}: cannot resume another variant")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from pbridge.codebook import Codebook, EMACodebook
-from pbridge.config import BridgeSettings, ImageConfig, ToyConfig
+from pbridge.config import ImageConfig, ToyConfig
 from pbridge.data import data_set
 from pbridge.image_networks import ResNetDecoder, ResNetEncoder, UNetDenoiser
 from pbridge.likelihoods import DiscretizedLogisticDecoder
@@ -25,6 +25,7 @@ from pbridge.ou_bridge import image_schedule, toy_schedule
 from pbridge.pixelcnn import GatedPixelCNN
 
 from .bridge_vqvae import DiffusionBridgeVQVAE
+from .formulations import bridge_class
 from .pixelcnn_prior import pixelcnn_on_frozen_vqvae
 from .two_stage import bridge_on_frozen_vqvae
 from .vqvae import VQVAE
@@ -38,33 +39,45 @@ __all__ = [
     "build_image_bridge",
     "build_image_vqvae",
     "build_image_denoiser",
+    "build_chain_network",
     "build_image_pixelcnn",
 ]
 
 
-def chain_input_channels(bridge: BridgeSettings, latent_dim: int) -> int:
-    """Channels the chain's network reads: z^t, and z0_hat with self-conditioning."""
-    return 2 * latent_dim if bridge.tight and bridge.self_condition else latent_dim
-
-
-def chain_output_channels(bridge: BridgeSettings, latent_dim: int, num_codes: int) -> int:
-    """Channels the chain's network writes: K logit corrections (tight) or eps (paper)."""
-    return num_codes if bridge.tight else latent_dim
+def build_chain_network(
+    latent_dim: int,
+    num_codes: int,
+    cells: tuple[int, ...],
+    self_condition: bool = True,
+    width: int = 128,
+    blocks: int = 2,
+) -> nn.Module:
+    """A network that keeps the :class:`~pbridge.code_head.ChainNetwork` contract: h_theta for
+    codes of dimension ``latent_dim`` on ``cells``, K = ``num_codes`` outputs per cell, its
+    output layer at zero. A grid of two dimensions gets the U-Net of the image variants
+    (``width`` channels, ``blocks`` residual blocks per level, two levels); any other shape the
+    residual MLP on the flattened grid (``width`` units, ``blocks`` blocks)."""
+    channels = 2 * latent_dim if self_condition else latent_dim
+    if len(cells) == 2:
+        return UNetDenoiser(channels, width, (1, 2), blocks, out_channels=num_codes)
+    return ResidualMLPDenoiser((channels, *cells), width, blocks, out_shape=(num_codes, *cells))
 
 
 def build_toy_model(config: ToyConfig) -> DiffusionBridgeVQVAE:
     """The end-to-end bridge VQ-VAE for the toy, with latents ``(d, length)``."""
     d, length = config.latent_dim, config.length
-    return DiffusionBridgeVQVAE(
+    kind = bridge_class(config.bridge)
+    chain_in, chain_out = kind.chain_channels(config.bridge, d, config.num_codes)
+    return kind(
         encoder=ResidualPointwiseMLP(2, config.hidden)
         if d == 2
         else PointwiseMLP(2, d, config.hidden),
         decoder=NormalDecoder(PointwiseMLP(d, 2, config.hidden), config.noise, event_dims=2),
         denoiser=ResidualMLPDenoiser(
-            (chain_input_channels(config.bridge, d), length),
+            (chain_in, length),
             config.denoiser_width,
             config.denoiser_blocks,
-            out_shape=(chain_output_channels(config.bridge, d, config.num_codes), length),
+            out_shape=(chain_out, length),
         ),
         codebook=Codebook(config.num_codes, d, radius=config.bridge.spherical_radius),
         schedule=toy_schedule(config.num_steps, config.delta),
@@ -102,13 +115,11 @@ def build_image_pixelcnn(config: ImageConfig) -> GatedPixelCNN:
 
 def build_image_denoiser(config: ImageConfig) -> UNetDenoiser:
     """The chain's U-Net: h_theta with K outputs (tight) or eps_theta (paper)."""
-    d = config.latent_dim
+    chain_in, chain_out = bridge_class(config.bridge).chain_channels(
+        config.bridge, config.latent_dim, config.num_codes
+    )
     return UNetDenoiser(
-        chain_input_channels(config.bridge, d),
-        config.unet_width,
-        config.unet_mults,
-        config.unet_blocks,
-        out_channels=chain_output_channels(config.bridge, d, config.num_codes),
+        chain_in, config.unet_width, config.unet_mults, config.unet_blocks, out_channels=chain_out
     )
 
 
@@ -117,7 +128,7 @@ def build_image_bridge(config: ImageConfig, vqvae: VQVAE | None = None) -> Diffu
     (default: a new :func:`build_image_vqvae`), trained with them, the U-Net denoiser and the
     DDPM-equivalent OU schedule."""
     vq = build_image_vqvae(config) if vqvae is None else vqvae
-    return DiffusionBridgeVQVAE(
+    return bridge_class(config.bridge)(
         encoder=vq.encoder,
         decoder=vq.decoder,
         denoiser=build_image_denoiser(config),

@@ -14,6 +14,7 @@ from pbridge.config import BridgeSettings
 from pbridge.ou_bridge import OUSchedule
 
 from .bridge_vqvae import DiffusionBridgeVQVAE
+from .formulations import bridge_class
 from .vqvae import VQVAE
 
 __all__ = ["bridge_on_frozen_vqvae"]
@@ -29,7 +30,7 @@ def bridge_on_frozen_vqvae(
             f"VQ-VAE's {vqvae.spherical_radius}"
         )
     vqvae.requires_grad_(False)
-    stage_two = DiffusionBridgeVQVAE(
+    stage_two = bridge_class(settings)(
         vqvae.encoder,
         vqvae.decoder,
         denoiser,

@@ -1,40 +1,56 @@
 """pbridge: the Diffusion-bridge VQ-VAE as Pyro model/guide pairs, with torchsde bridges.
 
-The building blocks most users need are re-exported here; variants live in ``pbridge.models``,
-training, sampling and analysis in ``pbridge.inference``.
+The names a user calls are exported here, each imported from its module when first used (so
+``import pbridge`` imports neither torch nor Pyro, and ``pbridge --version`` stays fast)::
+
+    import pbridge
+
+    variant = pbridge.build_toy_model(pbridge.ToyConfig())
+    result = pbridge.train(variant, x, pbridge.TrainSettings(steps=200))
+    result.use_ema(variant)
+    draws = pbridge.sample_prior(variant, 16)
+
+The variants live in ``pbridge.models``, training, sampling and analysis in
+``pbridge.inference``; docs/architecture.md maps the modules.
 """
 
 import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "OUSchedule",
-    "OUSDE",
-    "toy_schedule",
-    "image_schedule",
-    "Codebook",
-    "CodeUsage",
-    "code_logits",
-    "categorical_kl",
-    "code_usage",
-    "CodeVector",
-    "CodeHead",
-    "local_log_likelihood",
-    "BridgeCodePrior",
-    "StepCostTracker",
-    "DiffusionPrior",
-    "reverse_step",
-    "SamplerSettings",
-    "chain_model_sites",
-    "chain_guide_sites",
-    "to_inferencedata",
-    "load_run",
-    "LoadedRun",
-]
-
-
 _EXPORTS = {
+    # configurations and builders
+    "ToyConfig": ".config",
+    "ImageConfig": ".config",
+    "BridgeSettings": ".config",
+    "TrainSettings": ".config",
+    "image_preset": ".config",
+    "build_toy_model": ".models.builders",
+    "build_image_model": ".models.builders",
+    "build_image_bridge": ".models.builders",
+    "image_variant": ".models.builders",
+    "build_chain_network": ".models.builders",
+    "sample_walks": ".toy",
+    "load_images": ".data",
+    # the variants and the priors
+    "DiffusionBridgeVQVAE": ".models.bridge_vqvae",
+    "VQVAE": ".models.vqvae",
+    "PixelCNNVQVAE": ".models.pixelcnn_prior",
+    "BridgeCodeModel": ".models.code_prior",
+    "BridgeCodePrior": ".bridge_prior",
+    "DiffusionPrior": ".bridge_prior",
+    # training, sampling, runs, analysis
+    "train": ".inference.svi",
+    "TrainResult": ".inference.svi",
+    "estimate_elbo": ".inference.bound",
+    "sample_prior": ".inference.sampling",
+    "sample_posterior": ".inference.sampling",
+    "SamplerSettings": ".samplers",
+    "reverse_sample": ".samplers",
+    "load_run": ".inference.load",
+    "LoadedRun": ".inference.run_dir",
+    "to_inferencedata": ".inference.analysis",
+    # building blocks
     "OUSchedule": ".ou_bridge",
     "OUSDE": ".ou_bridge",
     "toy_schedule": ".ou_bridge",
@@ -47,39 +63,23 @@ _EXPORTS = {
     "CodeVector": ".code_distribution",
     "CodeHead": ".code_head",
     "local_log_likelihood": ".code_head",
-    "BridgeCodePrior": ".bridge_prior",
     "StepCostTracker": ".bridge_prior",
-    "DiffusionPrior": ".bridge_prior",
-    "reverse_step": ".bridge_prior",
-    "SamplerSettings": ".samplers",
+    "reverse_step": ".samplers",
     "chain_model_sites": ".bridge_prior",
     "chain_guide_sites": ".bridge_prior",
 }
-"""Each building block of ``__all__`` and the module of this package that defines it."""
+"""Each exported name and the module of this package that defines it."""
+
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):
-    """The names of ``__all__``, each imported from its module when first asked for: ``import
-    pbridge`` imports neither torch nor Pyro (``pbridge --version`` stays fast), and
-    ``pbridge.to_inferencedata``, ``pbridge.load_run`` and ``pbridge.LoadedRun`` do not import
-    arviz or the variants until they are used."""
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    if name == "to_inferencedata":
-        from .inference.analysis import to_inferencedata
-
-        return to_inferencedata
-    if name == "load_run":
-        from .inference.load import load_run
-
-        return load_run
-    if name == "LoadedRun":
-        from .inference.run_dir import LoadedRun
-
-        return LoadedRun
-    raise AttributeError(f"module 'pbridge' has no attribute {name!r}")
+    """The names of ``__all__``, each imported from its module when first asked for."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pbridge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:

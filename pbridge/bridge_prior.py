@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import partial
 from typing import Protocol, runtime_checkable
 
 import pyro
@@ -35,7 +34,7 @@ from torch.distributions import constraints
 from .code_head import CodeHead, mean_code
 from .codebook import code_indices, gather_codes
 from .ou_bridge import OUSchedule
-from .samplers import ANCESTRAL, OnStep, SamplerSettings, reverse_step
+from .samplers import ANCESTRAL, OnStep, SamplerSettings, reverse_sample, reverse_step
 
 _NO_SHAPE = torch.Size()
 
@@ -53,15 +52,6 @@ __all__ = [
 ]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Draw = Callable[..., torch.Tensor]
-"""``draw(z_T, sampler) -> z``, taking a keyword ``on_step`` too when a prior's
-``with_options`` is given one."""
-
-
-def _reporting(draw: Draw | None, on_step: OnStep | None) -> Draw | None:
-    """``draw`` telling ``on_step(done, total)`` its progress (its keyword ``on_step``, as
-    :func:`pbridge.samplers.reverse_sample`'s), or ``draw`` itself without ``on_step``."""
-    return draw if draw is None or on_step is None else partial(draw, on_step=on_step)
 
 
 def _steps(t: int, like: torch.Tensor) -> torch.Tensor:
@@ -151,10 +141,10 @@ class DiffusionPrior(TorchDistribution):
             still the bound and the gradient reaching z^0 is the bound's, but the denoiser's own
             parameters get the gradient of ``mean_t(w_t) ||eps - eps_theta||^2 / q(t)``
             (L_simple, not the ELBO), in the same single denoiser pass.
-        draw: ``(z_T, sampler) -> z^0`` used by ``sample`` with ``sampler`` (:data:`Draw`): e.g.
-            :func:`pbridge.samplers.reverse_sample` (``None``: the prior scores but does not
-            sample).
-        sampler: the :class:`~pbridge.samplers.SamplerSettings` of ``sample``.
+        sampler: the :class:`~pbridge.samplers.SamplerSettings` of ``sample``, which draws
+            z^T ~ N(z*, sigma2 I) and runs the backward chain to z^0 with ``denoiser``
+            (:func:`pbridge.samplers.reverse_sample`), telling ``on_step(done, total)`` its
+            progress.
     """
 
     arg_constraints: dict = {}
@@ -167,12 +157,12 @@ class DiffusionPrior(TorchDistribution):
         denoiser: nn.Module,
         event_shape: tuple[int, ...],
         batch_size: int,
-        draw: Draw | None = None,
         model_variance: str = "beta_tilde",
         proposal: torch.Tensor | None = None,
         denoiser_loss: str = "elbo",
         strata: int | None = None,
         sampler: SamplerSettings = ANCESTRAL,
+        on_step: OnStep | None = None,
         validate_args: bool | None = None,
     ) -> None:
         if denoiser_loss not in ("elbo", "simple"):
@@ -195,7 +185,7 @@ class DiffusionPrior(TorchDistribution):
             proposal,
             denoiser_loss,
         )
-        self.strata, self.draw, self.sampler = strata, draw, sampler
+        self.strata, self.sampler, self.on_step = strata, sampler, on_step
         super().__init__(torch.Size([batch_size]), torch.Size(event_shape), validate_args)
 
     def with_options(
@@ -212,12 +202,12 @@ class DiffusionPrior(TorchDistribution):
             self.denoiser,
             tuple(self.event_shape),
             self.batch_shape[0],
-            draw=_reporting(self.draw, on_step),
             model_variance=self.model_variance,
             proposal=self.proposal if strata is None else None,
             denoiser_loss=self.denoiser_loss,
             strata=self.strata if strata is None else strata,
             sampler=self.sampler if sampler is None else sampler,
+            on_step=self.on_step if on_step is None else on_step,
             validate_args=self._validate_args,
         )
 
@@ -277,11 +267,16 @@ class DiffusionPrior(TorchDistribution):
     def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
         if sample_shape != _NO_SHAPE:
             raise NotImplementedError("DiffusionPrior draws one batch per call")
-        if self.draw is None:
-            raise ValueError("this DiffusionPrior was built without a draw (a sampler)")
         param = next(self.denoiser.parameters())
-        like = param.new_empty(self.batch_shape + self.event_shape)
-        return self.draw(self.schedule.stationary_draw(like), self.sampler)
+        z_T = self.schedule.stationary_draw(param.new_empty(self.batch_shape + self.event_shape))
+        return reverse_sample(
+            self.schedule,
+            self.denoiser,
+            z_T,
+            self.sampler,
+            model_variance=self.model_variance,
+            on_step=self.on_step,
+        )
 
 
 class StepCostTracker(nn.Module):
@@ -374,12 +369,12 @@ class BridgeCodePrior(TorchDistribution):
     Args:
         head: the categorical head (its codebook, schedule and network).
         batch_size: B.  event_shape: ``(d, *cells)``.
-        draw: ``(z_T, sampler) -> z^1`` (:data:`Draw`), the backward chain stopped at t = 1
-            (:func:`pbridge.samplers.reverse_sample` with ``to_time=1``); ``None``: the prior
-            scores but does not sample.
         proposal / tracker / strata / aux_weight: see above; ``tracker`` (a
             :class:`StepCostTracker`) is updated with the drawn terms in training.
-        sampler: the :class:`~pbridge.samplers.SamplerSettings` of ``sample``.
+        sampler: the :class:`~pbridge.samplers.SamplerSettings` of ``sample``, which draws
+            z^T ~ N(z*, sigma2 I), runs the backward chain with ``head`` to t = 1
+            (:func:`pbridge.samplers.reverse_sample`, telling ``on_step(done, total)`` its
+            progress) and draws the codes from the read-out there.
     """
 
     arg_constraints: dict = {}
@@ -391,12 +386,12 @@ class BridgeCodePrior(TorchDistribution):
         head: CodeHead,
         batch_size: int,
         event_shape: tuple[int, ...],
-        draw: Draw | None = None,
         proposal: torch.Tensor | None = None,
         tracker: StepCostTracker | None = None,
         strata: int | None = None,
         aux_weight: float = 0.0,
         sampler: SamplerSettings = ANCESTRAL,
+        on_step: OnStep | None = None,
         validate_args: bool | None = None,
     ) -> None:
         T = head.schedule.num_steps
@@ -404,8 +399,9 @@ class BridgeCodePrior(TorchDistribution):
             raise ValueError(f"proposal must have shape ({T},), got {tuple(proposal.shape)}")
         if aux_weight < 0:
             raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
-        self.head, self.draw, self.proposal, self.tracker = head, draw, proposal, tracker
-        self.strata, self.aux_weight, self.sampler = strata, aux_weight, sampler
+        self.head, self.proposal, self.tracker = head, proposal, tracker
+        self.strata, self.aux_weight = strata, aux_weight
+        self.sampler, self.on_step = sampler, on_step
         self._readout_logits: torch.Tensor | None = None
         super().__init__(torch.Size([batch_size]), torch.Size(event_shape), validate_args)
 
@@ -430,12 +426,12 @@ class BridgeCodePrior(TorchDistribution):
             self.head,
             self.batch_shape[0],
             tuple(self.event_shape),
-            draw=_reporting(self.draw, on_step),
             proposal=None if stratified else self.proposal,
             tracker=None if stratified else self.tracker,
             strata=strata if stratified else self.strata,
             aux_weight=self.aux_weight,
             sampler=self.sampler if sampler is None else sampler,
+            on_step=self.on_step if on_step is None else on_step,
             validate_args=self._validate_args,
         )
 
@@ -534,11 +530,10 @@ class BridgeCodePrior(TorchDistribution):
         codes)."""
         if sample_shape != _NO_SHAPE:
             raise NotImplementedError("BridgeCodePrior draws one batch per call")
-        if self.draw is None:
-            raise ValueError("this BridgeCodePrior was built without a draw (a sampler)")
         codes = self.head.codebook().detach()
-        like = codes.new_empty(self.batch_shape + self.event_shape)
-        z = self.draw(self.head.schedule.stationary_draw(like), self.sampler)
+        schedule = self.head.schedule
+        z_T = schedule.stationary_draw(codes.new_empty(self.batch_shape + self.event_shape))
+        z = reverse_sample(schedule, self.head, z_T, self.sampler, to_time=1, on_step=self.on_step)
         t = torch.ones(z.shape[0], dtype=torch.long, device=z.device)
         self._readout_logits = self.head.logits(z, t)
         k = torch.distributions.Categorical(logits=self._readout_logits).sample()

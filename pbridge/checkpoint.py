@@ -40,6 +40,8 @@ __all__ = [
     "previous_path",
     "checksum_path",
     "check_state_fits",
+    "load_checkpoint_of",
+    "written_by_class_of",
 ]
 
 _OLD_MAGIC = b"pbridge-checkpoint sha256="
@@ -210,3 +212,25 @@ def check_state_fits(module: nn.Module, state: dict[str, torch.Tensor], source: 
     if problems:
         shown = "; ".join(problems[:6]) + ("; ..." if len(problems) > 6 else "")
         raise ValueError(f"{source} does not fit this {type(module).__name__}: {shown}")
+
+
+def written_by_class_of(state: dict, variant: nn.Module) -> bool:
+    """Whether the checkpoint ``state`` was written by a run of ``variant``'s class: its name,
+    or one of the class's ``former_names`` (the names it had in older runs)."""
+    names = (type(variant).__name__, *getattr(variant, "former_names", ()))
+    return state.get("variant") in names
+
+
+def load_checkpoint_of(variant: nn.Module, path: Path) -> tuple[dict, Path]:
+    """The newest intact checkpoint at ``path`` (or its previous copy), checked to have been
+    written by a run of ``variant``'s class with tensors of its shapes; returns the state and
+    the file read."""
+    state, used = load_latest_checkpoint(path)
+    written_by = state.get("variant")
+    if not written_by_class_of(state, variant):
+        raise ValueError(
+            f"{used} was written by a {written_by} run; cannot resume a "
+            f"{type(variant).__name__} from it"
+        )
+    check_state_fits(variant, state["model"], str(used))
+    return state, used

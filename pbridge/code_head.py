@@ -22,13 +22,82 @@ it unchanged. ``t`` may be fractional (the continuous samplers).
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 from torch import nn
 
 from .codebook import Codebook
 from .ou_bridge import OUSchedule
 
-__all__ = ["CodeHead", "local_log_likelihood"]
+__all__ = ["CodeHead", "ChainNetwork", "check_chain_network", "local_log_likelihood", "mean_code"]
+
+
+@runtime_checkable
+class ChainNetwork(Protocol):
+    """The contract of h_theta, the network of the tight bridge's chain (checked by
+    :func:`check_chain_network`; :func:`pbridge.models.builders.build_chain_network` builds
+    one):
+
+    - input ``z_in: (B, c, *cells)`` with ``c = d``, or ``2 d`` with self-conditioning (z^t
+      and the first pass's z0_hat stacked on channels), and ``t: (B,)``, integer-valued or
+      fractional times in (0, T] (the continuous samplers ask between steps);
+    - output ``(B, K, *cells)``: a correction to the logits of every cell's code;
+    - the output layer zero-initialised, so that training starts from the exact posterior of
+      the codes under the forward process and a uniform prior (:class:`CodeHead`).
+    """
+
+    def __call__(self, z_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+
+
+@torch.no_grad()
+def check_chain_network(
+    network: nn.Module,
+    latent_dim: int,
+    num_codes: int,
+    cells: tuple[int, ...],
+    self_condition: bool,
+    fresh: bool = True,
+) -> None:
+    """``ValueError`` saying which part of the :class:`ChainNetwork` contract ``network``
+    breaks, from one call on two items at fractional times (its random state and buffers left
+    as they were): the input channels it takes, the shape it returns, finite values, and, when
+    ``fresh`` (an untrained network), an output of zero."""
+    channels = 2 * latent_dim if self_condition else latent_dim
+    z_in = torch.zeros(2, channels, *cells)
+    param = next(network.parameters(), None)
+    if param is not None:
+        z_in = z_in.to(param)
+    t = torch.tensor([0.5, 1.5], dtype=z_in.dtype, device=z_in.device)
+    buffers = [(b, b.clone()) for b in network.buffers()]
+    with torch.random.fork_rng(devices=[]):
+        try:
+            out = network(z_in, t)
+        except (RuntimeError, ValueError) as err:
+            which = "2 d with self-conditioning" if self_condition else "d"
+            raise ValueError(
+                f"the chain's network must take z_in of shape (B, {channels}, "
+                f"{', '.join(map(str, cells))}) ({which}, d = {latent_dim}) and t of shape (B,); "
+                f"it raised: {err}"
+            ) from err
+        finally:
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+    want = (2, num_codes, *cells)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"the chain's network must return (B, K, *cells) = (B, {', '.join(map(str, want[1:]))})"
+            f" (one logit correction per code and cell), got {got} for B = 2"
+        )
+    if not torch.isfinite(out).all():
+        raise ValueError("the chain's network returned NaN or inf values")
+    if fresh and out.abs().max() > 0:
+        raise ValueError(
+            "the chain's network must start at zero (its output layer zero-initialised, "
+            "e.g. nn.init.zeros_ on its last weight and bias), so that the head starts at the "
+            "exact posterior of the codes; pass fresh=False for a trained network"
+        )
 
 
 def local_log_likelihood(

@@ -19,6 +19,7 @@ from torch import nn
 __all__ = [
     "Codebook",
     "EMACodebook",
+    "FixedCodebook",
     "CodeUsage",
     "code_logits",
     "categorical_kl",
@@ -224,6 +225,31 @@ class Codebook(nn.Module):
 
     def _set_codes(self, which: torch.Tensor, vectors: torch.Tensor) -> None:
         self.weight[which] = vectors.to(self.weight)
+
+
+class FixedCodebook(nn.Module):
+    """K given code vectors ``(K, d)`` that never train: a buffer (saved with the model, never
+    a parameter, so ``pyro.module`` and the optimiser do not see it). ``forward()`` returns
+    them, as :class:`Codebook`'s does; for codes that come from elsewhere (a tokenizer's
+    embedding, another model's codebook)."""
+
+    def __init__(self, codes: torch.Tensor) -> None:
+        super().__init__()
+        if codes.dim() != 2 or not torch.is_floating_point(codes):
+            raise ValueError(
+                f"codes must be a floating-point (K, d) tensor, got {codes.dtype} of shape "
+                f"{tuple(codes.shape)}"
+            )
+        if not torch.isfinite(codes).all():
+            raise ValueError("codes contain NaN or inf values")
+        self.register_buffer("weight", codes.detach().clone())
+
+    @property
+    def num_codes(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self) -> torch.Tensor:
+        return self.weight
 
 
 class EMACodebook(Codebook):

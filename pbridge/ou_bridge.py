@@ -194,11 +194,6 @@ class OUSchedule:
         noise_sd = (self.sigma2 * (1.0 - abar)).sqrt()
         return (z_t - self.z_star - abar.sqrt() * (z0 - self.z_star)) / noise_sd
 
-    def noise(self, z_t: torch.Tensor, z0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The standard-normal eps with z^t = mean of q(z^t|z^0) + sqrt(sigma2 (1-abar_t)) eps."""
-        mean, var = self.marginal(z0, t)
-        return (z_t - mean) / var.sqrt()
-
     def stationary_draw(
         self, like: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
@@ -206,11 +201,6 @@ class OUSchedule:
         start of every backward chain (prior draws, samplers, inpainting, plots)."""
         eps = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
         return self.z_star + math.sqrt(self.sigma2) * eps
-
-    @property
-    def snr(self) -> torch.Tensor:
-        """SNR_t = abar_t / (1 - abar_t) for t = 1..T at index t (index 0: inf), float64."""
-        return self._abar / self._one_minus_abar
 
     def code_step_weight(self, t: torch.Tensor) -> torch.Tensor:
         """The weight of ||z^0 - z0_hat||^2 in KL(q(z^{t-1}|z^t,z^0) || p_theta(z^{t-1}|z^t))

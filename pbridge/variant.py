@@ -33,6 +33,7 @@ __all__ = [
     "TakesLabels",
     "AutoregressivePrior",
     "SurrogateSites",
+    "CodeModel",
     "InitialisesCodebook",
     "protocol_members",
     "missing_members",
@@ -109,10 +110,6 @@ class BridgeChain(Inpaints, Protocol):
     schedule: OUSchedule
     settings: BridgeSettings
 
-    def encoder_scale(self) -> float:
-        """s of the paper formulation's q(z_e^0 | x)."""
-        ...
-
     def chain_network(self, *labels: torch.Tensor) -> nn.Module:
         """The chain's network (bound to the labels ``y: (B,)`` of a labelled variant)."""
         ...
@@ -176,6 +173,26 @@ class AutoregressivePrior(Variant, Protocol):
 
     def code_log_prob_per_cell(self, indices: torch.Tensor) -> torch.Tensor:
         """``log p(k_c | k_<c)`` of every cell of ``indices: (B, *cells)``, ``(B, *cells)``."""
+        ...
+
+
+@runtime_checkable
+class CodeModel(Protocol):
+    """A prior fitted to codes given as data (:class:`~pbridge.models.code_prior.
+    BridgeCodeModel`): ``model(k)`` and ``guide(k)`` over code indices ``k: (B, *cells)``
+    int64 in ``0..K-1`` (``data_shape = cells``); ``codebook()`` the codes ``(K, d)``."""
+
+    codebook: nn.Module
+    data_shape: tuple[int, ...]
+
+    def model(self, k: torch.Tensor) -> None: ...
+
+    def guide(self, k: torch.Tensor) -> None: ...
+
+    def sample_codes(
+        self, num: int, sampler: SamplerSettings = ANCESTRAL, on_step: OnStep | None = None
+    ) -> torch.Tensor:
+        """``num`` prior draws of the codes, indices ``(num, *cells)``."""
         ...
 
 

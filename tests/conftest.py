@@ -1,3 +1,4 @@
+import math
 import re
 from pathlib import Path
 
@@ -50,3 +51,46 @@ def tutorial_variant(tmp_path: Path) -> Path:
     file = tmp_path / "my_variant.py"
     file.write_text(next(b for b in blocks if "def build" in b))
     return file
+
+
+MARKOV_CODES, MARKOV_CELLS = 8, 5
+"""The Markov walks of the code-prior tests: 8 codes, 5 cells."""
+
+
+def _markov_walks(n: int, generator: torch.Generator) -> torch.Tensor:
+    first = torch.randint(0, MARKOV_CODES, (n, 1), generator=generator)
+    steps = 2 * torch.randint(0, 2, (n, MARKOV_CELLS - 1), generator=generator) - 1
+    return torch.cat([first, first + steps.cumsum(1)], 1) % MARKOV_CODES
+
+
+@pytest.fixture(scope="session")
+def markov_walks():
+    """``walks(n, generator) -> (n, 5)`` int64: walks on 8 codes, a uniform first code, then
+    +-1 (mod 8) with probability 1/2 each (entropy (3 + 4) / 5 = 1.4 bits per cell; the
+    unigram entropy is 3)."""
+    return _markov_walks
+
+
+@pytest.fixture(scope="session")
+def markov_code_model():
+    """The bridge prior fitted to 4,096 walks of :func:`markov_walks` through the documented
+    path, ``pbridge.train`` on a :class:`~pbridge.models.code_prior.BridgeCodeModel` (Pyro SVI;
+    codes evenly spaced on the unit circle, T = 100 with abar_T ~ 1e-4, 1,500 steps of 128,
+    lr 3e-3, tracked importance sampling, self-conditioning, the read-out auxiliary), EMA
+    weights, eval mode. Shared by the tests of the bound on these codes; they must not change
+    it."""
+    import pbridge
+    from pbridge.models.builders import build_chain_network
+    from pbridge.models.code_prior import BridgeCodeModel
+    from pbridge.ou_bridge import image_schedule
+
+    torch.manual_seed(0)
+    angles = torch.arange(MARKOV_CODES) * 2 * math.pi / MARKOV_CODES
+    codes = torch.stack([angles.cos(), angles.sin()], 1)
+    net = build_chain_network(2, MARKOV_CODES, (MARKOV_CELLS,), width=128, blocks=2)
+    model = BridgeCodeModel(codes, net, image_schedule(100, 1e-3, 0.18), (MARKOV_CELLS,))
+    walks = _markov_walks(4096, torch.Generator().manual_seed(0))
+    settings = pbridge.TrainSettings(steps=1500, batch_size=128, lr=3e-3, seed=0)
+    result = pbridge.train(model, walks, settings)
+    result.use_ema(model)
+    return model.eval()

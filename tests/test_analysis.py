@@ -130,7 +130,7 @@ def test_groups_dims_and_shapes_are_those_documented(bridge, digits):
     np.testing.assert_array_equal(idata.training["step"], [1, 2, 3])
     np.testing.assert_array_equal(idata.training["negative_elbo"], [3.0, 2.0, 1.5])
     np.testing.assert_array_equal(idata.observed_data["x"], digits.numpy())
-    assert idata.attrs["variant"] == "DiffusionBridgeVQVAE"
+    assert idata.attrs["variant"] == "PaperBridgeVQVAE"  # the class of the paper formulation
 
 
 def test_values_agree_with_independent_computations(bridge, digits):
@@ -206,7 +206,7 @@ def test_round_trips_through_netcdf(bridge, digits, tmp_path):
 def test_bad_input_is_refused(bridge, digits, tmp_path, capsys):
     with pytest.raises(ValueError, match="num must be a positive integer, got 0"):
         to_inferencedata(bridge, digits, 0)
-    with pytest.raises(ValueError, match="DiffusionBridgeVQVAE does not take labels"):
+    with pytest.raises(ValueError, match="PaperBridgeVQVAE does not take labels"):
         to_inferencedata(bridge, digits, 2, labels=torch.zeros(ITEMS, dtype=torch.long))
     assert main(["analyze", str(tmp_path / "nothing")]) == 2
     assert f"{tmp_path / 'nothing'} is not a run directory" in capsys.readouterr().err

@@ -11,8 +11,9 @@ import torch
 
 from pbridge.checkpoint import load_checkpoint
 from pbridge.config import ToyConfig, TrainSettings
+from pbridge.inference.bound import negative_elbo
 from pbridge.inference.distributed import World, local_batches, step_seed
-from pbridge.inference.svi import negative_elbo, train
+from pbridge.inference.svi import train
 from pbridge.models.builders import build_toy_model
 from pbridge.toy import sample_walks
 

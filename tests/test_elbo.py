@@ -15,6 +15,7 @@ from pbridge.bridge_prior import DiffusionPrior, prior_options, reverse_step
 from pbridge.codebook import Codebook
 from pbridge.config import BridgeSettings
 from pbridge.models.bridge_vqvae import DiffusionBridgeVQVAE
+from pbridge.models.formulations import bridge_class
 from pbridge.networks import NormalDecoder, PointwiseMLP, ResidualMLPDenoiser
 from pbridge.ou_bridge import OUSchedule
 from pbridge.samplers import SamplerSettings
@@ -57,7 +58,8 @@ def small_variant(formulation="paper", **settings) -> DiffusionBridgeVQVAE:
         base = dict(t_sampling="uniform")
         in_channels = 2 if settings.get("self_condition") is False else 4
         denoiser = small_head_network(in_channels)
-    return DiffusionBridgeVQVAE(
+    settings = BridgeSettings(formulation=formulation, **{**base, **settings})
+    return bridge_class(settings)(
         encoder=PointwiseMLP(2, 2, 8),
         decoder=NormalDecoder(PointwiseMLP(2, 2, 8), 0.5, event_dims=2),
         denoiser=denoiser,
@@ -65,7 +67,7 @@ def small_variant(formulation="paper", **settings) -> DiffusionBridgeVQVAE:
         schedule=SCHEDULE,
         data_shape=(2, 2),
         latent_shape=(2, 2),
-        settings=BridgeSettings(formulation=formulation, **{**base, **settings}),
+        settings=settings,
     ).double()
 
 
@@ -254,7 +256,7 @@ def test_strata_must_divide_T():
 def test_elbo_terms_add_up_to_pyros_elbo(formulation, float64):
     """The per-site split shown in the progress bar sums to Trace_ELBO's value of the same draw
     (the commitment surrogate left out of both)."""
-    from pbridge.inference.svi import elbo_terms
+    from pbridge.inference.bound import elbo_terms
 
     variant = small_variant(formulation)
     x = torch.randn(16, 2, 2)
@@ -272,7 +274,7 @@ def test_elbo_per_item_sums_to_the_bound_of_the_same_draw(formulation, float64):
     """The per-item ELBO (the paired comparison's score) of one draw averages to Trace_ELBO's
     value of the same draw, with the same stratified chain steps, item by item independent of
     the batch it sits in."""
-    from pbridge.inference.svi import elbo_per_item, estimate_elbo
+    from pbridge.inference.bound import elbo_per_item, estimate_elbo
 
     variant = small_variant(formulation)
     x = torch.randn(16, 2, 2)

@@ -11,8 +11,8 @@ from pbridge.codebook import Codebook
 from pbridge.config import BridgeSettings, image_preset
 from pbridge.data import DATASETS
 from pbridge.image_networks import ResNetDecoder, ResNetEncoder, UNetDenoiser
+from pbridge.inference.bound import negative_elbo
 from pbridge.inference.images import test_bits_per_dim as bits_per_dim_of
-from pbridge.inference.svi import negative_elbo
 from pbridge.likelihoods import DiscretizedLogisticDecoder
 from pbridge.models.bridge_vqvae import DiffusionBridgeVQVAE
 from pbridge.models.builders import build_image_model

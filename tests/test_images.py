@@ -82,7 +82,7 @@ def _tiny(variant: str, **train) -> ImageConfig:
 
 def test_vqvae_elbo_has_the_uniform_prior_term():
     """VQ-VAE: log p(z_q) = -cells log K exactly, and the guide's point mass has log q = 0."""
-    from pbridge.inference.svi import elbo_terms
+    from pbridge.inference.bound import elbo_terms
 
     vqvae = build_image_vqvae(_tiny("two-stage"))
     terms = elbo_terms(vqvae, torch.rand(8, 1, 8, 8))

@@ -1,6 +1,6 @@
 """Imports go one way: ``pbridge`` (building blocks) <- ``pbridge.models`` (variants) <-
 ``pbridge.inference`` (training, sampling, evaluation, analysis) <- the command line
-(docs/architecture.md).
+(docs/architecture.md); and no two modules import each other, directly or round a circle.
 
 Read from the source with :mod:`ast`, so nothing is imported. An import inside a function runs
 only when the function is called; in ``pbridge/`` only the modules listed in ``LAZY`` import an
@@ -10,6 +10,8 @@ upper layer so, and none at module level.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,8 +32,6 @@ LAZY = {
     "inside the function that adds it",
     "pbridge/cli/train.py": "imports pbridge.inference inside the checks and the train command",
     "pbridge/cli/draw.py": "imports pbridge.inference inside the checks and the commands",
-    "pbridge/__init__.py": "re-exports pbridge.inference.analysis.to_inferencedata through a "
-    "module __getattr__",
 }
 """The modules of ``pbridge/`` that import an upper layer, inside functions only, by design."""
 
@@ -92,9 +92,13 @@ def layer_violations(package: str, path: Path) -> list[str]:
 
 def _all_imports(path: Path, package: str) -> list[str]:
     """Every name the module imports, inside functions included."""
+    return _all_imports_of(path.read_text(), package)
+
+
+def _all_imports_of(source: str, package: str) -> list[str]:
     return [
         imported
-        for node in ast.walk(ast.parse(path.read_text()))
+        for node in ast.walk(ast.parse(source))
         if isinstance(node, ast.Import | ast.ImportFrom)
         for imported in _imported(node, package)
     ]
@@ -140,6 +144,84 @@ def test_imports_inside_functions_are_allowed():
     assert module_level_imports(source, "pbridge") == []
 
 
+SOURCES = {**PACKAGES, "pbridge.inference": ROOT / "inference"}
+"""Every package of the project and its folder."""
+
+
+def _module_name(package: str, path: Path) -> str:
+    """The dotted name of the module ``path`` of ``package`` (``__init__.py``: the package)."""
+    parts = path.relative_to(SOURCES[package]).with_suffix("").parts
+    return ".".join([package, *(parts[:-1] if parts[-1] == "__init__" else parts)])
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project's modules it imports by name, inside functions included; the
+    designed lazy imports of :data:`LAZY` (upward, inside functions) left out."""
+    paths = {_module_name(p, path): (p, path) for p in SOURCES for path in SOURCES[p].rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, (package, path) in paths.items():
+        sub = _module_name(package, path.parent / "__init__.py")
+        if path.name == "__init__.py":
+            sub = name
+        lazy = path.relative_to(ROOT).as_posix() in LAZY
+        names = (
+            [n for _, n in module_level_imports(path.read_text(), sub)]
+            if lazy
+            else _all_imports(path, sub)
+        )
+        graph[name] = {n for n in names if n in paths and n != name}
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The circles of ``graph``: each strongly connected component of more than one module
+    (Tarjan's algorithm), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(circles)
+
+
+def test_no_import_circle():
+    graph = import_graph()
+    assert "pbridge.inference.bound" in graph["pbridge.inference.distributed"]
+    assert import_circles(graph) == []
+
+
+def test_a_planted_import_circle_is_found():
+    """The circle that was: ``distributed`` imported ``svi`` inside a function while ``svi``
+    imported ``distributed``."""
+    graph = import_graph()
+    graph["pbridge.inference.distributed"].add("pbridge.inference.svi")
+    assert ["pbridge.inference.distributed", "pbridge.inference.svi"] in import_circles(graph)
+    planted = "def f():\n    from .svi import negative_elbo\n"
+    assert "pbridge.inference.svi" in _all_imports_of(planted, "pbridge.inference")
+
+
 MAX_FUNCTION_LINES = 80
 """The longest a function of pbridge/, models/ or inference/ may be, docstring included."""
 
@@ -155,3 +237,38 @@ def test_no_function_is_longer_than_a_screen():
                     if lines > MAX_FUNCTION_LINES:
                         long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} {lines}")
     assert long == []
+
+
+@pytest.mark.processes
+def test_importing_the_package_changes_no_matplotlib_backend():
+    """A notebook's backend stays its own: every module that imports matplotlib, and the
+    modules a user loads a run with, imported after choosing ``svg``."""
+    plotting = sorted(
+        _module_name(p, path)
+        for p in SOURCES
+        for path in SOURCES[p].rglob("*.py")
+        if "matplotlib" in path.read_text()
+    )
+    assert "pbridge.inference.plots" in plotting
+    modules = [*plotting, "pbridge.inference.load", "pbridge.inference.analysis"]
+    code = (
+        "import importlib, matplotlib; matplotlib.use('svg'); "
+        f"[importlib.import_module(m) for m in {modules!r}]; print(matplotlib.get_backend())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "svg"
+
+
+def test_every_name_pbridge_exports_is_its_module_s_own():
+    """``pbridge.<name>`` for every name of ``pbridge.__all__`` is the object its module
+    defines (the front door imports each lazily, by the module's name)."""
+    import importlib
+
+    import pbridge
+
+    for name in pbridge.__all__:
+        module = importlib.import_module(pbridge._EXPORTS[name], "pbridge")
+        assert getattr(pbridge, name) is getattr(module, name), name
+    assert set(pbridge.__all__) <= set(dir(pbridge))
+    with pytest.raises(AttributeError, match="no attribute 'trian'"):
+        pbridge.trian  # noqa: B018

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pyro
+import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -19,6 +20,11 @@ def test_readme_python_examples_run(tiny_toy_run, tmp_path, monkeypatch):
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)
+    imports = [ln for ln in blocks[0].splitlines() if ln.startswith(("import ", "from "))]
+    assert imports == ["import pbridge"], "the training example needs one import line"
+    result, variant = namespace["result"], namespace["variant"]
+    state = variant.state_dict()
+    assert result.ema and all(torch.equal(v, state[k]) for k, v in result.ema.items())
     prior, posterior = namespace["prior"], namespace["posterior"]
     assert prior.x.shape == (16, 2, 5) and posterior.x_mean.shape == (16, 2, 5)
     idata = namespace["idata"]

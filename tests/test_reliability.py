@@ -21,6 +21,7 @@ import pyro
 import pytest
 import torch
 
+import pbridge.inference.bound as bound
 import pbridge.inference.svi as svi
 from pbridge.checkpoint import (
     CorruptCheckpointError,
@@ -89,7 +90,7 @@ def test_nan_names_the_step_and_the_site_and_keeps_the_last_checkpoint(tmp_path,
     log-density went non-finite; the checkpoint of step 4 is intact and finite."""
     pyro.enable_validation(False)
     variant, path = _toy(), tmp_path / "ck.pt"
-    real_loss, calls = svi.negative_elbo, {"n": 0}
+    real_loss, calls = bound.negative_elbo, {"n": 0}
 
     def poisoning_loss(v, x, *args):
         calls["n"] += 1
@@ -98,7 +99,7 @@ def test_nan_names_the_step_and_the_site_and_keeps_the_last_checkpoint(tmp_path,
                 v.decoder.net.net[-1].bias.fill_(math.nan)
         return real_loss(v, x, *args)
 
-    monkeypatch.setattr(svi, "negative_elbo", poisoning_loss)
+    monkeypatch.setattr(bound, "negative_elbo", poisoning_loss)
     settings = TrainSettings(steps=10, batch_size=16, checkpoint_every=2)
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 5: x \(model\)"):
         train(variant, _walks(), settings, progress=False, checkpoint=path)
@@ -126,7 +127,7 @@ def test_a_signal_checkpoints_the_current_step_and_resume_finishes_the_run(
     reference = _toy()
     whole = train(reference, x, settings, progress=False, checkpoint=tmp_path / "whole.pt")
 
-    real_loss, calls = svi.negative_elbo, {"n": 0}
+    real_loss, calls = bound.negative_elbo, {"n": 0}
 
     def signalling_loss(*args):
         calls["n"] += 1
@@ -134,13 +135,13 @@ def test_a_signal_checkpoints_the_current_step_and_resume_finishes_the_run(
             os.kill(os.getpid(), sig)
         return real_loss(*args)
 
-    monkeypatch.setattr(svi, "negative_elbo", signalling_loss)
+    monkeypatch.setattr(bound, "negative_elbo", signalling_loss)
     path, handler_before = tmp_path / "cut.pt", signal.getsignal(sig)
     with pytest.raises(TrainingInterrupted, match=f"{sig.name} after step 7") as stopped:
         train(_toy(), x, settings, progress=False, checkpoint=path)
     assert stopped.value.step == 7 and load_checkpoint(path)["step"] == 7
     assert signal.getsignal(sig) is handler_before  # the handler is restored
-    monkeypatch.setattr(svi, "negative_elbo", real_loss)
+    monkeypatch.setattr(bound, "negative_elbo", real_loss)
     variant = _toy()
     resumed = train(variant, x, settings, progress=False, checkpoint=path, resume=True)
     assert resumed.losses == whole.losses
@@ -163,13 +164,13 @@ def test_resume_from_the_previous_checkpoint_alone_finishes_the_run(latest, tmp_
         checksum_path(path).unlink()
     else:
         path.write_bytes(b"garbage")
-    real_loss, calls = svi.negative_elbo, []
+    real_loss, calls = bound.negative_elbo, []
 
     def counting_loss(*args):
         calls.append(1)
         return real_loss(*args)
 
-    monkeypatch.setattr(svi, "negative_elbo", counting_loss)
+    monkeypatch.setattr(bound, "negative_elbo", counting_loss)
     variant = _toy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the damaged latest file is reported
@@ -250,9 +251,10 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
         (torch.zeros(8, 2, 5, dtype=torch.uint8), TypeError, "floating point.*torch.uint8"),
         (torch.zeros(8, 3, 5), ValueError, r"shape \(3, 5\), the variant expects \(2, 5\)"),
         (torch.zeros(0, 2, 5), ValueError, "empty"),
-        ([[0.0] * 5] * 2, TypeError, "torch.Tensor, got list"),
+        (3.0, TypeError, "torch.Tensor, got float"),
+        ([[0.0] * 5] * 2, TypeError, "an iterable whose first batch is not a tensor"),
     ],
-    ids=["dtype", "shape", "empty", "not-a-tensor"],
+    ids=["dtype", "shape", "empty", "not-a-tensor", "batches-not-tensors"],
 )
 def test_training_data_that_do_not_fit_are_refused_up_front(data, error, match):
     with pytest.raises(error, match=match):
@@ -358,7 +360,7 @@ def test_image_gradients_are_bit_identical_across_passes():
             variant = build_image_model(image_preset("fashion-mnist", "small"))
             variant.initialise_codebook(x)
             pyro.set_rng_seed(0)
-            svi.negative_elbo(variant, x).backward()
+            bound.negative_elbo(variant, x).backward()
             grads.append({n: p.grad for n, p in variant.named_parameters() if p.grad is not None})
     finally:
         torch.set_num_threads(threads)

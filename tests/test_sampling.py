@@ -2,18 +2,18 @@
 the stationary draw z^T every chain starts from."""
 
 import math
-from functools import partial
 
 import pytest
 import torch
 from torch import nn
 
+from pbridge import bridge_prior
 from pbridge.bridge_prior import BridgeCodePrior, DiffusionPrior
 from pbridge.code_head import CodeHead
 from pbridge.codebook import Codebook
 from pbridge.networks import ResidualMLPDenoiser
 from pbridge.ou_bridge import OUSchedule, image_schedule, toy_schedule
-from pbridge.samplers import SamplerSettings, reverse_sample
+from pbridge.samplers import reverse_sample
 
 
 class GaussianOracle(nn.Module):
@@ -47,8 +47,7 @@ SCHEDULES = {
 
 def _moments(schedule, denoiser, n=10000, variance="beta_tilde"):
     torch.manual_seed(0)
-    draw = partial(reverse_sample, schedule, denoiser, model_variance=variance)
-    prior = DiffusionPrior(schedule, denoiser, (2, 3), n, draw=draw, model_variance=variance)
+    prior = DiffusionPrior(schedule, denoiser, (2, 3), n, model_variance=variance)
     z0 = prior.sample()
     return float(z0.mean()), float(z0.var()), z0.numel()
 
@@ -130,30 +129,33 @@ def test_recorded_states_are_the_chain(float64):
 
 
 def _capture(store: list):
-    def draw(z_T: torch.Tensor, sampler: SamplerSettings) -> torch.Tensor:
+    """A stand-in for the sampler engine that keeps the z^T it is given."""
+
+    def reverse_sample(schedule, denoiser, z_T, sampler, **options) -> torch.Tensor:
         store.append(z_T)
         return z_T
 
-    return draw
+    return reverse_sample
 
 
 @pytest.mark.parametrize("prior", ["paper", "tight"])
 @pytest.mark.parametrize("name", ["toy", "ou_zstar"])
-def test_prior_draws_start_from_the_stationary_law(name, prior, float64):
+def test_prior_draws_start_from_the_stationary_law(name, prior, float64, monkeypatch):
     """The z^T that a prior's ``sample`` hands to its chain is N(z*, sigma2 I): the mean and
     standard deviation of 24,000 coordinates within 5 standard errors. On the toy preset
     (sigma2 = 0.0025) a draw with standard deviation sigma2 instead of sqrt(sigma2) is 20x too
     narrow and fails."""
     schedule = toy_schedule() if name == "toy" else SCHEDULES["ou_zstar"]
     n, store = 4000, []
+    monkeypatch.setattr(bridge_prior, "reverse_sample", _capture(store))
     if prior == "paper":
         net = ResidualMLPDenoiser((2, 3), width=8, blocks=1)
-        DiffusionPrior(schedule, net, (2, 3), n, draw=_capture(store)).sample()
+        DiffusionPrior(schedule, net, (2, 3), n).sample()
     else:
         codebook = Codebook(4, 2, radius=1.0)
         net = ResidualMLPDenoiser((2, 3), width=8, blocks=1, out_shape=(4, 3))
         head = CodeHead(schedule, net, codebook, self_condition=False)
-        BridgeCodePrior(head, n, (2, 3), draw=_capture(store)).sample()
+        BridgeCodePrior(head, n, (2, 3)).sample()
     z_T = store[0]
     sd, m = math.sqrt(schedule.sigma2), z_T.numel()
     assert abs(float(z_T.mean()) - schedule.z_star) < 5 * sd / math.sqrt(m)

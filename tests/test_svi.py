@@ -11,7 +11,10 @@ from torch import nn
 from pbridge.checkpoint import load_checkpoint
 from pbridge.config import ToyConfig, TrainSettings, image_preset
 from pbridge.data import load_images
-from pbridge.inference.svi import elbo_terms, negative_elbo, resolve_device, train
+from pbridge.inference import bound
+from pbridge.inference.bound import elbo_terms, negative_elbo
+from pbridge.inference.run_dir import resolve_device
+from pbridge.inference.svi import train
 from pbridge.models.builders import build_image_model, build_toy_model
 from pbridge.toy import sample_walks
 
@@ -165,7 +168,7 @@ def _digits_variant():
 def test_interrupted_run_resumes_to_the_same_parameters(build, data, tmp_path, monkeypatch):
     """Interrupt at step 13 (checkpoints every 5), resume: the result equals an uninterrupted
     run bit for bit, and the resumed run repeated at most one checkpoint interval."""
-    import pbridge.inference.svi as svi
+    import pbridge.inference.bound as bound
 
     pyro.enable_validation(False)
     x = data()
@@ -180,7 +183,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(build, data, tmp_path, m
     reference = {k: v.clone() for k, v in variant.state_dict().items()}
 
     calls = {"n": 0}
-    real_loss = svi.negative_elbo
+    real_loss = bound.negative_elbo
 
     def interrupting_loss(*args):
         calls["n"] += 1
@@ -189,10 +192,10 @@ def test_interrupted_run_resumes_to_the_same_parameters(build, data, tmp_path, m
         return real_loss(*args)
 
     variant, path = fresh("cut.pt")
-    monkeypatch.setattr(svi, "negative_elbo", interrupting_loss)
+    monkeypatch.setattr(bound, "negative_elbo", interrupting_loss)
     with pytest.raises(KeyboardInterrupt):
         train(variant, x, settings, progress=False, checkpoint=path)
-    monkeypatch.setattr(svi, "negative_elbo", real_loss)
+    monkeypatch.setattr(bound, "negative_elbo", real_loss)
     assert load_checkpoint(path)["step"] == 10
 
     variant, _ = fresh("cut.pt")  # a new process would rebuild the variant from scratch
@@ -269,16 +272,49 @@ def test_learning_rate_schedule_step_by_step(decay, steps, monkeypatch):
 def test_latent_warmup_weights_step_by_step(warmup, monkeypatch):
     """The weight of the latent terms at step s is min(1, s / W): 1/W, 2/W, ..., 1, 1, ...;
     1 throughout without a warm-up."""
-    import pbridge.inference.svi as svi
+    import pbridge.inference.bound as bound
 
-    betas, real_loss = [], svi.negative_elbo
+    betas, real_loss = [], bound.negative_elbo
 
     def recording_loss(variant, x, beta):
         betas.append(beta)
         return real_loss(variant, x, beta)
 
-    monkeypatch.setattr(svi, "negative_elbo", recording_loss)
+    monkeypatch.setattr(bound, "negative_elbo", recording_loss)
     settings = TrainSettings(steps=6, batch_size=8, latent_warmup=warmup)
     train(_Gaussian(), torch.randn(32), settings, progress=False)
     expected = [min(1.0, s / warmup) if warmup else 1.0 for s in range(1, 7)]
     assert betas == pytest.approx(expected, rel=1e-12, abs=0.0)
+
+
+def test_train_takes_a_data_loader_and_passes_over_it_again():
+    """A ``DataLoader`` of a ``TensorDataset`` (one tensor: batches of x alone) trains for more
+    steps than it has batches; a list of batches too; each step one batch."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    variant = _variant()
+    x, _ = sample_walks(96)
+    loader = DataLoader(TensorDataset(x), batch_size=32, shuffle=True)
+    result = train(variant, loader, TrainSettings(steps=7), progress=False)
+    assert len(result.losses) == 7 and all(math.isfinite(v) for v in result.losses)
+    seen = []
+    real_loss = bound.negative_elbo
+
+    def recording_loss(variant, batch, latent_scale=1.0):
+        seen.append(batch.shape[0])
+        return real_loss(variant, batch, latent_scale)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bound, "negative_elbo", recording_loss)
+        train(variant, [x[:16], x[16:24]], TrainSettings(steps=5), progress=False)
+    assert seen == [16, 8, 16, 8, 16]
+
+
+def test_an_iterable_that_runs_out_or_holds_bad_batches_is_refused_before_training():
+    x, _ = sample_walks(32)
+    with pytest.raises(ValueError, match="ran out after 1 batches"):
+        train(_variant(), (b for b in [x[:16]]), TrainSettings(steps=3), progress=False)
+    with pytest.raises(ValueError, match="yields no batch"):
+        train(_variant(), [], TrainSettings(steps=3), progress=False)
+    with pytest.raises(ValueError, match=r"data items have shape \(2, 4\)"):
+        train(_variant(), [x[:16, :, :4]], TrainSettings(steps=3), progress=False)

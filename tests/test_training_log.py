@@ -8,6 +8,7 @@ import pyro
 import pytest
 import torch
 
+import pbridge.inference.bound as bound
 import pbridge.inference.svi as svi
 from pbridge.checkpoint import load_checkpoint, save_checkpoint
 from pbridge.cli import main
@@ -124,7 +125,7 @@ def test_an_interrupted_run_resumes_to_the_same_ema_and_one_csv_row_per_step(tmp
     settings = TrainSettings(steps=20, batch_size=16, checkpoint_every=5, ema_decay=0.9)
     whole = train(_toy(), x, settings, False, tmp_path / "whole.pt", log=tmp_path / "whole.csv")
 
-    calls, real_loss = {"n": 0}, svi.negative_elbo
+    calls, real_loss = {"n": 0}, bound.negative_elbo
 
     def interrupting_loss(*args):
         calls["n"] += 1
@@ -133,10 +134,10 @@ def test_an_interrupted_run_resumes_to_the_same_ema_and_one_csv_row_per_step(tmp
         return real_loss(*args)
 
     path, log = tmp_path / "cut.pt", tmp_path / "cut.csv"
-    monkeypatch.setattr(svi, "negative_elbo", interrupting_loss)
+    monkeypatch.setattr(bound, "negative_elbo", interrupting_loss)
     with pytest.raises(KeyboardInterrupt):
         train(_toy(), x, settings, False, path, log=log)
-    monkeypatch.setattr(svi, "negative_elbo", real_loss)
+    monkeypatch.setattr(bound, "negative_elbo", real_loss)
     assert load_checkpoint(path)["step"] == 10
     assert [int(r["step"]) for r in _rows(log)[1]] == list(range(1, 13))  # flushed to step 12
     torch.manual_seed(123)

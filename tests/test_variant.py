@@ -14,7 +14,8 @@ from torch import nn
 from pbridge.checkpoint import load_checkpoint
 from pbridge.cli import _parser, main
 from pbridge.config import BridgeSettings, ImageConfig, ToyConfig, image_preset
-from pbridge.inference.svi import check_model_guide_sites, train
+from pbridge.inference.bound import check_model_guide_sites
+from pbridge.inference.svi import train
 from pbridge.inference.user_variant import VariantFile, load_variant_file
 from pbridge.models import class_conditional
 from pbridge.models.builders import (

@@ -55,8 +55,8 @@ def _locked(args: argparse.Namespace) -> Iterator[None]:
 def _check_memory(config: dict, kind: str, num: int, device: str) -> None:
     """``num`` prior draws of the run fit in memory, estimated from its config.json (a variant
     file's shapes are known only once it is built: checked then)."""
+    from pbridge.inference.run_dir import resolve_device
     from pbridge.inference.sampling import check_memory_for_draws
-    from pbridge.inference.svi import resolve_device
 
     try:
         d, k = int(config["latent_dim"]), int(config["num_codes"])

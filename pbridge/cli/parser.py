@@ -356,9 +356,6 @@ def _add_sampler_options(parser: argparse.ArgumentParser) -> None:
         help=f"sde: one of {', '.join(SDE_METHODS)}; ode: one of {', '.join(ODE_METHODS)} "
         "(default euler)",
     )
-    # The former spellings, refused with the new flag's name (sampler_settings).
-    parser.add_argument("--steps", dest="former_steps", help=argparse.SUPPRESS)
-    parser.add_argument("--eta", dest="former_eta", help=argparse.SUPPRESS)
 
 
 def sampler_settings(args: argparse.Namespace):
@@ -366,8 +363,4 @@ def sampler_settings(args: argparse.Namespace):
     checked before anything is loaded."""
     from pbridge.samplers import SamplerSettings
 
-    if args.former_steps is not None:
-        raise ValueError("--steps applies to train; use --sample-steps")
-    if args.former_eta is not None:
-        raise ValueError("--eta names the OU coefficient; use --ddim-eta (DDIM noise fraction)")
     return SamplerSettings(args.sampler, args.sample_steps, args.ddim_eta, args.method)

@@ -104,7 +104,7 @@ def check_launch(args: argparse.Namespace, config) -> None:
     the N x M processes share evenly, and N GPUs on this machine when it trains on CUDA."""
     import torch
 
-    from pbridge.inference.svi import resolve_device
+    from pbridge.inference.run_dir import resolve_device
 
     if args.nodes > 1 and not args.rdzv_endpoint:
         raise ValueError(f"--nodes {args.nodes} needs --rdzv-endpoint HOST:PORT")
