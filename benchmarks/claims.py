@@ -81,9 +81,12 @@ RUN_ORDER = [
     *(Row(p, 900, 2) for p in ("end-to-end", "two-stage")),
     *(Row(p, 3600, 0) for p in ("end-to-end", "two-stage", "pixelcnn")),
     *(Row("pixelcnn", 900, s) for s in (1, 2)),
+    *(Row(p, 900, s) for s in (0, 1) for p in ("end-to-end", "two-stage")),
+    Row("pixelcnn", 900, 0),
 ]
 """The rows that run first (the bridges' third seed, then the long budget, then the
-PixelCNN's other seeds); the rest of :data:`ROWS` follows in its order."""
+PixelCNN's other seeds, then the FD-FMNIST of the first rows); the rest of :data:`ROWS`
+(the cold-start ablation) follows in its order."""
 
 FD_SAMPLES, FD_DRAWS = 500, 3
 """FD-FMNIST: ``FD_DRAWS`` independent sets of ``FD_SAMPLES`` prior samples (mean, s.e.)."""
