@@ -321,3 +321,24 @@ def test_prior_draws_end_the_chain_at_z1_in_the_tight_formulation(name, formulat
         z_T = SCHEDULE.stationary_draw(torch.zeros(8, 2, 2))
         variant.draw_chain(z_T, sampler, record=lambda t, z: recorded.append(t))
         assert recorded == [3, 2, 1] + ([] if formulation == "tight" else [0])
+
+
+@pytest.mark.parametrize("formulation", ["paper", "tight"])
+def test_inpainting_holds_the_encoding_of_the_known_codes(formulation, float64):
+    """The z^0 inpainting holds at known cells: the paper's encoding e_k + s eps (mean e_k,
+    standard deviation s = encoder_scale = 0.4 per coordinate, within 5 standard errors of
+    4000 draws); the tight one's e_k itself (a noiseless draw is 0.4 too narrow, a doubled
+    one 0.4 too wide)."""
+    model = small_variant(formulation)
+    torch.manual_seed(0)
+    indices = torch.randint(0, 4, (4000, 2, 2))
+    e_k = model.codebook()[indices].movedim(-1, 1)
+    z0 = model.known_start(indices)
+    assert z0.shape == e_k.shape == (4000, 2, 2, 2)
+    if formulation == "tight":
+        assert torch.equal(z0, e_k)
+        return
+    u = (z0 - e_k).flatten(1)
+    n = u.shape[0]
+    assert u.mean(0).abs().max() < 5 * 0.4 / math.sqrt(n)
+    assert (u.std(0) - 0.4).abs().max() < 5 * 0.4 / math.sqrt(2 * n)
