@@ -27,9 +27,9 @@ import torch
 from paired_bound import bits_per_image
 
 from pbridge.data import load_images
-from pbridge.inference.evaluate import EvalSettings, evaluate_run
+from pbridge.inference.evaluate import EvalSettings
 from pbridge.inference.load import load_run
-from pbridge.inference.toy import evaluate_toy_run
+from pbridge.inference.run_kinds import evaluate_run
 from pbridge.samplers import SamplerSettings
 
 FMNIST_STEPS = 1490  # the end-to-end row of docs/results.md (900 s of training at its step cost)
@@ -113,7 +113,7 @@ def toy(out: Path) -> list[str]:
         run = out / f"toy-{seed}"
         _train(["toy", "--seed", str(seed)], run)
         for w in WEIGHTS:
-            s = evaluate_toy_run(run, settings, "cpu", weights=w)
+            s = evaluate_run(run, settings, "cpu", weights=w)
             lines.append(
                 f"| {seed} | {w} | {s['elbo']:.2f} ± {s['elbo_stderr']:.2f} | "
                 f"{s['transition_accuracy_sampled_zq']:.3f} |"

@@ -41,19 +41,18 @@ from pbridge.feature_distance import (
     load_classifier,
 )
 from pbridge.masked_patch import central_patch, patch_bits, patch_bits_monte_carlo
-from pbridge.samplers import ANCESTRAL, OnStep, SamplerSettings
+from pbridge.samplers import OnStep, SamplerSettings
 from pbridge.variant import AutoregressivePrior, BridgeChain, Inpaints, TakesLabels
 
 from .images import test_bits_per_dim
-from .load import load_run
 from .plots import plot_image_grid, plot_image_table, sampler_name
 from .progress import QUIET, Progress
-from .run_dir import run_kind, write_json
+from .run_dir import LoadedRun, write_json
 from .sampling import check_sampler, draw_steps, sample_posterior, sample_prior
 
 __all__ = [
     "EvalSettings",
-    "evaluate_run",
+    "evaluate_images",
     "results_table",
     "chain_bits_by_step",
     "masked_patch_scores",
@@ -66,7 +65,7 @@ class EvalSettings:
 
     Attributes:
         bpd_items: test images scored for bits/dim.  chain_steps: stratified chain steps per
-            image in the bridge's bound (divides T).
+            image in the bridge's bound (:func:`~pbridge.bridge_prior.stratified_steps`).
         num_samples: prior samples per FD-FMNIST figure (and for the sampling time).
         fd_draws: independent sets of ``num_samples`` prior samples; FD-FMNIST is reported as
             the mean over the sets and its standard error.
@@ -273,31 +272,29 @@ def _feature_distances(draws, recon, train_x, test_x, test_labels, dataset: str)
     }
 
 
-def evaluate_run(
+def evaluate_images(
+    loaded: LoadedRun,
     run_dir: str | Path,
-    settings: EvalSettings | None = None,
-    device: str = "auto",
-    root: str | Path | None = None,
-    sampler: SamplerSettings = ANCESTRAL,
-    weights: str | None = None,
-    progress: Progress = QUIET,
+    settings: EvalSettings,
+    root: str | Path | None,
+    sampler: SamplerSettings,
+    progress: Progress,
+    variant_name: str,
 ) -> dict:
-    """Run the protocol on a trained image run (its EMA or raw ``weights``,
-    :func:`~.load.load_run`); returns and writes ``eval.json``/``eval.md``.
-    ``sampler``: the bridge's sampler for prior draws and inpainting (default the T-step
-    chain); ``progress`` shows each stage, the bound's batches and the chain's steps."""
-    settings = EvalSettings() if settings is None else settings
+    """Run the protocol on ``loaded``, an opened image run (a registry variant's or a variant
+    file's, named ``variant_name`` in the result), whose directory is ``run_dir``; returns and
+    writes ``eval.json``/``eval.md``. ``sampler``: the bridge's sampler for prior draws and
+    inpainting; ``progress`` shows each stage, the bound's batches and the chain's steps. Any
+    run: :func:`~.run_kinds.evaluate_run`."""
     run = Path(run_dir)
-    loaded = load_run(run, weights=weights, device=device)
     config, variant = loaded.config, loaded.variant
-    user_variant = run_kind(run) == "variant-file"
     check_sampler(variant, sampler)
     dev = next(variant.parameters()).device
     test = load_images(config.dataset, "test", root)
     test_x = test.as_float().to(dev)
     timings: dict[str, float] = {}
     result: dict = {
-        "variant": type(variant).__name__ if user_variant else config.variant,
+        "variant": variant_name,
         "dataset": config.dataset,
         "settings": asdict(settings),
         "sampler": asdict(sampler),

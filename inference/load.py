@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .images import open_image_run
-from .run_dir import LoadedRun, run_kind
-from .toy import open_toy_run
-from .user_variant import open_user_run
+from .run_dir import LoadedRun
+from .run_kinds import kind_of
 
 __all__ = ["load_run"]
 
@@ -23,5 +21,4 @@ def load_run(path: str | Path, *, weights: str | None = None, device: str = "aut
     (``weights="ema"``), its raw ones (``"raw"``) or, by default, the EMA weights when the
     run kept them. Errors name the file at fault (no ``config.json``, no checkpoint yet, a
     damaged checkpoint, a config that contradicts its checkpoint)."""
-    opener = {"toy": open_toy_run, "image": open_image_run, "variant-file": open_user_run}
-    return opener[run_kind(path)](path, device, weights)
+    return kind_of(path).open(path, device, weights)

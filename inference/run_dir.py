@@ -58,7 +58,6 @@ __all__ = [
     "atomic_write",
     "write_json",
     "read_config",
-    "run_kind",
     "train_in_run",
     "LoadedRun",
     "open_run",
@@ -287,15 +286,6 @@ def discard_failed_start(held: HeldLock) -> None:
                 item.unlink()
     except OSError:
         pass  # the error being raised says more
-
-
-def run_kind(run_dir: str | Path) -> str:
-    """``"variant-file"``, ``"image"`` or ``"toy"``: what wrote the run directory
-    (``FileNotFoundError`` if it holds no ``config.json``)."""
-    run = Path(run_dir)
-    if (run / VARIANT_FILE).is_file():
-        return "variant-file"
-    return "image" if "dataset" in read_config(run) else "toy"
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:

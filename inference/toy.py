@@ -138,21 +138,21 @@ def open_toy_run(
 
 
 def evaluate_toy_run(
+    loaded: LoadedRun,
     run_dir: str | Path,
     settings,
-    device: str = "auto",
     sampler: SamplerSettings = ANCESTRAL,
-    weights: str | None = None,
     progress: Progress = QUIET,
 ) -> dict:
-    """``pbridge evaluate`` on a toy run: what applies to walks, on the run's own test walks
-    (``settings``: an :class:`~pbridge.inference.evaluate.EvalSettings`): the ELBO (nats per
-    walk, ``chain_steps`` stratified steps per walk), transition accuracy of
-    ``num_samples`` prior draws by ``sampler``, codebook usage and sampling time. Bits/dim,
-    the masked-patch figure and FD-FMNIST are image measures (noted in the result). Writes
-    ``eval.json``; ``progress`` shows its stages and the chain's steps."""
+    """``pbridge evaluate`` on ``loaded``, an opened toy run whose directory is ``run_dir``:
+    what applies to walks, on the run's own test walks (``settings``: an
+    :class:`~pbridge.inference.evaluate.EvalSettings`): the ELBO (nats per walk,
+    ``chain_steps`` stratified steps per walk), transition accuracy of ``num_samples`` prior
+    draws by ``sampler``, codebook usage and sampling time. Bits/dim, the masked-patch figure
+    and FD-FMNIST are image measures (noted in the result). Writes ``eval.json``;
+    ``progress`` shows its stages and the chain's steps. Any run:
+    :func:`~.run_kinds.evaluate_run`."""
     run = Path(run_dir)
-    loaded = open_toy_run(run, device, weights)
     config, variant = loaded.config, loaded.variant
     check_sampler(variant, sampler)
     check_writable(run)

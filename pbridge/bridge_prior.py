@@ -46,6 +46,8 @@ __all__ = [
     "chain_model_sites",
     "chain_guide_sites",
     "importance_proposal",
+    "stratified_steps",
+    "readout_and_strata",
     "TakesOptions",
     "PriorOptions",
     "prior_options",
@@ -126,8 +128,9 @@ class DiffusionPrior(TorchDistribution):
     ``-L_T - sum_{t=2}^T L_{t-1} + log p_theta(z^0 | z^1)`` (a lower bound on log p_theta(z^0)):
     one step ``t ~ q(t)`` per item, the Gaussian KL of that step in closed form
     (``w_t ||eps - eps_theta||^2 + c_t``) weighted by ``1 / q(t)``, and L_T in closed form.
-    With ``strata = S``, S steps per item, one in each of S equal strata of 1..T, each
-    weighted by T / S (lower variance, S times the cost; for evaluation).
+    With ``strata = S``, S steps per item, one in each of S near-equal strata of 1..T
+    (:func:`stratified_steps`), each weighted by its stratum's size (lower variance, S times
+    the cost; for evaluation).
 
     Args:
         schedule: the OU bridge.
@@ -136,7 +139,7 @@ class DiffusionPrior(TorchDistribution):
         model_variance: ``"beta"`` or ``"beta_tilde"``
             (see :meth:`OUSchedule.model_variance_table`).
         proposal: q(t) over t = 1..T, shape ``(T,)``; ``None`` for uniform.
-        strata: S, see above (must divide T); ``None``: one step per item from ``proposal``.
+        strata: S, see above (at most T used); ``None``: one step per item from ``proposal``.
         denoiser_loss: ``"elbo"`` (every gradient from the bound) or ``"simple"``: the value is
             still the bound and the gradient reaching z^0 is the bound's, but the denoiser's own
             parameters get the gradient of ``mean_t(w_t) ||eps - eps_theta||^2 / q(t)``
@@ -167,10 +170,8 @@ class DiffusionPrior(TorchDistribution):
     ) -> None:
         if denoiser_loss not in ("elbo", "simple"):
             raise ValueError(f"denoiser_loss must be 'elbo' or 'simple', got {denoiser_loss!r}")
-        if strata is not None and (strata < 1 or schedule.num_steps % strata):
-            raise ValueError(
-                f"strata must be >= 1 and divide T = {schedule.num_steps}, got {strata}"
-            )
+        if strata is not None and strata < 1:
+            raise ValueError(f"strata must be >= 1, got {strata}")
         if strata is not None and proposal is not None:
             raise ValueError("stratified steps need the uniform proposal")
         if proposal is not None and proposal.shape != (schedule.num_steps,):
@@ -217,15 +218,13 @@ class DiffusionPrior(TorchDistribution):
         return self
 
     def _draw_steps(self, z0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """t ``(B, S)`` and the weight 1/(S q(t)) ``(B, S)``: S = ``strata`` uniform steps,
-        one in each of S equal strata of 1..T (stratified sampling), or S = 1 step from q(t).
-        """
-        T, S = self.schedule.num_steps, self.strata
-        if S is not None:
-            offset = torch.rand(z0.shape[0], S, device=z0.device)
-            strata = torch.arange(S, device=z0.device)
-            t = ((strata + offset) * (T // S)).long().clamp_max(T - 1) + 1
-            return t, torch.full(t.shape, float(T // S), dtype=z0.dtype, device=z0.device)
+        """t ``(B, S)`` and the weight of each ``(B, S)``: one step in each of S = ``strata``
+        near-equal strata of 1..T (:func:`stratified_steps`), or S = 1 step from q(t) weighted
+        by 1 / q(t)."""
+        T = self.schedule.num_steps
+        if self.strata is not None:
+            t, weight = stratified_steps(1, T, self.strata, z0.shape[0], z0.device)
+            return t, weight.to(z0.dtype)
         if self.proposal is None:
             t = torch.randint(1, T + 1, (z0.shape[0], 1), device=z0.device)
             return t, torch.full(t.shape, float(T), dtype=z0.dtype, device=z0.device)
@@ -326,23 +325,34 @@ class StepCostTracker(nn.Module):
 
 
 def stratified_steps(
-    num_steps: int, strata: int, batch_size: int, device: torch.device | None = None
+    first: int, last: int, strata: int, batch_size: int, device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """t = 1 once, then one uniform t in each of S = min(``strata``, T - 1) near-equal strata of
-    2..T (S = T - 1: every step once).
+    """One uniform t in each of S = min(``strata``, last - first + 1) near-equal strata of
+    first..last (S = last - first + 1: every step once): the one stratification scheme of both
+    priors (the paper's over 1..T, the tight one's over 2..T beside the read-out step).
 
-    Returns t ``(B, 1 + S)`` and the weights ``(B, 1 + S)``: 1 for t = 1 and the stratum's size
-    for the others, so that sum(weight * L_t) is unbiased for sum_t L_t.
+    Returns t ``(B, S)`` and the weights ``(B, S)``, each stratum's size, so that
+    sum(weight * L_t) is unbiased for sum_{t=first}^{last} L_t.
     """
-    if num_steps < 2 or strata < 1:
-        raise ValueError(f"need T >= 2 and strata >= 1, got T = {num_steps}, strata = {strata}")
-    strata = min(strata, num_steps - 1)
-    edges = torch.linspace(2, num_steps + 1, strata + 1, device=device).round().long()
+    if last < first or strata < 1:
+        raise ValueError(f"need first <= last and strata >= 1, got {first}..{last}, {strata}")
+    strata = min(strata, last - first + 1)
+    edges = torch.linspace(first, last + 1, strata + 1, device=device).round().long()
     low, size = edges[:-1], edges[1:] - edges[:-1]
     offset = (torch.rand(batch_size, strata, device=device) * size).long().clamp_max(size - 1)
-    t = torch.cat([torch.ones(batch_size, 1, dtype=torch.long, device=device), low + offset], 1)
-    weight = torch.cat([torch.ones(1, device=device), size.float()]).expand(batch_size, -1)
-    return t, weight
+    return low + offset, size.float().expand(batch_size, -1)
+
+
+def readout_and_strata(
+    num_steps: int, strata: int, batch_size: int, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tight bound's evaluation steps: t = 1 (the read-out, weight 1), then
+    :func:`stratified_steps` over 2..T. Returns t and the weights, ``(B, 1 + S)`` each."""
+    if num_steps < 2:
+        raise ValueError(f"need T >= 2, got T = {num_steps}")
+    t, weight = stratified_steps(2, num_steps, strata, batch_size, device)
+    one = torch.ones(batch_size, 1, device=device)
+    return torch.cat([one.long(), t], 1), torch.cat([one, weight], 1)
 
 
 class BridgeCodePrior(TorchDistribution):
@@ -361,7 +371,7 @@ class BridgeCodePrior(TorchDistribution):
     - training (``strata=None``): one t in 1..T per item drawn from ``proposal`` (uniform when
       ``None``), its term weighted by 1 / q(t);
     - evaluation (``strata=S``): the read-out term at one z^1 draw (weight 1) and one t in each
-      of S strata of 2..T (:func:`stratified_steps`).
+      of S strata of 2..T (:func:`readout_and_strata`).
 
     The gradient of the cross-entropy of the head on the true code at the drawn t, times
     ``aux_weight``, is added to the gradient (never to the value): the reported bound is exact.
@@ -478,7 +488,7 @@ class BridgeCodePrior(TorchDistribution):
     def _draw_steps(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         T = self.head.schedule.num_steps
         if self.strata is not None:
-            return stratified_steps(T, self.strata, batch, device)
+            return readout_and_strata(T, self.strata, batch, device)
         q = (
             torch.full((T,), 1.0 / T, dtype=torch.float64)
             if self.proposal is None

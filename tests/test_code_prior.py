@@ -61,6 +61,21 @@ def test_prior_draws_keep_the_allowed_transitions(markov_code_model):
     assert allowed >= 0.9, allowed
 
 
+def test_a_prior_draw_stops_the_chain_at_z1_and_reads_out_there():
+    """``sample_codes`` with the ancestral chain evaluates the head at t = T, ..., 2 (the steps
+    z^T -> z^1) and then once at t = 1, the read-out of z^1 (self-conditioned: two network
+    calls per evaluation, the first with a zero estimate of z^0); a chain run on to z^0 would
+    evaluate it at t = 1 twice (the step z^1 -> z^0, then the read-out of z^0, which the head
+    never learned)."""
+    model = _model().eval()
+    seen: list[int] = []
+    model.network.register_forward_hook(lambda _m, args, _out: seen.append(int(args[1][0])))
+    torch.manual_seed(0)
+    drawn = model.sample_codes(3)
+    assert drawn.shape == (3, CELLS)
+    assert seen == [t for t in range(100, 0, -1) for _ in range(2)], seen[-6:]
+
+
 def test_the_codebook_is_fixed_and_only_the_network_trains():
     """A few SVI steps move the network and leave the codes as given (a buffer: no parameter
     of the codebook, no warning from ``pyro.module``, which the suite turns into errors)."""

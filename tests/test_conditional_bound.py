@@ -7,7 +7,7 @@ import math
 import torch
 from test_tight_bound import ConstantCorrection
 
-from pbridge.bridge_prior import BridgeCodePrior, stratified_steps
+from pbridge.bridge_prior import BridgeCodePrior, readout_and_strata
 from pbridge.code_head import CodeHead
 from pbridge.codebook import Codebook, gather_codes
 from pbridge.masked_patch import patch_bits
@@ -77,7 +77,7 @@ def test_conditional_shares_add_up_to_the_joint_bound(float64):
         with torch.no_grad():
             shares = prior.cell_log_prob(e_k)
         torch.manual_seed(7)
-        t, w = stratified_steps(schedule.num_steps, 3, 6)
+        t, w = readout_and_strata(schedule.num_steps, 3, 6)
         k_n = k.repeat_interleave(t.shape[1], 0)
         eps = torch.randn_like(gather_codes(k_n, codebook()))  # the layout of e_k's draw
         with torch.no_grad():

@@ -247,9 +247,9 @@ def test_stratified_steps_are_unbiased_and_less_noisy(formulation, float64):
     assert b.std() < single.std()
 
 
-def test_strata_must_divide_T():
-    with pytest.raises(ValueError, match="divide T = 4"):
-        DiffusionPrior(SCHEDULE, small_denoiser(), (2, 3), 5, strata=3)
+def test_strata_must_be_positive():
+    with pytest.raises(ValueError, match="strata must be >= 1, got 0"):
+        DiffusionPrior(SCHEDULE, small_denoiser(), (2, 3), 5, strata=0)
 
 
 @pytest.mark.parametrize("formulation", ["paper", "tight"])

@@ -15,13 +15,13 @@ from pbridge.data import load_images
 from pbridge.inference.evaluate import (
     EvalSettings,
     chain_bits_by_step,
-    evaluate_run,
     masked_patch_scores,
     results_table,
 )
 from pbridge.inference.images import run_images
 from pbridge.inference.load import load_run
 from pbridge.inference.progress import Progress
+from pbridge.inference.run_kinds import evaluate_run
 from pbridge.inference.sampling import sample_posterior
 from pbridge.models.builders import build_image_model
 from pbridge.samplers import ANCESTRAL, SamplerSettings

@@ -596,7 +596,7 @@ def test_item7_a_failed_start_leaves_no_directory(tmp_path, capsys):
 def test_item7_a_noisy_bits_per_dim_is_flagged(tmp_path, capsys, monkeypatch):
     (tmp_path / "config.json").write_text(json.dumps(image_preset("digits", "small").to_dict()))
     noisy = {"test_bits_per_dim": -33.4, "test_bits_per_dim_stderr": 34.9}
-    monkeypatch.setattr("pbridge.inference.evaluate.evaluate_run", lambda *a, **k: noisy)
+    monkeypatch.setattr("pbridge.inference.run_kinds.evaluate_run", lambda *a, **k: noisy)
     assert main(["evaluate", str(tmp_path)]) == 0
     assert "noise dominates the estimate" in capsys.readouterr().err
 

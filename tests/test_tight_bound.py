@@ -11,7 +11,12 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from pbridge import bridge_prior
-from pbridge.bridge_prior import BridgeCodePrior, StepCostTracker, stratified_steps
+from pbridge.bridge_prior import (
+    BridgeCodePrior,
+    StepCostTracker,
+    readout_and_strata,
+    stratified_steps,
+)
 from pbridge.code_head import CodeHead, local_log_likelihood
 from pbridge.codebook import Codebook, code_indices, gather_codes
 from pbridge.networks import ResidualMLPDenoiser
@@ -151,18 +156,20 @@ def test_context_free_head_gives_the_cross_entropy(float64):
     assert abs(float(bits - cross_entropy)) < 0.05, (float(bits), float(cross_entropy))
 
 
-def test_stratified_steps_cover_the_chain_once():
+def test_readout_and_strata_cover_the_chain_once():
     """t = 1 with weight 1, then one t in each stratum of 2..T; the weights sum to T and every t
     in 2..T falls in exactly one stratum."""
-    t, w = stratified_steps(1000, 100, 64)
+    t, w = readout_and_strata(1000, 100, 64)
     assert t.shape == (64, 101) and (t[:, 0] == 1).all() and (w[:, 0] == 1).all()
     assert float(w[0].sum()) == 1000
     edges = torch.cat([torch.tensor([2]), 2 + w[0, 1:].long().cumsum(0)])
     assert ((t[:, 1:] >= edges[:-1]) & (t[:, 1:] < edges[1:])).all()
-    every, weight = stratified_steps(10, 50, 4)  # more strata than steps: each step once
+    every, weight = readout_and_strata(10, 50, 4)  # more strata than steps: each step once
     assert (every == torch.arange(1, 11)).all() and (weight == 1).all()
     with pytest.raises(ValueError, match="strata"):
-        stratified_steps(10, 0, 4)
+        readout_and_strata(10, 0, 4)
+    with pytest.raises(ValueError, match="T >= 2"):
+        readout_and_strata(1, 1, 4)
 
 
 def test_step_cost_tracker_proposes_sqrt_second_moments():
@@ -312,19 +319,20 @@ def test_prior_draws_sample_the_readout_not_its_mode(float64, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "num_steps, strata",
-    [(11, 3), (12, 4), (6, 5), (9, 20)],
-    ids=["T11-S3", "T12-S4", "T6-S5", "T9-S20"],
+    "first, last, strata",
+    [(2, 11, 3), (2, 12, 4), (2, 6, 5), (2, 9, 20), (1, 4, 3), (1, 12, 4)],
+    ids=["2..11-S3", "2..12-S4", "2..6-S5", "2..9-S20", "1..4-S3", "1..12-S4"],
 )
-def test_stratified_steps_draw_every_step_of_a_stratum_uniformly(num_steps, strata):
+def test_stratified_steps_draw_every_step_of_a_stratum_uniformly(first, last, strata):
     """Over 20,000 draws each t of a stratum, its last included, is drawn with probability
     1 / (the stratum's size), the weight of that column (chi-square per stratum, threshold
-    the 1e-5 quantile); every t in 2..T lies in exactly one stratum."""
+    the 1e-5 quantile); every t in first..last lies in exactly one stratum (the tight prior's
+    2..T and the paper's 1..T, S dividing the count of steps or not)."""
     n = 20000
     torch.manual_seed(0)
-    t, weight = stratified_steps(num_steps, strata, n)
+    t, weight = stratified_steps(first, last, strata, n)
     covered = []
-    for column in range(1, t.shape[1]):
+    for column in range(t.shape[1]):
         size = int(weight[0, column])
         values = t[:, column]
         low = int(values.min())
@@ -334,7 +342,7 @@ def test_stratified_steps_draw_every_step_of_a_stratum_uniformly(num_steps, stra
         expected = n / size
         chi2 = float(((counts - expected) ** 2 / expected).sum())
         assert chi2 < 20 + 3 * size, (column, counts)  # > the 1e-5 quantile for size <= 4
-    assert covered == list(range(2, num_steps + 1))
+    assert covered == list(range(first, last + 1))
 
 
 def test_step_cost_tracker_recursion_with_unequal_weights():

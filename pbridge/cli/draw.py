@@ -9,7 +9,6 @@ from contextlib import contextmanager
 
 from pbridge.cli.messages import warn
 from pbridge.cli.parser import sampler_settings
-from pbridge.data import data_set
 
 
 def _progress(args: argparse.Namespace):
@@ -19,25 +18,26 @@ def _progress(args: argparse.Namespace):
     return Progress(not args.no_progress)
 
 
-def _check_drawing(args: argparse.Namespace, sampler) -> str:
-    """Up-front checks of sample / evaluate / analyze: the run directory, its config.json, the
-    sampler against the run's chain and that the directory can be written; returns the run's
-    kind."""
-    from pbridge.inference.run_dir import check_writable, read_config, run_kind
+def _check_drawing(args: argparse.Namespace, sampler) -> None:
+    """Up-front checks of sample / evaluate / analyze, each once: the run directory and its
+    config.json, the sampler against the run's chain, the draws against memory (where
+    config.json describes them: :attr:`~pbridge.inference.run_kinds.RunKind.shapes`) and that
+    the directory can be written. (A variant file's chain is checked once it is built.)"""
+    from pbridge.inference.run_dir import check_writable, read_config
+    from pbridge.inference.run_kinds import kind_of
 
-    kind = run_kind(args.run_dir)
-    config = read_config(args.run_dir)
+    kind, config = kind_of(args.run_dir), read_config(args.run_dir)
+    try:
+        shapes, num_codes = kind.shapes(config), int(config["num_codes"])
+    except (KeyError, TypeError, ValueError):
+        shapes = None  # a config.json that does not read is named when the run is loaded
     num_steps = config.get("num_steps")
-    if kind != "variant-file" and isinstance(num_steps, int):
+    if shapes is not None and isinstance(num_steps, int):
         sampler.check_chain(num_steps)
-        chain_steps = getattr(args, "chain_steps", None)
-        tight = config.get("bridge", {}).get("formulation", "tight") == "tight"
-        if chain_steps is not None and not tight and num_steps % chain_steps:
-            raise ValueError(f"--chain-steps {chain_steps} must divide the chain's T = {num_steps}")
-    draws = args.samples * args.fd_draws if args.command == "evaluate" else args.num
-    _check_memory(config, kind, draws, args.device)
+    if shapes is not None:
+        draws = args.samples * args.fd_draws if args.command == "evaluate" else args.num
+        _check_memory(shapes, num_codes, draws, args.device)
     check_writable(args.run_dir)
-    return kind
 
 
 @contextmanager
@@ -52,26 +52,14 @@ def _locked(args: argparse.Namespace) -> Iterator[None]:
         yield
 
 
-def _check_memory(config: dict, kind: str, num: int, device: str) -> None:
-    """``num`` prior draws of the run fit in memory, estimated from its config.json (a variant
-    file's shapes are known only once it is built: checked then)."""
+def _check_memory(shapes, num_codes: int, num: int, device: str) -> None:
+    """``num`` prior draws of ``shapes`` (data shape, latent shape) over ``num_codes`` codes
+    fit in memory."""
     from pbridge.inference.run_dir import resolve_device
     from pbridge.inference.sampling import check_memory_for_draws
 
-    try:
-        d, k = int(config["latent_dim"]), int(config["num_codes"])
-        if kind == "toy":
-            length = int(config["length"])
-            data, latent = (2, length), (d, length)
-        elif kind == "image":
-            channels, height, width = data_set(config["dataset"]).shape
-            scale = 2 ** int(config["downsamples"])
-            data, latent = (channels, height, width), (d, height // scale, width // scale)
-        else:
-            return
-    except (KeyError, TypeError, ValueError):
-        return  # a config.json that does not read is named when the run is loaded
-    check_memory_for_draws(num, data, latent, k, resolve_device(device))
+    data, latent = shapes
+    check_memory_for_draws(num, data, latent, num_codes, resolve_device(device))
 
 
 def sample_command(args: argparse.Namespace) -> dict:
@@ -105,8 +93,8 @@ def analyze_command(args: argparse.Namespace) -> dict:
 
 
 def evaluate_command(args: argparse.Namespace) -> dict:
-    from pbridge.inference.evaluate import EvalSettings, evaluate_run
-    from pbridge.inference.toy import evaluate_toy_run
+    from pbridge.inference import run_kinds
+    from pbridge.inference.evaluate import EvalSettings
 
     sampler = sampler_settings(args)
     settings = EvalSettings(
@@ -120,11 +108,8 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     )
     progress = _progress(args)
     with _locked(args):
-        if _check_drawing(args, sampler) == "toy":
-            return evaluate_toy_run(
-                args.run_dir, settings, args.device, sampler, args.weights, progress
-            )
-        result = evaluate_run(
+        _check_drawing(args, sampler)
+        result = run_kinds.evaluate_run(
             args.run_dir, settings, args.device, args.root, sampler, args.weights, progress
         )
     bpd, stderr = result.get("test_bits_per_dim"), result.get("test_bits_per_dim_stderr")

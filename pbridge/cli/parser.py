@@ -262,8 +262,8 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "--chain-steps",
         type=_positive_int,
         default=100,
-        help="bridge: stratified chain steps per image in the bound (tight: beside the read-out "
-        "step, at most T - 1 used; paper formulation: must divide T)",
+        help="bridge: stratified chain steps per image in the bound, one in each of as many "
+        "near-equal strata (tight: of 2..T beside the read-out step; paper formulation: of 1..T)",
     )
     evaluate.add_argument(
         "--samples", type=_positive_int, default=500, help="prior samples per FD-FMNIST figure"

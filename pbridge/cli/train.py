@@ -10,35 +10,26 @@ from dataclasses import replace
 from pathlib import Path
 
 from pbridge.cli.messages import warn
-from pbridge.data import DATASETS
 
 
 def train_command(args: argparse.Namespace) -> dict:
     """``pbridge train``: every check first (flags, the run directory, a resumed run's config),
-    then the run, with the run directory locked (:func:`~pbridge.inference.pipeline.run`); a
-    fresh run that fails before its first checkpoint leaves no directory."""
-    from pbridge.inference.images import run_images
-    from pbridge.inference.toy import run_toy
-    from pbridge.inference.user_variant import run_user_variant
+    then the run of its kind's recipe (:mod:`~pbridge.inference.run_kinds`), with the run
+    directory locked (:func:`~pbridge.inference.pipeline.run`); a fresh run that fails before
+    its first checkpoint leaves no directory."""
+    from pbridge.inference.run_kinds import kind_for
 
     config = check_train(args)
-    out, progress = Path(args.out), not args.no_progress
-    options = {"resume": args.resume, "overwrite": args.overwrite}
-    if args.dataset.endswith(".py"):
-        return run_user_variant(
-            args.dataset,
-            out,
-            args.device,
-            progress,
-            root=args.root,
-            download=args.download,
-            config=config,
-            **options,
-        )
-    if args.dataset == "toy":
-        return run_toy(config, out, args.device, progress, **options)
-    return run_images(
-        config, out, args.device, progress, root=args.root, download=args.download, **options
+    return kind_for(args.dataset).train(
+        args.dataset,
+        config,
+        Path(args.out),
+        args.device,
+        not args.no_progress,
+        args.root,
+        args.download,
+        args.resume,
+        args.overwrite,
     )
 
 
@@ -70,32 +61,28 @@ def check_train(args: argparse.Namespace):
     each other, the run directory and (``--resume``) the run's own config.json; writes
     nothing."""
     from pbridge.inference.run_dir import check_out_dir
+    from pbridge.inference.run_kinds import kind_for
 
-    variant_file = args.dataset.endswith(".py")
-    if not variant_file and args.dataset != "toy" and args.dataset not in DATASETS:
-        raise ValueError(
-            f"unknown dataset {args.dataset!r}; expected one of toy, {', '.join(DATASETS)} or a "
-            "variant file ending in .py"
-        )
+    kind = kind_for(args.dataset)
     image_flags = [_flag(dest) for dest in _IMAGE_ONLY if getattr(args, dest) is not None]
-    if variant_file and image_flags:
+    if kind.name == "variant-file" and image_flags:
         raise ValueError(
             f"{', '.join(image_flags)} do not apply to a variant file ({args.dataset}): set them "
             "in its CONFIG, or with --set"
         )
-    if args.dataset == "toy":
+    if kind.name == "toy":
         given = image_flags + [name for name in ("--root",) if args.root is not None]
         if given or args.download:
             given += ["--download"] if args.download else []
             raise ValueError(f"{', '.join(given)} apply to image data sets, not to toy")
-    overrides = _overrides(args)
+    overrides = _overrides(args, kind.config_class)
     if args.extend_steps and not (args.resume and any(o.key == "train.steps" for o in overrides)):
         raise ValueError("--extend-steps goes with --resume and --steps N (the new total)")
     if os.environ.get("RANK", "0") == "0":  # the process that writes
         check_out_dir(args.out, args.resume, args.overwrite)
     if args.resume:
         return _resumed_config(args, overrides)
-    return _fresh_config(args, overrides)
+    return kind.fresh_config(args.dataset, overrides)
 
 
 def check_launch(args: argparse.Namespace, config) -> None:
@@ -132,18 +119,12 @@ def check_launch(args: argparse.Namespace, config) -> None:
         )
 
 
-def _config_class(dataset: str) -> type:
-    from pbridge.config import ImageConfig, ToyConfig
-
-    return ToyConfig if dataset == "toy" else ImageConfig
-
-
-def _overrides(args: argparse.Namespace) -> list:
+def _overrides(args: argparse.Namespace, cls: type) -> list:
     """The settings the command gives, in order of precedence: ``--config FILE``, then
-    ``--set`` and the flags (a setting given twice on the command line is refused)."""
+    ``--set`` and the flags (a setting given twice on the command line is refused), read as
+    settings of the config class ``cls``."""
     from pbridge.config_overrides import Override, parse_assignment, read_config_file
 
-    cls = _config_class(args.dataset)
     from_file = read_config_file(args.config, cls) if args.config else []
     given = [parse_assignment(text, cls) for text in args.settings or ()]
     for dest, key in _SETTING_FLAGS.items():
@@ -159,51 +140,22 @@ def _overrides(args: argparse.Namespace) -> list:
     return from_file + given
 
 
-def _fresh_config(args: argparse.Namespace, overrides: list):
-    """The preset (``--preset``, else a ``preset`` setting, else ``small``), a toy config or
-    a variant file's ``CONFIG``, with the overrides applied."""
-    from pbridge.config import ToyConfig, image_preset
-    from pbridge.config_overrides import apply_overrides
-    from pbridge.inference.user_variant import load_variant_file
-    from pbridge.models.builders import image_variant
-
-    if args.dataset.endswith(".py"):
-        return apply_overrides(load_variant_file(args.dataset).config, overrides)
-    if args.dataset == "toy":
-        return apply_overrides(ToyConfig(), overrides)
-    for item in overrides:
-        if item.key == "dataset" and item.value != args.dataset:
-            raise ValueError(
-                f"{item.origin}: the data set is DATASET, here {args.dataset}; drop the setting "
-                "or train on that data set"
-            )
-    presets = [item.value for item in overrides if item.key == "preset"]
-    config = apply_overrides(
-        image_preset(args.dataset, presets[-1] if presets else "small"), overrides
-    )
-    image_variant(config.variant)  # an unknown name (--set, --config) is refused here
-    return config
-
-
 def _resumed_config(args: argparse.Namespace, overrides: list):
     """The run's own config.json; every setting given must match it, by name (``train.steps``
     may exceed it with ``--extend-steps``)."""
     from pbridge.config import config_from_dict
     from pbridge.config_overrides import apply_overrides, changed
-    from pbridge.inference.run_dir import read_config, run_kind
+    from pbridge.inference.run_dir import read_config
+    from pbridge.inference.run_kinds import kind_for, kind_of
 
     out = Path(args.out)
-    data, kind = read_config(out), run_kind(out)
-    asked = "variant-file" if args.dataset.endswith(".py") else "toy"
-    if asked == "toy" and args.dataset != "toy":
-        asked = "image"
-    held = data.get("dataset", "toy") if kind != "variant-file" else "a variant file"
-    if kind != asked or (kind == "image" and data.get("dataset") != args.dataset):
+    data, held, asked = read_config(out), kind_of(out), kind_for(args.dataset)
+    if held is not asked or not held.holds(data, args.dataset):
         raise ValueError(
-            f"{out} holds a run on {held}, not {args.dataset}: --resume continues a run on its "
-            "own data; check --out and DATASET"
+            f"{out} holds a run on {held.data_name(data)}, not {args.dataset}: --resume "
+            "continues a run on its own data; check --out and DATASET"
         )
-    config = config_from_dict(_config_class(args.dataset), data, str(out / "config.json"))
+    config = config_from_dict(asked.config_class, data, str(out / "config.json"))
     wanted = apply_overrides(config, overrides)
     differ = changed(config, wanted, overrides)
     steps = differ.pop("train.steps", None)
