@@ -327,7 +327,9 @@ def tables(out: Path, items: int) -> str:
         "1.10 s, bridge on frozen codes 0.575 s, bridge end to end 0.605 s per step). "
         f"Paired: the first {items} test images, each scored twice with independent draws "
         "(bits/dim: their mean); test bits/dim: the run's own score on the first 2,000 test "
-        "images, EMA weights.",
+        "images, EMA weights. Train time: wall seconds of the training command on a machine "
+        "shared with the other stream (a row resumed after an interruption: its last part "
+        "only); the budget is fixed by the step counts, not by these times.",
         "",
         "| run | steps (VQ-VAE + last stage) | paired bits/dim | test bits/dim | codes used "
         f"| FD-FMNIST ({FD_DRAWS} x {FD_SAMPLES} samples) | train time (s) |",
@@ -371,17 +373,28 @@ def tables(out: Path, items: int) -> str:
     return "\n".join(lines)
 
 
+COLOURS = {
+    "end-to-end": "tab:blue",
+    "end-to-end-warm1000": "tab:purple",
+    "end-to-end-cold": "tab:gray",
+    "two-stage": "tab:orange",
+    "pixelcnn": "tab:green",
+}
+"""The curve figure's colour of each prior; the line style says the seed."""
+
+SEED_STYLES = {0: "-", 1: "--", 2: ":"}
+
+
 def curve(out: Path, path: Path) -> None:
     """Held-out bits/dim against the budget spent (steps times the measured step costs: the
-    seconds of one quiet core) and against SVI steps, both stages counted, one line per run."""
+    seconds of one quiet core) and against SVI steps, both stages counted, one line per run:
+    its colour the prior, its style the seed."""
     import csv
 
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (by_time, by_step) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig = Figure(figsize=(11, 4.6))
+    by_time, by_step = fig.subplots(1, 2, sharey=True)
     for r in ROWS:
         log = out / r.name / "train.csv"
         if not scored(out / r.name) or not log.is_file():
@@ -394,18 +407,22 @@ def curve(out: Path, path: Path) -> None:
             vqvae * STEP_SECONDS["vqvae"] + int(x["step"]) * STEP_SECONDS[r.variant] for x in held
         ]
         bits = [float(x["heldout_bits_per_dim"]) for x in held]
-        style = "-" if r.seed == 0 else ":"
-        by_time.plot(secs, bits, style, marker="o", ms=3, label=r.name)
-        by_step.plot(steps, bits, style, marker="o", ms=3, label=r.name)
+        style = dict(color=COLOURS[r.prior], ls=SEED_STYLES.get(r.seed, "-."), marker="o", ms=3)
+        by_time.plot(secs, bits, label=r.name, **style)
+        by_step.plot(steps, bits, label=r.name, **style)
     by_time.set_xlabel("budget spent (s of one core at the measured step costs, both stages)")
     by_step.set_xlabel("SVI steps (both stages)")
     by_time.set_ylabel(f"held-out bits/dim (first {HELDOUT_ITEMS} test images, EMA)")
-    by_step.legend(fontsize=7)
-    fig.suptitle("Fashion-MNIST: the held-out bound along training (its last stage), every prior")
+    for ax in (by_time, by_step):
+        ax.grid(alpha=0.3)
+    by_step.legend(fontsize=7, ncol=2)
+    fig.suptitle(
+        "Fashion-MNIST: the held-out bound along training (its last stage); "
+        "colour: prior, line: seed (solid 0, dashed 1, dotted 2)"
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_docs(out: Path, results: Path, items: int, commit: bool) -> None:
