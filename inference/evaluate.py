@@ -48,7 +48,7 @@ from .images import test_bits_per_dim
 from .plots import plot_image_grid, plot_image_table, sampler_name
 from .progress import QUIET, Progress
 from .run_dir import LoadedRun, write_json
-from .sampling import check_sampler, draw_steps, sample_posterior, sample_prior
+from .sampling import chain_progress, check_sampler, sample_posterior, sample_prior
 
 __all__ = [
     "EvalSettings",
@@ -150,7 +150,7 @@ def masked_patch_scores(
     cells before the patch in raster order) and the tight bridge's conditional bound (given the
     visible cells, ``settings.chain_steps`` strata; docs/maths.md s. 7). For another variant,
     ``None`` and a note saying why. ``progress`` shows each draw's steps
-    (:func:`.sampling.draw_steps`)."""
+    (:func:`.sampling.chain_progress`)."""
     if not isinstance(variant, Inpaints):
         return {
             "masked_patch_bits_per_cell": None,
@@ -167,7 +167,7 @@ def masked_patch_scores(
             codes,
             known,
             sampler,
-            draw_steps(variant, sampler, progress, f"inpainting, draw {i} of {n}"),
+            chain_progress(variant, sampler, progress, f"inpainting, draw {i} of {n}"),
         )
         for i in range(1, n + 1)
     ]

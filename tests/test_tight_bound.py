@@ -214,7 +214,7 @@ def test_auxiliary_cross_entropy_moves_the_gradient_not_the_value(float64):
         results[a] = (lp.detach(), torch.autograd.grad(lp.sum(), params))
     torch.manual_seed(5)
     prior = BridgeCodePrior(head, 6, (2, 3))
-    t, _ = prior._draw_steps(6, value.device)
+    t, _ = prior._bound_steps(6, value.device)
     ce = prior.step_terms(prior.indices(value), t.flatten())[1]
     ce_grad = torch.autograd.grad(ce.sum(), params)
     torch.testing.assert_close(results[0.0][0], results[0.7][0])
