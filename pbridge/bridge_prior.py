@@ -478,12 +478,12 @@ class BridgeCodePrior(TorchDistribution):
         return torch.where(first, cross_entropy, weight.view(cells) * sq_err), cross_entropy
 
     def step_terms(
-        self, k: torch.Tensor, t: torch.Tensor, eps: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`cell_terms` summed over the cells: the bound's term of step t per item and the
-        head's cross-entropy there, ``(B,)`` each."""
-        terms, cross_entropy = self.cell_terms(k, t, eps)
-        return terms.flatten(1).sum(-1), cross_entropy.flatten(1).sum(-1)
+        self, value: torch.Tensor, t: torch.Tensor, eps: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The bound's term of step t per item, ``(B,)``, for a value ``(B, d, *cells)`` (its
+        codes read as in :meth:`log_prob`): :meth:`cell_terms` summed over the cells, as
+        :class:`DiffusionPrior`'s ``step_terms`` of z^0."""
+        return self.cell_terms(self.indices(value), t, eps)[0].flatten(1).sum(-1)
 
     def _bound_steps(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         T = self.head.schedule.num_steps
