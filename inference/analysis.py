@@ -49,7 +49,7 @@ from pbridge.variant import BridgeChain, TakesLabels
 from .load import load_run
 from .plots import plot_code_entropy, plot_code_usage, plot_elbo_trace, plot_reverse_chain
 from .progress import QUIET, Progress
-from .sampling import check_sampler, draw_steps
+from .sampling import chain_progress, check_sampler
 
 __all__ = ["to_inferencedata", "summarise", "reverse_chain_frames", "analyze_run"]
 
@@ -134,7 +134,7 @@ def _draw_all(
     x = args[0]
     with pyro.validation_enabled(False):
         placeholder = x.new_zeros((num, *variant.data_shape))
-        on_step = draw_steps(variant, sampler, progress, f"{num} prior draws")
+        on_step = chain_progress(variant, sampler, progress, f"{num} prior draws")
         prior_model = prior_options(poutine.uncondition(variant.model), sampler, None, on_step)
         trace = poutine.trace(prior_model).get_trace(placeholder)
         latents = Predictive(variant.guide, num_samples=num, return_sites=_LATENTS)(*args)

@@ -48,7 +48,7 @@ from .images import test_bits_per_dim
 from .plots import plot_image_grid, plot_image_table, sampler_name
 from .progress import QUIET, Progress
 from .run_dir import LoadedRun, write_json
-from .sampling import check_sampler, draw_steps, sample_posterior, sample_prior
+from .sampling import chain_progress, check_sampler, sample_posterior, sample_prior
 
 __all__ = [
     "EvalSettings",
@@ -150,7 +150,7 @@ def masked_patch_scores(
     cells before the patch in raster order) and the tight bridge's conditional bound (given the
     visible cells, ``settings.chain_steps`` strata; docs/maths.md s. 7). For another variant,
     ``None`` and a note saying why. ``progress`` shows each draw's steps
-    (:func:`.sampling.draw_steps`)."""
+    (:func:`.sampling.chain_progress`)."""
     if not isinstance(variant, Inpaints):
         return {
             "masked_patch_bits_per_cell": None,
@@ -167,7 +167,7 @@ def masked_patch_scores(
             codes,
             known,
             sampler,
-            draw_steps(variant, sampler, progress, f"inpainting, draw {i} of {n}"),
+            chain_progress(variant, sampler, progress, f"inpainting, draw {i} of {n}"),
         )
         for i in range(1, n + 1)
     ]
@@ -200,11 +200,8 @@ def masked_patch_scores(
 
 def _bounds_cells(variant) -> bool:
     """Whether ``variant``'s bound splits over the cells: the tight bridge, unlabelled."""
-    return (
-        isinstance(variant, BridgeChain)
-        and variant.settings.tight
-        and not isinstance(variant, TakesLabels)
-    )
+    splits = getattr(variant, "splits_bound_over_cells", False)
+    return isinstance(variant, BridgeChain) and splits and not isinstance(variant, TakesLabels)
 
 
 PATCH_FLOOR = 0.01  # the uniform share of the masked-patch predictive (pbridge.masked_patch)
@@ -221,17 +218,12 @@ def chain_bits_by_step(variant, x: torch.Tensor, per_band: int = 8) -> dict:
     log-density log q(z_e^0 | x) besides."""
     posterior = sample_posterior(variant, x)
     prior, num_steps = variant.prior(x.shape[0]), variant.schedule.num_steps
-    tight = variant.settings.tight
-    if tight:
-        z0 = gather_codes(posterior.codes, variant.codebook())
+    # The value the prior scores: the guide's z_e^0 where it draws one, else the codes' e_k.
+    guide_draws = posterior.z_e is not None
+    z0 = posterior.z_e if guide_draws else gather_codes(posterior.codes, variant.codebook())
 
-        def term(t: torch.Tensor) -> torch.Tensor:
-            return prior.step_terms(posterior.codes, t)[0]
-    else:
-        z0 = posterior.z_e
-
-        def term(t: torch.Tensor) -> torch.Tensor:
-            return prior.step_terms(z0, t)
+    def term(t: torch.Tensor) -> torch.Tensor:
+        return prior.step_terms(z0, t)
 
     cells = z0[0, 0].numel() * math.log(2)
     bands = {}
@@ -246,7 +238,7 @@ def chain_bits_by_step(variant, x: torch.Tensor, per_band: int = 8) -> dict:
         "chain_bits_per_cell_by_step": bands,
         "prior_kl_bits_per_cell": float(variant.schedule.prior_kl(z0).mean()) / cells,
     }
-    if not tight:
+    if guide_draws:
         d = z0.shape[1]
         log_q = -0.5 * math.log(2 * math.pi * math.e) * d - d * math.log(variant.encoder_scale())
         result["guide_log_density_bits_per_cell"] = log_q / math.log(2)

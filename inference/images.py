@@ -170,7 +170,7 @@ def run_images(
         data=partial(image_data, config, root, download),
         stages=image_stages(config),
         score=score_images,
-        draw=image_grid(),
+        plot_samples=image_grid(),
     )
     return run(recipe, out_dir, device, progress, resume, overwrite)
 

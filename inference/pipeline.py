@@ -123,7 +123,7 @@ class Recipe:
         data: loads the run's :class:`RunData` (on the CPU; the run moves it to its device).
         stages: the stages in training order (one, or a VQ-VAE and then a prior on it).
         score: the metrics of the trained variant (:data:`Score`).
-        draw: the grid of prior samples of the training hooks (``sample_every``).
+        plot_samples: the grid of prior samples of the training hooks (``sample_every``).
         init_items: training items the k-means initialisation of the codebook sees.
         on_written: called with the run directory once its files are written (main process).
     """
@@ -132,7 +132,7 @@ class Recipe:
     data: Callable[[], RunData]
     stages: Sequence[Stage]
     score: Score
-    draw: Callable[[nn.Module, Path, int], None]
+    plot_samples: Callable[[nn.Module, Path, int], None]
     init_items: int = 1024
     on_written: Callable[[Path], None] | None = None
 
@@ -201,7 +201,11 @@ def _run(
         if stage.on_previous is not None:
             variant = stage.on_previous(variant).to(dev)
         last = i == len(recipe.stages) - 1
-        hooks = training_hooks(config.train, out, data.test(variant), recipe.draw) if last else ()
+        hooks = (
+            training_hooks(config.train, out, data.test(variant), recipe.plot_samples)
+            if last
+            else ()
+        )
         settings = replace(config.train, steps=stage.steps)
         checkpoint = out / stage.checkpoint
         result = train_in_run(

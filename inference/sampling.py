@@ -29,7 +29,7 @@ __all__ = [
     "sample_posterior",
     "check_sampler",
     "check_memory_for_draws",
-    "draw_steps",
+    "chain_progress",
 ]
 
 
@@ -46,7 +46,7 @@ def check_sampler(variant: nn.Module, sampler: SamplerSettings) -> None:
         )
 
 
-def draw_steps(
+def chain_progress(
     variant: nn.Module, sampler: SamplerSettings, progress: Progress, what: str
 ) -> OnStep | None:
     """``progress``'s ``on_step(done, total)`` for one draw of ``variant``'s prior (``what``
@@ -140,7 +140,7 @@ def sample_prior(
 ) -> Draws:
     """``num`` draws from the generative model (every site sampled, x included), the bridge's
     chain drawn by ``sampler`` (:func:`~pbridge.bridge_prior.prior_options`), its steps (an
-    autoregressive prior's cells) shown by ``progress`` (:func:`draw_steps`)."""
+    autoregressive prior's cells) shown by ``progress`` (:func:`chain_progress`)."""
     if num <= 0:
         raise ValueError(f"num must be a positive integer, got {num}")
     check_sampler(variant, sampler)
@@ -149,7 +149,7 @@ def sample_prior(
     check_memory_for_draws(num, variant.data_shape, variant.latent_shape, num_codes, param.device)
     shape_x = variant.data_shape
     placeholder = torch.zeros((num, *shape_x), dtype=param.dtype, device=param.device)
-    on_step = draw_steps(variant, sampler, progress, f"{num} draws")
+    on_step = chain_progress(variant, sampler, progress, f"{num} draws")
     model = prior_options(poutine.uncondition(variant.model), sampler=sampler, on_step=on_step)
     trace = poutine.trace(model).get_trace(placeholder)
     return _draws(variant, trace, trace.nodes["x"]["value"])

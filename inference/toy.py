@@ -123,7 +123,7 @@ def run_toy(
         data=lambda: toy_data(config),
         stages=[Stage(CHECKPOINT_FILE, config.train.steps, lambda: build_toy_model(config))],
         score=partial(_score, config),
-        draw=toy_grid(),
+        plot_samples=toy_grid(),
         init_items=4096,
     )
     return run(recipe, out_dir, device, progress, resume, overwrite)

@@ -43,17 +43,19 @@ def heldout_bound(x: Batch, every: int) -> Hook:
     return Hook(every, run, ("heldout_neg_elbo", "heldout_bits_per_dim"))
 
 
-def sample_grid(folder: Path, every: int, draw: Callable[[nn.Module, Path, int], None]) -> Hook:
-    """``draw(model, path, step)`` writes a PNG of prior samples at ``step``; the hook writes it
-    atomically to ``folder/step_NNNNNN.png`` (``folder`` created for it, and removed again if
-    the first write fails)."""
+def sample_grid(
+    folder: Path, every: int, plot_samples: Callable[[nn.Module, Path, int], None]
+) -> Hook:
+    """``plot_samples(model, path, step)`` writes a PNG of prior samples at ``step``; the hook
+    writes it atomically to ``folder/step_NNNNNN.png`` (``folder`` created for it, and removed
+    again if the first write fails)."""
 
     def run(step: int, model: nn.Module) -> None:
         created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         try:
             with atomic_write(folder / f"step_{step:06d}.png") as tmp:
-                draw(model, tmp, step)
+                plot_samples(model, tmp, step)
         except BaseException:
             if created and not any(folder.iterdir()):  # a full disk leaves no empty folder
                 folder.rmdir()
@@ -66,40 +68,40 @@ def training_hooks(
     settings: TrainSettings,
     out: Path,
     heldout: Batch,
-    draw: Callable[[nn.Module, Path, int], None] | None = None,
+    plot_samples: Callable[[nn.Module, Path, int], None] | None = None,
 ) -> tuple[Hook, ...]:
     """The hooks ``settings`` asks for: the held-out bound on the first
-    ``settings.heldout_items`` rows of ``heldout`` every ``eval_every`` steps, and ``draw``'s
-    grid every ``sample_every`` steps into ``out/samples`` (when ``draw`` is given)."""
+    ``settings.heldout_items`` rows of ``heldout`` every ``eval_every`` steps, and the grid of
+    ``plot_samples`` every ``sample_every`` steps into ``out/samples`` (when it is given)."""
     hooks = []
     if settings.eval_every:
         rows = slice(0, settings.heldout_items)
         held = tuple(t[rows] for t in heldout) if isinstance(heldout, tuple) else heldout[rows]
         hooks.append(heldout_bound(held, settings.eval_every))
-    if settings.sample_every and draw is not None:
-        hooks.append(sample_grid(out / "samples", settings.sample_every, draw))
+    if settings.sample_every and plot_samples is not None:
+        hooks.append(sample_grid(out / "samples", settings.sample_every, plot_samples))
     return tuple(hooks)
 
 
 def image_grid(num: int = 16) -> Callable[[nn.Module, Path, int], None]:
-    """``draw`` for image variants: ``num`` prior samples (decoder means) as one PNG grid."""
+    """``plot_samples`` for image variants: ``num`` prior samples (decoder means), one PNG grid."""
     from .plots import plot_image_grid
     from .sampling import sample_prior
 
-    def draw(model: nn.Module, path: Path, step: int) -> None:
+    def plot(model: nn.Module, path: Path, step: int) -> None:
         title = f"{num} prior samples at step {step}, ancestral sampler"
         plot_image_grid(sample_prior(model, num).x_mean.cpu(), path, title, int(num**0.5))
 
-    return draw
+    return plot
 
 
 def toy_grid(num: int = 16) -> Callable[[nn.Module, Path, int], None]:
-    """``draw`` for the toy: ``num`` sampled walks, one panel each."""
+    """``plot_samples`` for the toy: ``num`` sampled walks, one panel each."""
     from .plots import plot_toy_samples
     from .sampling import sample_prior
 
-    def draw(model: nn.Module, path: Path, step: int) -> None:
+    def plot(model: nn.Module, path: Path, step: int) -> None:
         title = f"{num} sampled walks at step {step}, ancestral sampler"
         plot_toy_samples(sample_prior(model, num).x_mean.cpu(), path, title)
 
-    return draw
+    return plot

@@ -155,7 +155,7 @@ def run_user_variant(
         data=partial(image_data, config, root, download),
         stages=[Stage(CHECKPOINT_FILE, config.train.steps, partial(source.build_variant, config))],
         score=score_images,
-        draw=image_grid(),
+        plot_samples=image_grid(),
         on_written=copy_file,
     )
     return run(recipe, out_dir, device, progress, resume, overwrite)

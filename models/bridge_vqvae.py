@@ -60,6 +60,8 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
     formulation = "tight"
     chain_end = 1
     """The time the backward chain stops at: z^1, where the head reads the codes out."""
+    splits_bound_over_cells = True
+    """Whether the prior's bound is a sum of per-cell shares (:meth:`code_bound_per_cell`)."""
 
     def __init__(
         self,

@@ -41,6 +41,7 @@ class PaperBridgeVQVAE(DiffusionBridgeVQVAE):
 
     formulation = "paper"
     chain_end = 0
+    splits_bound_over_cells = False
     former_names = ("DiffusionBridgeVQVAE",)
     """The class name in the checkpoints of paper runs trained before this class existed."""
 

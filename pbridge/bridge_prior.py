@@ -217,7 +217,7 @@ class DiffusionPrior(TorchDistribution):
             raise NotImplementedError("DiffusionPrior cannot be expanded to a new batch shape")
         return self
 
-    def _draw_steps(self, z0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _bound_steps(self, z0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """t ``(B, S)`` and the weight of each ``(B, S)``: one step in each of S = ``strata``
         near-equal strata of 1..T (:func:`stratified_steps`), or S = 1 step from q(t) weighted
         by 1 / q(t)."""
@@ -258,7 +258,7 @@ class DiffusionPrior(TorchDistribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        t, weight = self._draw_steps(value)
+        t, weight = self._bound_steps(value)
         S = t.shape[1]
         terms = self.step_terms(value.repeat_interleave(S, dim=0), t.flatten()).view(-1, S)
         return -self.schedule.prior_kl(value) - (weight * terms).sum(-1)
@@ -478,14 +478,14 @@ class BridgeCodePrior(TorchDistribution):
         return torch.where(first, cross_entropy, weight.view(cells) * sq_err), cross_entropy
 
     def step_terms(
-        self, k: torch.Tensor, t: torch.Tensor, eps: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`cell_terms` summed over the cells: the bound's term of step t per item and the
-        head's cross-entropy there, ``(B,)`` each."""
-        terms, cross_entropy = self.cell_terms(k, t, eps)
-        return terms.flatten(1).sum(-1), cross_entropy.flatten(1).sum(-1)
+        self, value: torch.Tensor, t: torch.Tensor, eps: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The bound's term of step t per item, ``(B,)``, for a value ``(B, d, *cells)`` (its
+        codes read as in :meth:`log_prob`): :meth:`cell_terms` summed over the cells, as
+        :class:`DiffusionPrior`'s ``step_terms`` of z^0."""
+        return self.cell_terms(self.indices(value), t, eps)[0].flatten(1).sum(-1)
 
-    def _draw_steps(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _bound_steps(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         T = self.head.schedule.num_steps
         if self.strata is not None:
             return readout_and_strata(T, self.strata, batch, device)
@@ -500,9 +500,9 @@ class BridgeCodePrior(TorchDistribution):
 
     def _estimate(self, k: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Every cell's share of the bound, ``(B, *cells)``, from the steps ``t: (B, n)`` of
-        :meth:`_draw_steps` (returned with the terms ``(B, n, *cells)`` and the cross-entropies
+        :meth:`_bound_steps` (returned with the terms ``(B, n, *cells)`` and the cross-entropies
         of the head there, ``(B, n, *cells)``)."""
-        t, weight = self._draw_steps(k.shape[0], k.device)
+        t, weight = self._bound_steps(k.shape[0], k.device)
         n = t.shape[1]
         terms, cross_entropy = self.cell_terms(k.repeat_interleave(n, 0), t.flatten())
         terms = terms.view(k.shape[0], n, *k.shape[1:])

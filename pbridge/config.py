@@ -130,10 +130,6 @@ class BridgeSettings:
         if self.gradient == "gumbel" and self.tau_q == 0:
             raise ValueError("the gumbel gradient needs tau_q > 0 (a point mass has no relaxation)")
 
-    @property
-    def tight(self) -> bool:
-        return self.formulation == "tight"
-
 
 @dataclass(frozen=True)
 class TrainSettings:

@@ -81,7 +81,7 @@ def test_conditional_shares_add_up_to_the_joint_bound(float64):
         k_n = k.repeat_interleave(t.shape[1], 0)
         eps = torch.randn_like(gather_codes(k_n, codebook()))  # the layout of e_k's draw
         with torch.no_grad():
-            terms = prior.step_terms(k_n, t.flatten(), eps)[0]
+            terms = prior.step_terms(gather_codes(k_n, codebook()), t.flatten(), eps)
         joint = -schedule.prior_kl(e_k) - (w * terms.view(6, -1)).sum(1)
         torch.testing.assert_close(shares.sum(1), joint)
         hidden = torch.tensor([False, True, True, False, False])

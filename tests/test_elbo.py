@@ -176,7 +176,7 @@ def _prior_term_grads(variant, x):
     """|d/d encoder| and |d/d codebook| of the prior's log-density of the guide's draw."""
     guide_trace = poutine.trace(variant.guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(variant.model, guide_trace)).get_trace(x)
-    site = model_trace.nodes["z_q_0" if variant.settings.tight else "z_e_0"]
+    site = model_trace.nodes["z_q_0" if variant.formulation == "tight" else "z_e_0"]
     term = site["fn"].log_prob(site["value"]).sum()
     enc = torch.autograd.grad(
         term, list(variant.encoder.parameters()), retain_graph=True, allow_unused=True

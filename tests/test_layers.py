@@ -31,14 +31,14 @@ LAZY = {
     "pbridge/cli/parser.py": "train's --variant reads pbridge.models.builders.IMAGE_VARIANTS "
     "inside the function that adds it",
     "pbridge/cli/train.py": "imports pbridge.inference inside the checks and the train command",
-    "pbridge/cli/draw.py": "imports pbridge.inference inside the checks and the commands",
+    "pbridge/cli/run_commands.py": "imports pbridge.inference inside the checks and the commands",
 }
 """The modules of ``pbridge/`` that import an upper layer, inside functions only, by design."""
 
 
 def _modules(package: str) -> list[tuple[str, Path]]:
     """``(package of the module, path)`` of every module of ``package``, its subpackages'
-    included (``pbridge/cli/draw.py`` is a module of ``pbridge.cli``)."""
+    included (``pbridge/cli/run_commands.py`` is a module of ``pbridge.cli``)."""
     folder = PACKAGES[package]
     return [
         (".".join([package, *path.relative_to(folder).parent.parts]), path)

@@ -85,8 +85,9 @@ def test_step_term_is_the_gaussian_kl_or_the_readout(t, self_condition, name, fl
     prior = BridgeCodePrior(head, 5, (2, 3))
     k = torch.randint(0, 4, (5, 3))
     eps, tt = torch.randn(5, 2, 3), torch.full((5,), t)
-    term, cross_entropy = prior.step_terms(k, tt, eps)
     e_k = gather_codes(k, codebook())
+    term = prior.step_terms(e_k, tt, eps)
+    cross_entropy = prior.cell_terms(k, tt, eps)[1].flatten(1).sum(-1)
     mean, var = schedule.marginal(e_k, tt)
     z_t = mean + var.sqrt() * eps
     logits = head.logits(z_t, tt)
@@ -214,8 +215,8 @@ def test_auxiliary_cross_entropy_moves_the_gradient_not_the_value(float64):
         results[a] = (lp.detach(), torch.autograd.grad(lp.sum(), params))
     torch.manual_seed(5)
     prior = BridgeCodePrior(head, 6, (2, 3))
-    t, _ = prior._draw_steps(6, value.device)
-    ce = prior.step_terms(prior.indices(value), t.flatten())[1]
+    t, _ = prior._bound_steps(6, value.device)
+    ce = prior.cell_terms(prior.indices(value), t.flatten())[1].flatten(1).sum(-1)
     ce_grad = torch.autograd.grad(ce.sum(), params)
     torch.testing.assert_close(results[0.0][0], results[0.7][0])
     for g0, g1, gc in zip(results[0.0][1], results[0.7][1], ce_grad, strict=True):

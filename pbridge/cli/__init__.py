@@ -19,7 +19,7 @@ docs/cli.md describes every command and option.
 
 This module holds :func:`main` (parsing, the one-line report of a failure, the data-parallel
 launcher) and the dispatch to the commands; ``parser`` holds the parsers and their help,
-``train`` the checks and the config of ``pbridge train``, ``draw`` the checks and calls of
+``train`` the checks and the config of ``pbridge train``, ``run_commands`` the checks and calls of
 ``sample``, ``evaluate`` and ``analyze``, and ``messages`` how errors and warnings print.
 
 Every command checks its inputs before it writes anything, so a command that refuses leaves
@@ -148,7 +148,7 @@ def _without_launch_options(argv: list[str]) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pbridge.cli.draw import analyze_command, evaluate_command, sample_command
+    from pbridge.cli.run_commands import analyze_command, evaluate_command, sample_command
     from pbridge.cli.train import train_command
 
     if args.command == "train":
