@@ -168,7 +168,9 @@ def check_out_dir(out_dir: str | Path, resume: bool = False, overwrite: bool = F
             f"{out} already holds a run; pass --resume to continue it or --overwrite to replace "
             "it (its checkpoint, samples and scores are deleted)"
         )
-    if out.is_dir() and not holds_run and any(p.name != LOCK_FILE for p in out.iterdir()):
+    # The lock, and the lock another process is creating under its private name, are no run.
+    others = [p for p in out.iterdir() if not p.name.startswith(LOCK_FILE)] if out.is_dir() else []
+    if not holds_run and others:
         raise ValueError(f"{out} is not empty and holds no run; choose a new or empty --out")
 
 
