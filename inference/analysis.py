@@ -40,18 +40,21 @@ from torch import nn
 
 from pbridge.bridge_prior import prior_options
 from pbridge.codebook import code_logits, gather_codes
-from pbridge.config import ImageConfig
-from pbridge.data import load_images
 from pbridge.samplers import ANCESTRAL, OnStep, SamplerSettings
-from pbridge.toy import sample_walks
 from pbridge.variant import BridgeChain, TakesLabels
 
-from .load import load_run
 from .plots import plot_code_entropy, plot_code_usage, plot_elbo_trace, plot_reverse_chain
 from .progress import QUIET, Progress
+from .run_dir import LoadedRun
 from .sampling import chain_progress, check_sampler
 
-__all__ = ["to_inferencedata", "summarise", "reverse_chain_frames", "analyze_run"]
+__all__ = [
+    "to_inferencedata",
+    "add_training",
+    "summarise",
+    "reverse_chain_frames",
+    "analyze_variant",
+]
 
 _LATENTS = ("z_e_0", "z_q_0")
 
@@ -251,11 +254,16 @@ def to_inferencedata(
     }
     idata = _groups(variant, groups, x.shape[0])
     if losses is not None:
-        steps = np.arange(1, len(losses) + 1)
-        loss = xr.DataArray(np.asarray(losses, dtype=np.float64), coords={"step": steps})
-        attrs = {"variant": type(variant).__name__}
-        idata.add_groups(training=xr.Dataset({"negative_elbo": loss}, attrs=attrs))
+        add_training(idata, losses, type(variant).__name__)
     return idata
+
+
+def add_training(idata: az.InferenceData, losses: Sequence[float], variant: str) -> None:
+    """The group ``training`` of ``idata``: the per-step training loss ``negative_elbo`` (dim
+    ``step``, from 1) of a ``variant``."""
+    steps = np.arange(1, len(losses) + 1)
+    loss = xr.DataArray(np.asarray(losses, dtype=np.float64), coords={"step": steps})
+    idata.add_groups(training=xr.Dataset({"negative_elbo": loss}, attrs={"variant": variant}))
 
 
 def summarise(idata: az.InferenceData) -> pd.DataFrame:
@@ -301,38 +309,24 @@ def reverse_chain_frames(
     return times, decoded.view(chains, len(times), *decoded.shape[1:])
 
 
-def analyze_run(
-    run_dir: str | Path,
-    num: int = 16,
-    items: int = 8,
-    seed: int = 0,
-    device: str = "auto",
-    root: str | Path | None = None,
+def analyze_variant(
+    loaded: LoadedRun,
+    run: Path,
+    x: torch.Tensor,
+    labels: torch.Tensor | None,
+    num: int,
     sampler: SamplerSettings = ANCESTRAL,
-    weights: str | None = None,
     progress: Progress = QUIET,
 ) -> dict[str, Any]:
-    """Analyse a trained run: :func:`to_inferencedata` on ``items`` test items with ``num``
-    draws (the prior's by ``sampler``), written to ``analysis.nc``, with
-    ``analysis_summary.csv`` and the plots; ``weights``: the run's EMA or raw weights
-    (:func:`~.load.load_run`); ``progress`` shows the stages and the chains' steps.
-    Returns what was written and a few figures."""
-    if items <= 0:
-        raise ValueError(f"items must be a positive integer, got {items}")
-    run = Path(run_dir)
-    loaded = load_run(run, weights=weights, device=device)
-    config, variant = loaded.config, loaded.variant
+    """:func:`to_inferencedata` of an opened run's variant on the test items ``x`` (and their
+    ``labels``, used where the variant takes them) with ``num`` draws, written to the run
+    directory ``run`` as ``analysis.nc``, with ``analysis_summary.csv`` and the plots
+    (``pbridge analyze`` on a toy or image run). Returns what was written and a few
+    figures."""
+    variant = loaded.variant
     dev = next(variant.parameters()).device
-    torch.manual_seed(seed)
-    pyro.set_rng_seed(seed)
-    if isinstance(config, ImageConfig):
-        test = load_images(config.dataset, "test", root)
-        x, labels = test.as_float()[:items].to(dev), test.labels[:items].to(dev)
-    else:
-        x, _ = sample_walks(items, config.length, config.noise, torch.Generator().manual_seed(seed))
-        x, labels = x.to(dev), None
-    if not isinstance(variant, TakesLabels):
-        labels = None
+    labels = labels.to(dev) if labels is not None and isinstance(variant, TakesLabels) else None
+    x, items = x.to(dev), x.shape[0]
     progress.stage(f"drawing {num:,} prior samples and {num:,} guide draws of {items:,} items")
     idata = to_inferencedata(variant, x, num, labels, loaded.losses, sampler, progress)
     idata.to_netcdf(str(run / "analysis.nc"))

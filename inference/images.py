@@ -20,11 +20,12 @@ from pbridge.config import ImageConfig
 from pbridge.data import load_images
 from pbridge.likelihoods import bits_per_dim
 from pbridge.models.builders import build_image_model, build_image_vqvae, image_variant
+from pbridge.samplers import SamplerSettings
 from pbridge.variant import TakesLabels
 
 from .bound import Batch, estimate_elbo
 from .pipeline import Recipe, RunData, Stage, run
-from .plots import plot_image_grid, plot_reconstructions
+from .plots import plot_image_grid, plot_reconstructions, sampler_name, weights_name
 from .progress import QUIET, Progress
 from .run_dir import (
     CHECKPOINT_FILE,
@@ -33,7 +34,7 @@ from .run_dir import (
     atomic_write,
     open_run,
 )
-from .sampling import sample_posterior, sample_prior
+from .sampling import sample_posterior, sample_prior, write_prior_draws
 from .train_hooks import image_grid
 
 __all__ = [
@@ -43,7 +44,13 @@ __all__ = [
     "score_images",
     "test_bits_per_dim",
     "open_image_run",
+    "sample_image_run",
+    "SAMPLES_IN_GRID",
 ]
+
+SAMPLES_IN_GRID = 1024
+"""At most this many images in the ``samples.png`` of ``pbridge sample`` (``samples.pt``
+holds them all)."""
 
 SAMPLES_PER_CLASS = 8
 """Prior draws per class in the ``samples.png`` of a variant that takes labels."""
@@ -181,3 +188,21 @@ def open_image_run(
     """An image run directory of a registry variant read back, with its EMA or raw ``weights``
     (:func:`~.run_dir.open_run`)."""
     return open_run(run_dir, ImageConfig, build_image_model, device, weights)
+
+
+def sample_image_run(
+    loaded: LoadedRun, run: Path, num: int, sampler: SamplerSettings, progress: Progress
+) -> dict:
+    """``num`` prior draws of an opened image run (a variant file's included) by ``sampler``:
+    ``samples.pt`` and a grid of up to :data:`SAMPLES_IN_GRID` decoder means in
+    ``samples.png``."""
+    with pyro.validation_enabled(False):
+        draws, result = write_prior_draws(
+            loaded.variant, run / "samples.pt", num, sampler, progress
+        )
+    shown = draws.x_mean[:SAMPLES_IN_GRID].cpu()
+    how = f"{sampler_name(sampler)}, {weights_name(loaded.weights)}"
+    title = f"{len(shown)} of {num} prior samples (decoder mean), {how}"
+    with atomic_write(run / "samples.png") as tmp:
+        plot_image_grid(shown, tmp, title, nrow=max(8, round(len(shown) ** 0.5)))
+    return result

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +19,18 @@ from pyro import poutine
 from torch import nn
 
 from pbridge.bridge_prior import prior_options
+from pbridge.ou_bridge import OUSchedule
 from pbridge.samplers import ANCESTRAL, OnStep, SamplerSettings
-from pbridge.variant import AutoregressivePrior, BridgeChain, CodeDistribution
+from pbridge.variant import AutoregressivePrior, CodeDistribution
 
 from .progress import QUIET, Progress
+from .run_dir import atomic_write
 
 __all__ = [
     "Draws",
     "sample_prior",
     "sample_posterior",
+    "write_prior_draws",
     "check_sampler",
     "check_memory_for_draws",
     "chain_progress",
@@ -35,10 +39,12 @@ __all__ = [
 
 def check_sampler(variant: nn.Module, sampler: SamplerSettings) -> None:
     """Refuse ``sampler`` for ``variant`` before any draw: a variant without a diffusion chain
-    (VQ-VAE, PixelCNN) draws its own way and takes only the default; a bridge's chain must
-    have the steps asked for (:meth:`~pbridge.samplers.SamplerSettings.check_chain`)."""
-    if isinstance(variant, BridgeChain):
-        sampler.check_chain(variant.schedule.num_steps)
+    (VQ-VAE, PixelCNN) draws its own way and takes only the default; a chain (the ``schedule``
+    of a bridge, or of the bridge prior on codes) must have the steps asked for
+    (:meth:`~pbridge.samplers.SamplerSettings.check_chain`)."""
+    schedule = getattr(variant, "schedule", None)
+    if isinstance(schedule, OUSchedule):
+        sampler.check_chain(schedule.num_steps)
     elif sampler != ANCESTRAL:
         raise ValueError(
             f"a {type(variant).__name__} has no diffusion chain: --sampler {sampler.name} and "
@@ -153,6 +159,21 @@ def sample_prior(
     model = prior_options(poutine.uncondition(variant.model), sampler=sampler, on_step=on_step)
     trace = poutine.trace(model).get_trace(placeholder)
     return _draws(variant, trace, trace.nodes["x"]["value"])
+
+
+def write_prior_draws(
+    variant: nn.Module, path: Path, num: int, sampler: SamplerSettings, progress: Progress
+) -> tuple[Draws, dict[str, float]]:
+    """``num`` prior draws of ``variant`` by ``sampler`` (:func:`sample_prior`), written whole to
+    ``path`` (``{"codes", "mode_codes", "x"}``: the decoder means as x); the draws and
+    ``{"num", "seconds_per_draw"}``."""
+    start = time.perf_counter()
+    draws = sample_prior(variant, num, sampler, progress)
+    seconds = time.perf_counter() - start
+    with atomic_write(path) as tmp:
+        saved = {"codes": draws.codes, "mode_codes": draws.mode_codes, "x": draws.x_mean}
+        torch.save({name: value.cpu() for name, value in saved.items()}, tmp)
+    return draws, {"num": num, "seconds_per_draw": seconds / num}
 
 
 @torch.no_grad()

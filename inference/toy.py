@@ -22,10 +22,17 @@ from pbridge.toy import nearest_centroid, sample_walks, transition_accuracy
 
 from .bound import estimate_elbo
 from .pipeline import Recipe, RunData, Stage, run
-from .plots import plot_toy_trajectories
+from .plots import plot_toy_samples, plot_toy_trajectories, sampler_name, weights_name
 from .progress import QUIET, Progress
-from .run_dir import CHECKPOINT_FILE, LoadedRun, check_writable, open_run, write_json
-from .sampling import Draws, check_sampler, sample_posterior, sample_prior
+from .run_dir import (
+    CHECKPOINT_FILE,
+    LoadedRun,
+    atomic_write,
+    check_writable,
+    open_run,
+    write_json,
+)
+from .sampling import Draws, check_sampler, sample_posterior, sample_prior, write_prior_draws
 from .train_hooks import toy_grid
 
 __all__ = [
@@ -34,7 +41,12 @@ __all__ = [
     "toy_data",
     "toy_sample_scores",
     "evaluate_toy_run",
+    "sample_toy_run",
+    "TOY_WALKS_SHOWN",
 ]
+
+TOY_WALKS_SHOWN = 16
+"""Walks in the ``samples.png`` of ``pbridge sample``."""
 
 NUM_EVAL = 2000
 EVAL_STEPS_PER_ITEM = 10  # stratified steps per walk when the ELBO is reported
@@ -183,6 +195,23 @@ def evaluate_toy_run(
     }
     write_json(run / "eval.json", result)
     return result
+
+
+def sample_toy_run(
+    loaded: LoadedRun, run: Path, num: int, sampler: SamplerSettings, progress: Progress
+) -> dict:
+    """``num`` prior draws of an opened toy run by ``sampler``: ``samples.pt``, the first
+    :data:`TOY_WALKS_SHOWN` walks in ``samples.png``, and their transition accuracy
+    (:func:`toy_sample_scores`)."""
+    with pyro.validation_enabled(False):
+        draws, result = write_prior_draws(
+            loaded.variant, run / "samples.pt", num, sampler, progress
+        )
+    shown = draws.x_mean[:TOY_WALKS_SHOWN].cpu()
+    how = f"{sampler_name(sampler)}, {weights_name(loaded.weights)}"
+    with atomic_write(run / "samples.png") as tmp:
+        plot_toy_samples(shown, tmp, f"{len(shown)} of {num} sampled walks, {how}")
+    return {**result, **toy_sample_scores(loaded.variant, draws)}
 
 
 def forward_and_reverse_paths(variant, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

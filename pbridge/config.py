@@ -24,6 +24,7 @@ __all__ = [
     "TrainSettings",
     "ToyConfig",
     "ImageConfig",
+    "CodesConfig",
     "image_preset",
     "CODEBOOKS",
     "config_from_dict",
@@ -329,6 +330,78 @@ class ImageConfig:
         return _from_dict(cls, data)
 
 
+@dataclass(frozen=True)
+class CodesConfig:
+    """The bridge prior fitted to codes you bring, ``pbridge train CODES.pt`` (docs/codes.md).
+
+    The first five settings are read from the codes file when a run starts (they are not
+    given): the file's absolute path and SHA-256 (checked whenever the run reads it again),
+    one item's grid of cells and the codebook's K and d.
+
+    Attributes:
+        codes_file / codes_sha256: the file (``{"codes": (N, *cells) int64, "codebook": (K, d)}``).
+        cells / num_codes / latent_dim: one item's grid, K and d.
+        test_items: the file's last ``test_items`` items, held out (the training log's
+            held-out bound, the score at the end and ``pbridge evaluate``); the others train.
+        num_steps / beta_start / beta_end: T and the betas of the OU schedule,
+            ``image_schedule(num_steps, beta_start, beta_end)`` (the defaults: abar_T ~ 4e-5).
+        width / blocks: h_theta, ``build_chain_network`` (a U-Net for a 2-d grid of cells,
+            else a residual MLP).
+        self_condition / importance / readout_aux: the options of ``BridgeCodeModel``.
+        num_samples: prior draws scored at the end of training.
+    """
+
+    codes_file: str
+    codes_sha256: str
+    cells: tuple[int, ...]
+    num_codes: int
+    latent_dim: int
+    test_items: int = 1000
+    num_steps: int = 100
+    beta_start: float = 1e-3
+    beta_end: float = 0.2
+    width: int = 256
+    blocks: int = 3
+    self_condition: bool = True
+    importance: bool = True
+    readout_aux: float = 0.1
+    num_samples: int = 1000
+    train: TrainSettings = field(
+        default_factory=lambda: TrainSettings(steps=3000, batch_size=128, sample_every=0)
+    )
+
+    def __post_init__(self) -> None:
+        cells = self.cells
+        if not cells or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in cells
+        ):
+            raise ValueError(f"cells must be a non-empty tuple of positive integers, got {cells!r}")
+        for name in ("num_codes", "latent_dim", "test_items", "num_steps", "width", "blocks"):
+            _check_number(name, getattr(self, name), integer=True, low=1)
+        _check_number("num_samples", self.num_samples, integer=True, low=1)
+        _check_number("beta_start", self.beta_start, above=0, below=1)
+        _check_number("beta_end", self.beta_end, above=0, below=1)
+        if self.beta_end < self.beta_start:
+            raise ValueError(
+                f"beta_end ({self.beta_end}) must be >= beta_start ({self.beta_start})"
+            )
+        _check_number("readout_aux", self.readout_aux, low=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (``config.json``): sections as dicts, tuples kept."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CodesConfig:
+        """The config of :meth:`to_dict`'s data (keys left out take their defaults; lists read
+        as tuples). Values are not type-checked: :func:`config_from_dict` does that."""
+        return _from_dict(cls, data)
+
+
+CODES_FILE_SETTINGS = ("codes_file", "codes_sha256", "cells", "num_codes", "latent_dim")
+"""The settings of a :class:`CodesConfig` read from its codes file, never given."""
+
+
 def image_preset(dataset: str, preset: str) -> ImageConfig:
     """``"small"`` (trains on a laptop CPU) or ``"paper"`` (K = 64, d = 32, T = 1000, a U-Net of
     width 128, for GPUs) for a data set. Its entry of ``pbridge.data.DATASETS`` gives the
@@ -433,7 +506,11 @@ def _dotted_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
-_SECTION_NAMES = {ToyConfig: "a toy config", ImageConfig: "an image config"}
+_SECTION_NAMES = {
+    ToyConfig: "a toy config",
+    ImageConfig: "an image config",
+    CodesConfig: "a codes config",
+}
 
 
 def _check_types(

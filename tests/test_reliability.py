@@ -510,7 +510,7 @@ def test_item6_ctrl_c_in_sample_exits_130_with_one_line(run, capsys, monkeypatch
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("pbridge.inference.sample_run.sample_prior", interrupted)
+    monkeypatch.setattr("pbridge.inference.sampling.sample_prior", interrupted)
     err = _refused(["sample", run, "--num", "4", "--no-progress"], capsys, status=130)
     assert "stopped by SIGINT" in err
     assert _snapshot(run) == before
@@ -628,7 +628,7 @@ def test_item9_a_read_only_run_is_refused_before_sampling(run, capsys, monkeypat
     def never(*args, **kwargs):
         raise AssertionError("sampled before checking the folder")
 
-    monkeypatch.setattr("pbridge.inference.sample_run.sample_prior", never)
+    monkeypatch.setattr("pbridge.inference.sampling.sample_prior", never)
     run.chmod(0o555)
     try:
         if os.geteuid() == 0:  # root writes anywhere: the folder answers as a read-only one
@@ -670,7 +670,7 @@ def test_flags_that_do_not_apply_are_refused(tmp_path, capsys, no_training):
     busy.mkdir()
     (busy / "thesis.tex").write_text("mine")
     for argv, named in [
-        (["train", "toy", "--preset", "paper", "--out", tmp_path / "a"], "--preset apply to image"),
+        (["train", "toy", "--preset", "paper", "--out", tmp_path / "a"], "--preset applies to image"),
         (["train", "toy", "--out", busy], "is not empty and holds no run"),
     ]:
         assert named in _refused(argv, capsys)
@@ -681,7 +681,7 @@ def test_running_out_of_memory_while_sampling_is_one_line(run, capsys, monkeypat
     def exhausted(*args, **kwargs):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8")
 
-    monkeypatch.setattr("pbridge.inference.sample_run.sample_prior", exhausted)
+    monkeypatch.setattr("pbridge.inference.sampling.sample_prior", exhausted)
     quiet = ["sample", run, "--num", "4", "--no-progress"]  # stderr: the error line alone
     assert "pbridge: out of memory: " in _refused(quiet, capsys)
 

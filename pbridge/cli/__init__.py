@@ -7,6 +7,7 @@ pbridge train DATASET --out RUN_DIR [--config FILE] [--set KEY=VALUE ...]
               [--overwrite | --resume [--steps N --extend-steps]]
               [--devices N [--nodes M --rdzv-endpoint HOST:PORT]]
 pbridge train path/to/variant.py --out RUN_DIR [--set KEY=VALUE ...] [--resume] ...
+pbridge train path/to/codes.pt --out RUN_DIR [--set KEY=VALUE ...] [--steps N] [--resume] ...
 pbridge --version
 pbridge sample RUN_DIR [--num N] [--sampler ancestral|respaced|sde|ode] [--sample-steps S]
                [--ddim-eta E] [--method M] [--no-progress]

@@ -73,7 +73,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         help="train a variant end to end and write a run directory",
         description="Train end to end; writes config.json, checkpoint.pt, metrics.json and plots. "
         "DATASET may be a variant file path/to/variant.py defining build(config) (and CONFIG): "
-        "see docs/tutorial-variant.md. Every setting of the run can be given with --config FILE "
+        "see docs/tutorial-variant.md; or a codes file path/to/codes.pt holding "
+        '{"codes": (N, *cells) integer tensor, "codebook": (K, d) float tensor}, to fit the '
+        "bridge prior alone to codes you bring: see docs/codes.md. Every setting of the run can be given with --config FILE "
         "and --set KEY=VALUE (precedence: the preset, then --config, then --set and the flags).",
         epilog=_settings_epilog(),
         formatter_class=_TrainHelpFormatter,
@@ -85,8 +87,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _dataset_help() -> str:
-    """``train``'s DATASET: toy, each data set of the registry with its shape and summary, or a
-    variant file."""
+    """``train``'s DATASET: toy, each data set of the registry with its shape and summary, a
+    variant file or a codes file."""
     from pbridge.data import DATASETS
 
     images = [
@@ -94,8 +96,8 @@ def _dataset_help() -> str:
         for name, entry in DATASETS.items()
     ]
     return (
-        f"what to train on: toy, {TOY_SUMMARY}; {'; '.join(images)}; or a variant file "
-        "ending in .py"
+        f"what to train on: toy, {TOY_SUMMARY}; {'; '.join(images)}; a variant file "
+        "ending in .py; or a file of codes and their codebook ending in .pt"
     )
 
 

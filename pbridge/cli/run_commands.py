@@ -74,7 +74,7 @@ def sample_command(args: argparse.Namespace) -> dict:
 
 
 def analyze_command(args: argparse.Namespace) -> dict:
-    from pbridge.inference.analysis import analyze_run
+    from pbridge.inference.run_kinds import analyze_run
 
     sampler = sampler_settings(args)
     with _locked(args):

@@ -70,11 +70,12 @@ def check_train(args: argparse.Namespace):
             f"{', '.join(image_flags)} do not apply to a variant file ({args.dataset}): set them "
             "in its CONFIG, or with --set"
         )
-    if kind.name == "toy":
+    if kind.name in ("toy", "codes"):
         given = image_flags + [name for name in ("--root",) if args.root is not None]
         if given or args.download:
             given += ["--download"] if args.download else []
-            raise ValueError(f"{', '.join(given)} apply to image data sets, not to toy")
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ValueError(f"{', '.join(given)} {verb} to image data sets, not to {args.dataset}")
     overrides = _overrides(args, kind.config_class)
     if args.extend_steps and not (args.resume and any(o.key == "train.steps" for o in overrides)):
         raise ValueError("--extend-steps goes with --resume and --steps N (the new total)")
