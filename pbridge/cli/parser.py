@@ -75,8 +75,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         "DATASET may be a variant file path/to/variant.py defining build(config) (and CONFIG): "
         "see docs/tutorial-variant.md; or a codes file path/to/codes.pt holding "
         '{"codes": (N, *cells) integer tensor, "codebook": (K, d) float tensor}, to fit the '
-        "bridge prior alone to codes you bring: see docs/codes.md. Every setting of the run can be given with --config FILE "
-        "and --set KEY=VALUE (precedence: the preset, then --config, then --set and the flags).",
+        "bridge prior alone to codes you bring: see docs/codes.md. Every setting of the run "
+        "can be given with --config FILE and --set KEY=VALUE (precedence: the preset, then "
+        "--config, then --set and the flags).",
         epilog=_settings_epilog(),
         formatter_class=_TrainHelpFormatter,
     )
@@ -212,19 +213,38 @@ class _TrainHelpFormatter(_HelpFormatter, argparse.RawDescriptionHelpFormatter):
 
 def _settings_epilog() -> str:
     """Every setting of ``--set`` / ``--config`` with its type and default, toy / image
-    (``small`` preset), from the config dataclasses."""
-    from pbridge.config import ImageConfig, ToyConfig, image_preset, setting_type, type_name
+    (``small`` preset) / codes file, from the config dataclasses."""
+    from pbridge.config import (
+        CODES_FILE_SETTINGS,
+        CodesConfig,
+        ImageConfig,
+        ToyConfig,
+        image_preset,
+        setting_type,
+        type_name,
+    )
     from pbridge.config_overrides import flatten
 
-    toy, image = (
-        flatten(ToyConfig().to_dict()),
-        flatten(image_preset("fashion-mnist", "small").to_dict()),
-    )
-    lines = ["settings of --set KEY=VALUE and --config FILE (default: toy / fashion-mnist small):"]
-    for key in sorted(toy.keys() | image.keys(), key=lambda key: ("." in key, key)):
-        kind = type_name(setting_type(ImageConfig if key in image else ToyConfig, key))
-        shown = [_shown(values[key]) if key in values else "-" for values in (toy, image)]
-        lines.append(f"  {key} ({kind}): {' / '.join(shown)}")
+    from_file = dict.fromkeys(CODES_FILE_SETTINGS)
+    from_file.update(cells=(1,), num_codes=1, latent_dim=1, codes_file="", codes_sha256="")
+    codes = flatten(CodesConfig(**from_file).to_dict())
+    for key in CODES_FILE_SETTINGS:
+        del codes[key]
+    configs = {
+        ToyConfig: flatten(ToyConfig().to_dict()),
+        ImageConfig: flatten(image_preset("fashion-mnist", "small").to_dict()),
+        CodesConfig: codes,
+    }
+    lines = [
+        "settings of --set KEY=VALUE and --config FILE (default: toy / fashion-mnist small / "
+        "codes file; a codes file's own path, SHA-256, cells, num_codes and latent_dim are read "
+        "from it):"
+    ]
+    keys = set().union(*configs.values())
+    for key in sorted(keys, key=lambda key: ("." in key, key)):
+        cls = next(cls for cls, values in configs.items() if key in values)
+        shown = [_shown(values[key]) if key in values else "-" for values in configs.values()]
+        lines.append(f"  {key} ({type_name(setting_type(cls, key))}): {' / '.join(shown)}")
     return "\n".join(lines)
 
 
