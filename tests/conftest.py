@@ -71,6 +71,17 @@ def markov_walks():
     return _markov_walks
 
 
+def _circle_codebook() -> torch.Tensor:
+    angles = torch.arange(MARKOV_CODES) * 2 * math.pi / MARKOV_CODES
+    return torch.stack([angles.cos(), angles.sin()], 1)
+
+
+@pytest.fixture(scope="session")
+def markov_codebook():
+    """``(8, 2)``: the walks' codes evenly spaced on the unit circle."""
+    return _circle_codebook()
+
+
 @pytest.fixture(scope="session")
 def markov_code_model():
     """The bridge prior fitted to 4,096 walks of :func:`markov_walks` through the documented
@@ -85,8 +96,7 @@ def markov_code_model():
     from pbridge.ou_bridge import image_schedule
 
     torch.manual_seed(0)
-    angles = torch.arange(MARKOV_CODES) * 2 * math.pi / MARKOV_CODES
-    codes = torch.stack([angles.cos(), angles.sin()], 1)
+    codes = _circle_codebook()
     net = build_chain_network(2, MARKOV_CODES, (MARKOV_CELLS,), width=128, blocks=2)
     model = BridgeCodeModel(codes, net, image_schedule(100, 1e-3, 0.18), (MARKOV_CELLS,))
     walks = _markov_walks(4096, torch.Generator().manual_seed(0))

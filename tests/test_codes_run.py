@@ -25,22 +25,12 @@ from pbridge.inference.run_kinds import kind_for, kind_of
 K, L, N, TEST = 8, 5, 1500, 400
 
 
-def walks(n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    first = torch.randint(0, K, (n, 1), generator=g)
-    steps = 2 * torch.randint(0, 2, (n, L - 1), generator=g) - 1
-    return torch.cat([first, first + steps.cumsum(1)], 1) % K
-
-
-def circle() -> torch.Tensor:
-    angles = torch.arange(K) * 2 * math.pi / K
-    return torch.stack([angles.cos(), angles.sin()], 1)
-
-
 @pytest.fixture(scope="module")
-def codes_file(tmp_path_factory) -> Path:
+def codes_file(tmp_path_factory, markov_walks, markov_codebook) -> Path:
+    """``{"codes": N walks (conftest's markov_walks), "codebook": the circle}`` in a file."""
     path = tmp_path_factory.mktemp("codes") / "walks.pt"
-    torch.save({"codes": walks(N, 0), "codebook": circle()}, path)
+    walks = markov_walks(N, torch.Generator().manual_seed(0))
+    torch.save({"codes": walks, "codebook": markov_codebook}, path)
     return path
 
 
@@ -85,11 +75,11 @@ def test_the_prior_fitted_from_the_command_line_learns_the_walks(codes_run):
     assert config["cells"] == [L] and config["num_codes"] == K and config["latent_dim"] == 2
 
 
-def test_the_run_reads_back_with_the_files_codebook(codes_run):
+def test_the_run_reads_back_with_the_files_codebook(codes_run, markov_codebook):
     loaded = pbridge.load_run(codes_run, device="cpu")
     assert kind_of(codes_run).name == "codes"
     assert isinstance(loaded.variant, pbridge.BridgeCodeModel)
-    assert torch.equal(loaded.variant.codebook(), circle())
+    assert torch.equal(loaded.variant.codebook(), markov_codebook)
     assert loaded.step == 600
 
 
@@ -180,10 +170,14 @@ def test_what_the_codes_file_says_is_not_a_setting(codes_file, tmp_path, capsys)
 
 
 def test_resume_with_other_codes_or_a_changed_file_is_refused(
-    codes_file, codes_run, tmp_path, capsys
+    codes_file, codes_run, tmp_path, capsys, markov_walks, markov_codebook
 ):
+    others = {
+        "codes": markov_walks(N, torch.Generator().manual_seed(1)),
+        "codebook": markov_codebook,
+    }
     other = tmp_path / "other.pt"
-    torch.save({"codes": walks(N, 1), "codebook": circle()}, other)
+    torch.save(others, other)
     before = _snapshot(codes_run)
     err = _refused(["train", str(other), "--out", str(codes_run), "--resume"], capsys)
     assert "not " + str(other) in err
@@ -193,6 +187,6 @@ def test_resume_with_other_codes_or_a_changed_file_is_refused(
     run = tmp_path / "run"
     argv = ["train", str(mine), "--out", str(run), "--steps", "2", "--no-progress"]
     assert main([*argv, "--set", "test_items=10", "--set", "num_samples=4"]) == 0
-    torch.save({"codes": walks(N, 1), "codebook": circle()}, mine)
+    torch.save(others, mine)
     err = _refused(["evaluate", str(run), "--items", "10", "--no-progress"], capsys)
     assert "changed since the run started" in err

@@ -670,7 +670,10 @@ def test_flags_that_do_not_apply_are_refused(tmp_path, capsys, no_training):
     busy.mkdir()
     (busy / "thesis.tex").write_text("mine")
     for argv, named in [
-        (["train", "toy", "--preset", "paper", "--out", tmp_path / "a"], "--preset applies to image"),
+        (
+            ["train", "toy", "--preset", "paper", "--out", tmp_path / "a"],
+            "--preset applies to image",
+        ),
         (["train", "toy", "--out", busy], "is not empty and holds no run"),
     ]:
         assert named in _refused(argv, capsys)
