@@ -30,6 +30,7 @@ SMALL = ["--items", "64", "--samples", "16", "--patch-items", "8", "--patch-draw
 
 
 def _tiny_run(variant: str, out, formulation: str = "tight", **options) -> None:
+    options = {"num_steps": 50, **options}
     config = image_preset("digits", "small")
     bridge = replace(config.bridge, formulation=formulation, tau_p=0.3, encoder_scale=0.1)
     config = replace(

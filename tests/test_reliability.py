@@ -315,6 +315,8 @@ def test_same_seed_same_bits_and_the_run_records_its_environment(tmp_path):
     for name in ("a", "b"):
         out = tmp_path / name
         argv = ["train", "digits", "--steps", "3", "--vqvae-steps", "3", "--out", str(out)]
+        tiny = ["num_steps=20", "unet_width=8", "max_train=64", "eval_items=16"]
+        argv += [item for setting in tiny for item in ("--set", setting)]
         assert main([*argv, "--no-progress"]) == 0
         runs.append(load_checkpoint(out / "checkpoint.pt"))
     for key, value in runs[0]["model"].items():
@@ -371,9 +373,12 @@ def test_image_gradients_are_bit_identical_across_passes():
 # Every refused command must leave the run directory byte-identical (contents and modes).
 @pytest.fixture(scope="module")
 def trained_toy(tmp_path_factory):
-    """A finished 3-step toy run, trained once for the module's tests (copied per test)."""
+    """A finished 3-step toy run with tiny networks, trained once for the module's tests
+    (copied per test)."""
     out = tmp_path_factory.mktemp("trained") / "toy"
-    assert main(["train", "toy", "--steps", "3", "--out", str(out), "--no-progress"]) == 0
+    tiny = ["num_train=256", "num_samples=64", "hidden=16", "denoiser_width=16"]
+    argv = ["train", "toy", "--steps", "3", "--out", str(out), "--no-progress"]
+    assert main([*argv, *(item for setting in tiny for item in ("--set", setting))]) == 0
     return out
 
 
