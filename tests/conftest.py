@@ -1,10 +1,15 @@
 import math
+import os
 import re
 from pathlib import Path
 
 import pyro
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core: one thread each
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # and for the commands the tests start
 
 
 @pytest.fixture(autouse=True)
