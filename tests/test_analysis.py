@@ -333,3 +333,17 @@ def test_evaluate_help_covers_toy_runs(capsys):
     shown = _words(capsys.readouterr().out)
     assert "image run directory" not in shown and "trained image run" not in shown
     assert "A toy run: the ELBO on its test walks" in shown
+
+
+def test_analyze_on_a_labelled_variant_files_run_observes_the_test_labels(tmp_path, capsys):
+    """A class-conditional run (models/class_conditional.py as a variant file) analysed from
+    the command line: the test images' labels are observed and condition the guide's draws."""
+    run = tmp_path / "run"
+    tiny = ["num_steps=20", "unet_width=8", "max_train=64", "eval_items=16", "num_codes=8"]
+    argv = ["train", class_conditional.__file__, "--out", str(run), "--steps", "2"]
+    argv += [item for setting in tiny for item in ("--set", setting)]
+    assert main([*argv, "--no-progress"]) == 0, capsys.readouterr().err
+    assert main(["analyze", str(run), "--num", "2", "--items", "3", "--no-progress"]) == 0
+    idata = az.from_netcdf(run / "analysis.nc")
+    labels = load_images("digits", "test").labels[:3]
+    assert idata.observed_data["y"].values.tolist() == labels.tolist()

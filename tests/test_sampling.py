@@ -160,3 +160,23 @@ def test_prior_draws_start_from_the_stationary_law(name, prior, float64, monkeyp
     sd, m = math.sqrt(schedule.sigma2), z_T.numel()
     assert abs(float(z_T.mean()) - schedule.z_star) < 5 * sd / math.sqrt(m)
     assert abs(float(z_T.std()) / sd - 1) < 5 * math.sqrt(0.5 / m)
+
+
+def test_samples_pt_holds_each_field_of_the_draws_under_its_own_name(tmp_path, monkeypatch):
+    """``write_prior_draws`` saves the drawn codes, the read-out's most probable codes and the
+    decoder means as ``codes``, ``mode_codes`` and ``x``: three different tensors stay apart."""
+    from pbridge.inference import sampling
+
+    draws = sampling.Draws(
+        z_e=None,
+        codes=torch.tensor([[0, 1]]),
+        mode_codes=torch.tensor([[2, 3]]),
+        x_mean=torch.tensor([[0.5]]),
+        x=torch.tensor([[9.0]]),
+    )
+    monkeypatch.setattr(sampling, "sample_prior", lambda *args: draws)
+    _, result = sampling.write_prior_draws(nn.Linear(1, 1), tmp_path / "samples.pt", 1, None, None)
+    saved = torch.load(tmp_path / "samples.pt", weights_only=True)
+    assert saved.keys() == {"codes", "mode_codes", "x"} and result["num"] == 1
+    assert saved["codes"].tolist() == [[0, 1]] and saved["mode_codes"].tolist() == [[2, 3]]
+    assert saved["x"].tolist() == [[0.5]]  # the decoder mean, not the program's draw of x
