@@ -7,9 +7,9 @@ A row is one prior (``end-to-end``: the VQ-VAE warm start, as long a share of th
 two-stage's first stage, then the joint ELBO; ``end-to-end-warm1000``: the default warm start of
 1,000 VQ-VAE steps at any budget, the rest on the joint ELBO; ``end-to-end-cold``: the joint
 ELBO from the first step; ``two-stage``; ``pixelcnn``) at one training budget and seed. Its
-step counts give it the budget at the step costs measured side by
-side (one process, one thread, batch 64, docs/results.md): VQ-VAE 0.167 s, PixelCNN on a frozen
-VQ-VAE 1.10 s, tight bridge on a frozen VQ-VAE 0.575 s, tight bridge end to end 0.605 s. Each
+step counts give it the budget at the step costs measured side by side (one process, one
+thread, batch 64, docs/results.md): VQ-VAE 0.167 s, PixelCNN on a frozen VQ-VAE 1.10 s, tight
+bridge on a frozen VQ-VAE 0.575 s, tight bridge end to end 0.605 s. Each
 run logs the held-out bound on the first ``HELDOUT_ITEMS`` test images every ``EVAL_EVERY``
 steps of its last stage (``train.csv``, EMA weights), the curves' points; then every test image
 of the first ``--items`` is scored twice with independent draws (``paired_bits.pt``), so that
@@ -18,7 +18,9 @@ any two rows compare on the same images.
 Two streams run the rows, each command with one torch thread. A finished row (its scores
 written, :data:`SCORES`) is never rerun; a row cut short resumes from its checkpoints. After
 every row the tables and the curve figure are rewritten between the markers of docs/results.md
-and committed (``--no-commit``: not committed). Rows run in :data:`RUN_ORDER` first.
+and committed (``--no-commit``: not committed). Rows run in :data:`RUN_ORDER` first;
+``--rows NAME...`` runs only the named rows (several invocations with ``--streams 1`` and
+disjoint rows may run side by side).
 """
 
 from __future__ import annotations
