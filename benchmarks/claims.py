@@ -20,7 +20,7 @@ written, :data:`SCORES`) is never rerun; a row cut short resumes from its checkp
 every row the tables and the curve figure are rewritten between the markers of docs/results.md
 and committed (``--no-commit``: not committed). Rows run in :data:`RUN_ORDER` first;
 ``--rows NAME...`` runs only the named rows (several invocations with ``--streams 1`` and
-disjoint rows may run side by side).
+disjoint rows may run side by side, all but one with ``--no-commit``).
 """
 
 from __future__ import annotations
