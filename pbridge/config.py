@@ -185,8 +185,22 @@ class TrainSettings:
         _check_number("ema_decay", self.ema_decay, low=0, below=1)
 
 
+class RunConfig:
+    """What every run's config class has: ``to_dict`` (``config.json``) and ``from_dict``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (``config.json``): sections as dicts, tuples kept."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """The config of :meth:`to_dict`'s data (keys left out take their defaults; lists read
+        as tuples). Values are not type-checked: :func:`config_from_dict` does that."""
+        return _from_dict(cls, data)
+
+
 @dataclass(frozen=True)
-class ToyConfig:
+class ToyConfig(RunConfig):
     """The paper's toy problem: walks of 5 points on 8 circle centroids, T = 100, theta = 2.
 
     Attributes:
@@ -220,22 +234,12 @@ class ToyConfig:
         _check_number("noise", self.noise, above=0)
         _check_number("delta", self.delta, above=0)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The config as plain data (``config.json``): sections as dicts, tuples kept."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ToyConfig:
-        """The config of :meth:`to_dict`'s data (keys left out take their defaults; lists read
-        as tuples). Values are not type-checked: :func:`config_from_dict` does that."""
-        return _from_dict(cls, data)
-
 
 CODEBOOKS = ("gradient", "ema")
 
 
 @dataclass(frozen=True)
-class ImageConfig:
+class ImageConfig(RunConfig):
     """An image run: data set, sizes of the networks, bridge settings and optimisation.
 
     Attributes:
@@ -319,19 +323,9 @@ class ImageConfig:
                 f"not divide {height} and {width}: downsamples must lie in 0..{fits}"
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        """The config as plain data (``config.json``): sections as dicts, tuples kept."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ImageConfig:
-        """The config of :meth:`to_dict`'s data (keys left out take their defaults; lists read
-        as tuples). Values are not type-checked: :func:`config_from_dict` does that."""
-        return _from_dict(cls, data)
-
 
 @dataclass(frozen=True)
-class CodesConfig:
+class CodesConfig(RunConfig):
     """The bridge prior fitted to codes you bring, ``pbridge train CODES.pt`` (docs/codes.md).
 
     The first five settings are read from the codes file when a run starts (they are not
@@ -386,16 +380,6 @@ class CodesConfig:
                 f"beta_end ({self.beta_end}) must be >= beta_start ({self.beta_start})"
             )
         _check_number("readout_aux", self.readout_aux, low=0)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as plain data (``config.json``): sections as dicts, tuples kept."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CodesConfig:
-        """The config of :meth:`to_dict`'s data (keys left out take their defaults; lists read
-        as tuples). Values are not type-checked: :func:`config_from_dict` does that."""
-        return _from_dict(cls, data)
 
 
 CODES_FILE_SETTINGS = ("codes_file", "codes_sha256", "cells", "num_codes", "latent_dim")
