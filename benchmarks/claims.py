@@ -6,10 +6,13 @@ bridge against the PixelCNN, paired on the same test images, at more than one bu
 A row is one prior (``end-to-end``: the VQ-VAE warm start, as long a share of the budget as
 two-stage's first stage, then the joint ELBO; ``end-to-end-warm1000``: the default warm start of
 1,000 VQ-VAE steps at any budget, the rest on the joint ELBO; ``end-to-end-cold``: the joint
-ELBO from the first step; ``two-stage``; ``pixelcnn``) at one training budget and seed. Its
-step counts give it the budget at the step costs measured side by side (one process, one
-thread, batch 64, docs/results.md): VQ-VAE 0.167 s, PixelCNN on a frozen VQ-VAE 1.10 s, tight
-bridge on a frozen VQ-VAE 0.575 s, tight bridge end to end 0.605 s. Each
+ELBO from the first step; ``two-stage``; ``pixelcnn``; ``end-to-end-unet48`` and
+``two-stage-unet48``: the same with a chain U-Net of width 48 instead of 32) at one training
+budget and seed. Its step counts give it the budget at the step costs measured side by side
+(one process, one thread, batch 64, docs/results.md): VQ-VAE 0.167 s, PixelCNN on a frozen
+VQ-VAE 1.10 s, tight bridge on a frozen VQ-VAE 0.575 s, tight bridge end to end 0.605 s; a
+U-Net of width 48 costs 1.43 times a bridge step on frozen codes and 1.48 times an end-to-end
+step (``benchmarks/step_costs.py``, docs/results.md). Each
 run logs the held-out bound on the first ``HELDOUT_ITEMS`` test images every ``EVAL_EVERY``
 steps of its last stage (``train.csv``, EMA weights), the curves' points; then every test image
 of the first ``--items`` is scored twice with independent draws (``paired_bits.pt``), so that
@@ -47,6 +50,13 @@ CURVE = "docs/images/claims-curve.png"
 STEP_SECONDS = {"vqvae": 0.167, "pixelcnn": 1.10, "two-stage": 0.575, "end-to-end": 0.605}
 """Seconds per step of each stage, measured side by side (benchmarks/baselines.py's docstring)."""
 
+UNET_WIDTH = {"end-to-end-unet48": 48, "two-stage-unet48": 48}
+"""The priors whose chain U-Net is wider than the ``small`` preset's 32."""
+
+WIDTH_COST = {("two-stage", 48): 1.43, ("end-to-end", 48): 1.48}
+"""(variant, U-Net width) -> its step cost over the width-32 step of that variant, measured
+side by side (``OMP_NUM_THREADS=1 python benchmarks/step_costs.py``)."""
+
 
 @dataclass(frozen=True)
 class Row:
@@ -62,15 +72,23 @@ class Row:
 
     @property
     def variant(self) -> str:
-        return "end-to-end" if self.prior.startswith("end-to-end") else self.prior
+        return next(v for v in ("end-to-end", "two-stage", "pixelcnn") if self.prior.startswith(v))
+
+    @property
+    def unet_width(self) -> int:
+        return UNET_WIDTH.get(self.prior, 32)
+
+    def step_seconds(self) -> float:
+        """Seconds of one step of the last stage."""
+        return STEP_SECONDS[self.variant] * WIDTH_COST.get((self.variant, self.unet_width), 1.0)
 
     def steps(self) -> tuple[int, int]:
         """(VQ-VAE steps, steps of the last stage) that spend the budget."""
         if self.prior == "end-to-end-cold":
-            return 0, round(self.budget / STEP_SECONDS["end-to-end"])
+            return 0, round(self.budget / self.step_seconds())
         vqvae = 1000 if self.prior == "end-to-end-warm1000" else 1000 * self.budget // 900
         rest = self.budget - vqvae * STEP_SECONDS["vqvae"]
-        return vqvae, round(rest / STEP_SECONDS[self.variant])
+        return vqvae, round(rest / self.step_seconds())
 
 
 ROWS = [
@@ -79,12 +97,19 @@ ROWS = [
     *(Row("pixelcnn", 900, s) for s in (1, 2)),
     *(Row(p, 3600, 0) for p in ("end-to-end", "two-stage", "pixelcnn")),
     Row("end-to-end-warm1000", 3600, 0),
+    *(Row(p, 3600, 0) for p in ("end-to-end-unet48", "two-stage-unet48")),
 ]
 """Every row, in the order of the tables."""
 
 ROWS_NAMED = ", ".join(r.name for r in ROWS)
 
-BRIDGES = ("end-to-end", "end-to-end-warm1000", "two-stage")
+BRIDGES = (
+    "end-to-end",
+    "end-to-end-warm1000",
+    "two-stage",
+    "end-to-end-unet48",
+    "two-stage-unet48",
+)
 """The bridge priors; the best of them at a budget and seed is paired with the PixelCNN."""
 
 RUN_ORDER = [
@@ -109,6 +134,7 @@ def train_command(row: Row, out: Path) -> list[str]:
         f"--vqvae-steps={vqvae}",
         f"--steps={steps}",
         *("--seed", str(row.seed), "--out", str(out / row.name), "--no-progress"),
+        *(("--set", f"unet_width={row.unet_width}") if row.prior in UNET_WIDTH else ()),
         *(
             "--set",
             f"train.eval_every={EVAL_EVERY}",
@@ -239,14 +265,21 @@ def _mean_bits(out: Path, row: Row) -> float:
 
 
 def _comparisons(out: Path) -> list[tuple[Row, Row]]:
-    """The pairs to report per budget and seed: each end-to-end schedule minus two-stage, the
-    best bridge (lowest paired bits/dim) minus the PixelCNN, and the warm start against the
-    cold one."""
+    """The pairs to report per budget and seed: each end-to-end schedule minus two-stage with
+    the same chain network, the wider two-stage minus the narrower, the best bridge (lowest
+    paired bits/dim) minus the PixelCNN, and the warm start against the cold one."""
     pairs = []
     for budget, seed in sorted({(r.budget, r.seed) for r in ROWS}):
         e2e, two, pcnn = (Row(p, budget, seed) for p in ("end-to-end", "two-stage", "pixelcnn"))
         bridges = [Row(p, budget, seed) for p in BRIDGES if Row(p, budget, seed) in ROWS]
-        pairs += [(b, two) for b in bridges if b != two]
+        for b in bridges:
+            same_net = Row(
+                b.prior.replace("-warm1000", "").replace("end-to-end", "two-stage"), budget, seed
+            )
+            if b.variant == "end-to-end":
+                pairs.append((b, same_net))
+            elif b != two:
+                pairs.append((b, two))
         scored_bridges = [b for b in bridges if scored(out / b.name)]
         best = min(scored_bridges, key=lambda b: _mean_bits(out, b), default=e2e)
         pairs.append((best, pcnn))
@@ -326,7 +359,8 @@ def tables(out: Path, items: int) -> str:
         f"Produced by `OMP_NUM_THREADS={THREADS} python benchmarks/claims.py --out {out}` "
         f"(rows finished: {len(done)} of {len(ROWS)}; a row's commands are in its log). "
         "Budget: seconds of one core at the measured step costs (VQ-VAE 0.167 s, PixelCNN "
-        "1.10 s, bridge on frozen codes 0.575 s, bridge end to end 0.605 s per step). "
+        "1.10 s, bridge on frozen codes 0.575 s, bridge end to end 0.605 s per step; with a "
+        "chain U-Net of width 48, the unet48 rows, 1.43 and 1.48 times these). "
         f"Paired: the first {items} test images, each scored twice with independent draws "
         "(bits/dim: their mean); test bits/dim: the run's own score on the first 2,000 test "
         "images, EMA weights. Train time: wall seconds of the training command on a machine "
@@ -381,6 +415,8 @@ COLOURS = {
     "end-to-end-cold": "tab:gray",
     "two-stage": "tab:orange",
     "pixelcnn": "tab:green",
+    "end-to-end-unet48": "tab:cyan",
+    "two-stage-unet48": "tab:red",
 }
 """The curve figure's colour of each prior; the line style says the seed."""
 
@@ -405,9 +441,7 @@ def curve(out: Path, path: Path) -> None:
         with log.open() as f:
             held = [x for x in csv.DictReader(f) if x.get("heldout_bits_per_dim")]
         steps = [vqvae + int(x["step"]) for x in held]
-        secs = [
-            vqvae * STEP_SECONDS["vqvae"] + int(x["step"]) * STEP_SECONDS[r.variant] for x in held
-        ]
+        secs = [vqvae * STEP_SECONDS["vqvae"] + int(x["step"]) * r.step_seconds() for x in held]
         bits = [float(x["heldout_bits_per_dim"]) for x in held]
         style = dict(color=COLOURS[r.prior], ls=SEED_STYLES.get(r.seed, "-."), marker="o", ms=3)
         by_time.plot(secs, bits, label=r.name, **style)
