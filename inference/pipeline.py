@@ -3,7 +3,8 @@
 :func:`run` is the pipeline every ``pbridge train`` goes through:
 
 0. check the run directory and lock it (:mod:`.run_lock`), creating it for a new run; a start
-   that fails before a checkpoint removes what it wrote (:func:`~.run_dir.discard_failed_start`);
+   that fails before a checkpoint removes what it wrote and puts back what it rewrote
+   (:func:`~.run_dir.discard_failed_start`);
 1. seed and resolve the device (:func:`~.run_dir.start_run`); load the data (``recipe.data``);
 2. build the module of the first stage and, if it has one, initialise its codebook by k-means;
 3. check that every stage's model and guide sample the same latent sites and, with
@@ -42,6 +43,7 @@ from .run_dir import (
     check_resume,
     check_writable,
     discard_failed_start,
+    run_before,
     start_run,
     train_in_run,
     write_json,
@@ -162,11 +164,12 @@ def run(
         check_writable(out_dir)
     command = "train --resume" if resume else "train"
     with run_lock(out_dir, command, create=not resume) as held:
+        before = run_before(held) if main else None
         try:
             return _run(recipe, held.folder, device, progress, resume, overwrite, start)
         except BaseException:  # Ctrl-C included
-            if main:
-                discard_failed_start(held)
+            if before is not None:
+                discard_failed_start(before)
             raise
 
 

@@ -4,7 +4,8 @@ A command checks everything before it writes: :func:`check_out_dir` (may this di
 written?), :func:`read_config` (is ``config.json`` readable and of the right types?),
 :func:`check_resume` (does the checkpoint fit the variant and its config?) and
 :func:`check_writable`; only then does :func:`write_run_files` write ``config.json`` and
-``environment.json``. A command that refuses leaves the run directory as it was.
+``environment.json``. A command that refuses leaves the run directory as it was, and so does
+a training session that fails before its first checkpoint (:func:`discard_failed_start`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ __all__ = [
     "check_writable",
     "check_resume",
     "write_run_files",
+    "RunBefore",
+    "run_before",
     "discard_failed_start",
     "atomic_write",
     "write_json",
@@ -270,22 +273,67 @@ def write_run_files(
     write_json(out / "environment.json", {**environment(), "processes": world.size})
 
 
-def discard_failed_start(held: HeldLock) -> None:
-    """Remove what this process wrote into the run directory ``held.folder`` before failing,
-    when no stage wrote a checkpoint (nothing to resume): only the names that were not there
-    when it took the lock (``held.before``), never a file of the run it started from or of
-    another process."""
+REWRITTEN_FILES = (CONFIG_FILE, "environment.json", "train.csv", "vqvae_train.csv")
+"""The files of a run that a resumed session rewrites before it writes a checkpoint."""
+
+CHECKPOINT_FILES = tuple(
+    f"{name}{tail}" for name in (CHECKPOINT_FILE, VQVAE_FILE) for tail in ("", ".prev")
+)
+
+
+def _checkpoint_state(folder: Path) -> dict[str, tuple[int, int]]:
+    """(modification time in ns, size) of each checkpoint in ``folder``."""
+    found = {}
+    for name in CHECKPOINT_FILES:
+        try:
+            stat = (folder / name).stat()
+        except OSError:
+            continue
+        found[name] = (stat.st_mtime_ns, stat.st_size)
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class RunBefore:
+    """A run directory as a training session found it, once it held the lock: the names it
+    held, the bytes of :data:`REWRITTEN_FILES` and the state of its checkpoints."""
+
+    held: HeldLock
+    rewritten: dict[str, bytes]
+    checkpoints: dict[str, tuple[int, int]]
+
+
+def run_before(held: HeldLock) -> RunBefore:
+    """What :func:`discard_failed_start` needs to put ``held.folder`` back as it was."""
     out = held.folder
+    rewritten = {
+        name: (out / name).read_bytes() for name in REWRITTEN_FILES if (out / name).is_file()
+    }
+    return RunBefore(held, rewritten, _checkpoint_state(out))
+
+
+def discard_failed_start(before: RunBefore) -> None:
+    """Undo a failed training session that wrote no checkpoint (a new run, or a resume that
+    failed before its first checkpoint): remove the names that were not in the run directory
+    when it took the lock (``before.held.before``; never a file of another process) and put
+    back the bytes of the files it rewrote (:data:`REWRITTEN_FILES`: ``config.json``,
+    ``environment.json``, the training logs). A session that wrote a checkpoint leaves
+    everything: there is work to resume."""
+    out = before.held.folder
     try:
-        if not out.is_dir() or is_run_dir(out, checkpoints_only=True):
+        if not out.is_dir() or _checkpoint_state(out) != before.checkpoints:
             return
         for item in out.iterdir():
-            if item.name in held.before or item.name == LOCK_FILE:
+            if item.name in before.held.before or item.name == LOCK_FILE:
                 continue
             if item.is_dir() and not item.is_symlink():
                 shutil.rmtree(item)
             else:
                 item.unlink()
+        for name, data in before.rewritten.items():
+            if not (out / name).is_file() or (out / name).read_bytes() != data:
+                with atomic_write(out / name) as tmp:
+                    tmp.write_bytes(data)
     except OSError:
         pass  # the error being raised says more
 

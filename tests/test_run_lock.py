@@ -304,6 +304,28 @@ def test_a_failed_resume_of_a_run_without_a_checkpoint_removes_only_its_own_file
     assert _snapshot(run) == before and not (run / "samples").exists()
 
 
+def test_a_resume_that_fails_before_its_first_checkpoint_leaves_the_run_as_it_was(
+    run, capsys, monkeypatch
+):
+    """A resume rewrites environment.json (here another commit's) and train.csv before it
+    trains; failing before a checkpoint, it puts both back, byte for byte."""
+    (run / "metrics.json").unlink()
+    before = _snapshot(run)
+    monkeypatch.setattr(
+        "pbridge.inference.run_dir.environment", lambda: {"git_commit": "another commit"}
+    )
+
+    def fail(variant, data, settings, checkpoint, *args, **kwargs):
+        (checkpoint.parent / "train.csv").write_text("step,loss\n")  # the log reopened
+        raise FloatingPointError("non-finite loss at step 31: x (model)")
+
+    monkeypatch.setattr("pbridge.inference.pipeline.train_in_run", fail)
+    argv = ["train", "toy", "--out", str(run), "--resume", "--steps", "40", "--extend-steps"]
+    assert main([*argv, "--no-progress"]) == 2
+    assert "non-finite loss at step 31" in capsys.readouterr().err
+    assert _snapshot(run) == before
+
+
 def test_a_failed_second_stage_of_a_fresh_two_stage_run_keeps_the_first(
     tmp_path, capsys, failing_training
 ):
