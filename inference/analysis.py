@@ -40,6 +40,7 @@ from torch import nn
 
 from pbridge.bridge_prior import prior_options
 from pbridge.codebook import code_logits, gather_codes
+from pbridge.models.paper_bridge import PaperBridgeVQVAE
 from pbridge.samplers import ANCESTRAL, OnStep, SamplerSettings
 from pbridge.variant import BridgeChain, TakesLabels
 
@@ -159,7 +160,7 @@ def _latent_variables(
     codes = variant.codebook()
     prior = {n: trace.nodes[n]["value"] for n in (*_LATENTS, "y") if n in trace.nodes}
     readout = trace.nodes["z_q_0"]["fn"].conditional_logits  # a CodeDistribution's
-    tau = variant.settings.tau_p if isinstance(variant, BridgeChain) else None
+    tau = variant.paper.tau_p if isinstance(variant, PaperBridgeVQVAE) else None  # its kernel's
     prior_codes = _indices(prior["z_q_0"], codes, 1)
     post_codes = _indices(latents["z_q_0"], codes, 2)
     prior_vars = {"z_q_0": prior_codes, "code_count": _counts(prior_codes, codes.shape[0])}

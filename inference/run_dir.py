@@ -38,7 +38,7 @@ from pbridge.checkpoint import (
     previous_path,
     written_by_class_of,
 )
-from pbridge.config import TrainSettings, config_from_dict
+from pbridge.config import TrainSettings, config_from_dict, upgrade_config_dict
 
 from .distributed import World, world_from_environment
 from .run_lock import LOCK_FILE, HeldLock, check_unlocked
@@ -375,7 +375,7 @@ def check_config_matches(config: dict, state: dict, config_file: Path, used: Pat
     written = state.get("config")
     if not isinstance(written, dict):
         return
-    ours, theirs = _flat(config), _flat(written)
+    ours, theirs = _flat(upgrade_config_dict(config)), _flat(upgrade_config_dict(written))
     differ = [
         f"{key} {ours[key]!r} (checkpoint: {theirs[key]!r})"
         for key in ours

@@ -62,6 +62,8 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
     """The time the backward chain stops at: z^1, where the head reads the codes out."""
     splits_bound_over_cells = True
     """Whether the prior's bound is a sum of per-cell shares (:meth:`code_bound_per_cell`)."""
+    model_variance = "beta_tilde"
+    """The reverse kernel's variance sigma2 beta~_t (the tight bound is written for it)."""
 
     def __init__(
         self,
@@ -124,7 +126,7 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
             self.chain_denoiser(network),
             z_T,
             sampler,
-            model_variance=self.settings.model_variance,
+            model_variance=self.model_variance,
             to_time=self.chain_end,
             **extra,
         )
@@ -231,7 +233,7 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
             self.chain_denoiser(network),
             torch.Size(self.latent_shape),
             batch_size,
-            self.settings.model_variance,
+            self.model_variance,
             like=like,
             last=self.chain_end,
         )

@@ -27,7 +27,7 @@ from torch import nn
 from pbridge.bridge_prior import DiffusionPrior, importance_proposal
 from pbridge.code_distribution import CodeVector
 from pbridge.codebook import code_logits
-from pbridge.config import BridgeSettings
+from pbridge.config import BridgeSettings, PaperSettings
 
 from .bridge_vqvae import DiffusionBridgeVQVAE
 
@@ -48,7 +48,7 @@ class PaperBridgeVQVAE(DiffusionBridgeVQVAE):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.step_costs = None  # q(t) is fixed, not tracked
-        proposal = importance_proposal(self.schedule, self.settings.model_variance)
+        proposal = importance_proposal(self.schedule, self.model_variance)
         importance = self.settings.t_sampling == "importance"
         self.register_buffer("t_proposal", proposal if importance else None, persistent=False)
 
@@ -59,9 +59,19 @@ class PaperBridgeVQVAE(DiffusionBridgeVQVAE):
         """eps_theta reads z^t and writes eps: d channels each."""
         return latent_dim, latent_dim
 
+    @property
+    def paper(self) -> PaperSettings:
+        """This formulation's own settings, ``settings.paper``."""
+        return self.settings.paper
+
+    @property
+    def model_variance(self) -> str:
+        """The reverse kernel's variance (``paper.model_variance``: beta~ or beta)."""
+        return self.paper.model_variance
+
     def encoder_scale(self) -> float:
         """s of q(z_e^0 | x)."""
-        return self.settings.encoder_scale
+        return self.paper.encoder_scale
 
     def chain_denoiser(self, network: nn.Module | None = None) -> nn.Module:
         """eps_theta: the chain's network itself."""
@@ -69,22 +79,21 @@ class PaperBridgeVQVAE(DiffusionBridgeVQVAE):
 
     def prior(self, batch_size: int, network: nn.Module | None = None) -> DiffusionPrior:
         """The random-step prior site over z_e^0 (its training form; see the tight class)."""
-        settings = self.settings
         return DiffusionPrior(
             self.schedule,
             self.chain_denoiser(network),
             self.latent_shape,
             batch_size,
-            model_variance=settings.model_variance,
+            model_variance=self.model_variance,
             proposal=self.t_proposal,
-            denoiser_loss=settings.denoiser_loss,
+            denoiser_loss=self.paper.denoiser_loss,
         )
 
     def state_logits(
         self, z: torch.Tensor, t: int, network: nn.Module | None = None
     ) -> torch.Tensor:
         """The kernel -||z^t - e_k||^2 / tau_p, ``(B, *cells, K)``, at every t."""
-        return code_logits(z, self.codebook(), self.settings.tau_p)
+        return code_logits(z, self.codebook(), self.paper.tau_p)
 
     def known_start(self, indices: torch.Tensor) -> torch.Tensor:
         """e_k + s eps: a draw of the encoding of the known codes."""
@@ -106,17 +115,17 @@ class PaperBridgeVQVAE(DiffusionBridgeVQVAE):
     def guide_codes(self, f: torch.Tensor) -> torch.Tensor:
         """z_e^0 ~ N(f, s^2 I), then z_q^0 | z_e^0 by the kernel at tau_q (its gradient by
         straight-through or Gumbel); returns z_e^0, the chain's start."""
-        settings, codes = self.settings, self.codebook()
+        paper, codes = self.paper, self.codebook()
         scale = self.encoder_scale()
         z_e0 = pyro.sample("z_e_0", dist.Normal(f, scale).to_event(len(self.latent_shape)))
         pyro.sample(
             "z_q_0",
             CodeVector(
-                code_logits(z_e0, codes, settings.tau_q),
+                code_logits(z_e0, codes, paper.tau_q),
                 codes,
                 straight_through=z_e0,
-                gradient=settings.gradient,
-                temperature=settings.gumbel_temperature,
+                gradient=paper.gradient,
+                temperature=paper.gumbel_temperature,
                 conditional=True,
             ),
         )

@@ -21,6 +21,7 @@ from .data import data_set
 
 __all__ = [
     "BridgeSettings",
+    "PaperSettings",
     "TrainSettings",
     "ToyConfig",
     "ImageConfig",
@@ -28,6 +29,7 @@ __all__ = [
     "image_preset",
     "CODEBOOKS",
     "config_from_dict",
+    "upgrade_config_dict",
     "setting_type",
     "type_name",
 ]
@@ -67,6 +69,50 @@ def _check_number(
 
 
 @dataclass(frozen=True)
+class PaperSettings:
+    """The choices of the paper's formulation (``bridge.formulation = "paper"``, docs/maths.md
+    s. 3-5), read by :class:`~pbridge.models.paper_bridge.PaperBridgeVQVAE` only.
+
+    Attributes:
+        tau_p / tau_q: temperatures of p(z_q^0 | z_e^0) and q(z_q^0 | z_e^0) (tau_q = 0: the
+            nearest code).
+        encoder_scale: s of q(z_e^0 | x).
+        denoiser_loss: ``"elbo"`` or ``"simple"`` (see :class:`DiffusionPrior`).
+        model_variance: ``"beta_tilde"`` or ``"beta"``, the reverse kernel's variance.
+        gradient / gumbel_temperature: ``"straight_through"`` or ``"gumbel"`` path through
+            z_q^0 and its relaxation temperature.
+    """
+
+    tau_p: float = 0.4
+    tau_q: float = 0.0
+    encoder_scale: float = 0.012
+    denoiser_loss: str = "simple"
+    model_variance: str = "beta_tilde"
+    gradient: str = "straight_through"
+    gumbel_temperature: float = 0.5
+
+    def __post_init__(self) -> None:
+        choices = {
+            "denoiser_loss": ("elbo", "simple"),
+            "model_variance": ("beta_tilde", "beta"),
+            "gradient": ("straight_through", "gumbel"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("tau_p", "encoder_scale", "gumbel_temperature"):
+            _check_number(name, getattr(self, name), above=0)
+        _check_number("tau_q", self.tau_q, low=0)
+        if self.gradient == "gumbel" and self.tau_q == 0:
+            raise ValueError("the gumbel gradient needs tau_q > 0 (a point mass has no relaxation)")
+
+
+PAPER_SETTINGS = tuple(f.name for f in dataclasses.fields(PaperSettings))
+"""The settings of :class:`PaperSettings`, which runs written before they had their own
+section keep beside the others in ``bridge`` (:func:`upgrade_config_dict` moves them)."""
+
+
+@dataclass(frozen=True)
 class BridgeSettings:
     """The choices of the bridge VQ-VAE that are not network sizes.
 
@@ -82,14 +128,8 @@ class BridgeSettings:
         self_condition: tight only: the head sees its own first-pass z0_hat (:class:`CodeHead`).
         readout_aux: tight only: weight of the head's cross-entropy on the true code, added to
             the gradient only (never to the reported bound).
-        tau_p / tau_q: paper only: temperatures of p(z_q^0 | z_e^0) and q(z_q^0 | z_e^0)
-            (tau_q = 0: nearest code).
-        encoder_scale: paper only: s of q(z_e^0 | x).
-        denoiser_loss: paper only: ``"elbo"`` or ``"simple"`` (see :class:`DiffusionPrior`).
-        model_variance: paper only: ``"beta_tilde"`` or ``"beta"`` (the tight bound is written
-            for beta~).
-        gradient / gumbel_temperature: paper only: ``"straight_through"`` or ``"gumbel"`` path
-            through z_q^0 and its relaxation temperature.
+        paper: the paper formulation's own settings (:class:`PaperSettings`); with the tight
+            formulation they must keep their defaults (it reads none of them).
     """
 
     formulation: str = "tight"
@@ -99,37 +139,31 @@ class BridgeSettings:
     commitment: float = 0.25
     self_condition: bool = True
     readout_aux: float = 0.1
-    tau_p: float = 0.4
-    tau_q: float = 0.0
-    encoder_scale: float = 0.012
-    denoiser_loss: str = "simple"
-    model_variance: str = "beta_tilde"
-    gradient: str = "straight_through"
-    gumbel_temperature: float = 0.5
+    paper: PaperSettings = field(default_factory=PaperSettings)
 
     def __post_init__(self) -> None:
         choices = {
             "formulation": ("tight", "paper"),
             "estimator": ("random_step", "full_chain"),
             "t_sampling": ("uniform", "importance"),
-            "denoiser_loss": ("elbo", "simple"),
-            "model_variance": ("beta_tilde", "beta"),
-            "gradient": ("straight_through", "gumbel"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.formulation == "tight" and self.model_variance != "beta_tilde":
+        if self.formulation == "tight" and self.paper != PaperSettings():
+            changed = ", ".join(
+                f"bridge.paper.{name}={getattr(self.paper, name)!r}"
+                for name in PAPER_SETTINGS
+                if getattr(self.paper, name) != getattr(PaperSettings(), name)
+            )
             raise ValueError(
-                "the tight formulation's bound is written for model_variance='beta_tilde'"
+                f"{changed}: the paper formulation's settings are read by it alone; with "
+                "bridge.formulation='tight' they keep their defaults (set "
+                "bridge.formulation=paper to use them)"
             )
         _check_number("spherical_radius", self.spherical_radius, above=0, optional=True)
-        for name in ("tau_p", "encoder_scale", "gumbel_temperature"):
-            _check_number(name, getattr(self, name), above=0)
-        for name in ("tau_q", "readout_aux", "commitment"):
+        for name in ("readout_aux", "commitment"):
             _check_number(name, getattr(self, name), low=0)
-        if self.gradient == "gumbel" and self.tau_q == 0:
-            raise ValueError("the gumbel gradient needs tau_q > 0 (a point mass has no relaxation)")
 
 
 @dataclass(frozen=True)
@@ -517,9 +551,25 @@ def _check_types(
             raise ValueError(f"{source}: {prefix}{key} must be {type_name(hint)}, got {value!r}")
 
 
+def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A run's config as written by an earlier pbridge, in today's keys: the paper formulation's
+    settings that stood beside the others in ``bridge`` (``bridge.tau_p``) move to their
+    section ``bridge.paper``. Today's configs come back as they are; ``data`` is not changed."""
+    bridge = data.get("bridge")
+    if not isinstance(bridge, dict) or not any(name in bridge for name in PAPER_SETTINGS):
+        return data
+    moved = {name: bridge[name] for name in PAPER_SETTINGS if name in bridge}
+    kept = {key: value for key, value in bridge.items() if key not in moved}
+    paper = kept.get("paper")
+    paper = {**moved, **paper} if isinstance(paper, dict) else moved
+    return {**data, "bridge": {**kept, "paper": paper}}
+
+
 def config_from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
-    """``cls.from_dict(data)`` with every key and value's type checked first; errors (those of
-    the dataclasses' own checks included) name ``source`` and the setting."""
+    """``cls.from_dict(data)`` (its keys upgraded, :func:`upgrade_config_dict`) with every key
+    and value's type checked first; errors (those of the dataclasses' own checks included) name
+    ``source`` and the setting."""
+    data = upgrade_config_dict(data)
     _check_types(cls, data, source)
     try:
         return cls.from_dict(data)
@@ -529,7 +579,7 @@ def config_from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
 
 def setting_type(cls: type, key: str) -> Any:
     """The annotation of the dotted setting ``key`` of the config class ``cls``
-    (``"bridge.tau_p"``); ``ValueError`` naming the key and the settings at its level when
+    (``"bridge.paper.tau_p"``); ``ValueError`` naming the key and the settings at its level when
     there is no such setting, or when it names a whole section."""
     parts, root = key.split("."), cls
     for depth, part in enumerate(parts):

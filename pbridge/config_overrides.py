@@ -2,10 +2,10 @@
 shortcut flags, as a list of :class:`Override` applied over a config.
 
 A key is a dotted path into the config dataclasses of :mod:`pbridge.config`
-(``bridge.tau_p``, ``train.lr``, ``num_codes``, ``unet_mults``); a ``--set`` value is read as
-the field's annotated type (``int``, ``float``, ``bool``, ``str``, ``X | None``, ``tuple[int, ...]``
-written ``1,2,2``). Every key and value is checked against the dataclasses, and the result
-by their own checks, before anything is written.
+(``bridge.commitment``, ``bridge.paper.tau_p``, ``train.lr``, ``num_codes``, ``unet_mults``);
+a ``--set`` value is read as the field's annotated type (``int``, ``float``, ``bool``, ``str``,
+``X | None``, ``tuple[int, ...]`` written ``1,2,2``). Every key and value is checked against
+the dataclasses, and the result by their own checks, before anything is written.
 """
 
 from __future__ import annotations

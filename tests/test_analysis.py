@@ -20,7 +20,7 @@ import pbridge
 from pbridge.checkpoint import load_checkpoint
 from pbridge.cli import main
 from pbridge.codebook import code_logits, gather_codes
-from pbridge.config import image_preset
+from pbridge.config import PaperSettings, image_preset
 from pbridge.data import load_images
 from pbridge.inference.analysis import summarise, to_inferencedata
 from pbridge.inference.load import load_run
@@ -48,7 +48,8 @@ def bridge():
     continuous z_e^0: shapes and numbers, not learning. A wide kernel (tau_p = 4) makes the
     code entropies of order one."""
     config = image_preset("digits", "small")
-    bridge = replace(config.bridge, formulation="paper", tau_p=4.0, encoder_scale=0.1)
+    paper = PaperSettings(tau_p=4.0, encoder_scale=0.1)
+    bridge = replace(config.bridge, formulation="paper", paper=paper)
     config = replace(config, unet_width=16, num_steps=20, bridge=bridge)
     torch.manual_seed(0)
     return build_image_model(config).eval()
@@ -139,7 +140,7 @@ def test_values_agree_with_independent_computations(bridge, digits):
     decoder on the stored codes."""
     idata = _idata(bridge, digits)
     codes = bridge.codebook().detach()
-    tau = bridge.settings.tau_p
+    tau = bridge.paper.tau_p
     post_codes = torch.from_numpy(idata.posterior["z_q_0"].values[0])  # (draw, item, h, w)
     z_e = torch.from_numpy(idata.posterior["z_e_0"].values[0])  # (draw, item, d, h, w)
     assert int(post_codes.min()) >= 0 and int(post_codes.max()) < codes.shape[0]
@@ -179,7 +180,7 @@ def test_paper_prior_records_the_kernels_entropy_at_the_chains_end(bridge, digit
     p(z_q^0 | z_e^0) at each prior draw's z_e^0 (the site's ``conditional_logits``), by torch's
     Categorical."""
     idata = _idata(bridge, digits)
-    codes, tau = bridge.codebook().detach(), bridge.settings.tau_p
+    codes, tau = bridge.codebook().detach(), bridge.paper.tau_p
     z_e = torch.from_numpy(idata.prior["z_e_0"].values[0])  # (draw, d, h, w)
     sq = (z_e[:, None] - codes[None, :, :, None, None]).pow(2).sum(2)  # (draw, K, h, w)
     entropy = torch.distributions.Categorical(logits=(-sq / tau).movedim(1, -1)).entropy()

@@ -18,9 +18,12 @@ from pbridge.cli import main
 from pbridge.config import (
     BridgeSettings,
     ImageConfig,
+    PaperSettings,
     ToyConfig,
     TrainSettings,
+    config_from_dict,
     image_preset,
+    upgrade_config_dict,
 )
 from pbridge.config_overrides import apply_overrides, parse_assignment
 
@@ -96,7 +99,7 @@ def test_precedence_is_preset_then_config_file_then_set_and_flags(tmp_path, capt
 
 def test_a_run_config_json_works_as_a_config_file(tmp_path, captured):
     source = image_preset("digits", "small")
-    source = apply_overrides(source, [parse_assignment("bridge.tau_p=0.3", ImageConfig)])
+    source = apply_overrides(source, [parse_assignment("bridge.commitment=0.3", ImageConfig)])
     path = tmp_path / "config.json"
     path.write_text(json.dumps(source.to_dict()))
     assert main(["train", "digits", "--out", str(tmp_path / "run"), "--config", str(path)]) == 0
@@ -280,6 +283,8 @@ NUMERIC = {
         "spherical_radius": "> 0",
         "commitment": ">= 0",
         "readout_aux": ">= 0",
+    },
+    PaperSettings: {
         "tau_p": "> 0",
         "tau_q": ">= 0",
         "encoder_scale": "> 0",
@@ -421,7 +426,7 @@ def test_the_set_example_of_the_help_and_the_docs_is_accepted(capsys, tmp_path, 
     [
         (["--set", "bridge.num_codes=256"], "did you mean num_codes?"),
         (["--set", "lr=1e-3"], "did you mean train.lr?"),
-        (["--set", "train.tau_p=0.5"], "did you mean bridge.tau_p?"),
+        (["--set", "train.tau_p=0.5"], "did you mean bridge.paper.tau_p?"),
     ],
     ids=["top-level-in-a-section", "section-key-at-top", "another-section"],
 )
@@ -440,3 +445,30 @@ def test_a_config_file_key_at_the_wrong_level_gets_the_suggestion(tmp_path, caps
         main(["train", "fashion-mnist", "--out", str(tmp_path / "r"), "--config", str(path)]) == 2
     )
     assert capsys.readouterr().err.strip().endswith("did you mean num_codes?")
+
+
+def test_the_paper_settings_are_its_own_section_and_refused_with_the_tight_formulation(
+    tmp_path, capsys, captured
+):
+    out = tmp_path / "run"
+    assert main(["train", "toy", "--out", str(out), "--set", "bridge.paper.tau_p=0.2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bridge.paper.tau_p=0.2: the paper formulation's settings are read by it alone" in err
+    assert "\n" not in err and not out.exists() and not captured
+    paper = ["--set", "bridge.formulation=paper", "--set", "bridge.paper.tau_p=0.2"]
+    assert main(["train", "toy", "--out", str(out), *paper]) == 0
+    assert captured[-1].bridge.paper == PaperSettings(tau_p=0.2)
+
+
+def test_a_config_of_before_the_paper_section_reads_with_its_settings_moved():
+    """``bridge.tau_p`` (flat, as runs wrote it before ``PaperSettings``) reads as
+    ``bridge.paper.tau_p``; today's keys and the rest of the dict are kept as they are."""
+    old = ToyConfig().to_dict()
+    paper = old["bridge"].pop("paper")
+    old["bridge"].update(paper, formulation="paper", tau_p=0.3)
+    config = config_from_dict(ToyConfig, old, "config.json")
+    assert config.bridge.paper == PaperSettings(tau_p=0.3)
+    bridge = dataclasses.replace(ToyConfig().bridge, formulation="paper", paper=config.bridge.paper)
+    assert config == dataclasses.replace(ToyConfig(), bridge=bridge)
+    today = config.to_dict()
+    assert upgrade_config_dict(today) is today

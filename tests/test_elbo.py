@@ -13,7 +13,7 @@ from torch.distributions import Normal, kl_divergence
 
 from pbridge.bridge_prior import DiffusionPrior, prior_options, reverse_step
 from pbridge.codebook import Codebook
-from pbridge.config import BridgeSettings
+from pbridge.config import PAPER_SETTINGS, BridgeSettings, PaperSettings
 from pbridge.models.bridge_vqvae import DiffusionBridgeVQVAE
 from pbridge.models.formulations import bridge_class
 from pbridge.networks import NormalDecoder, PointwiseMLP, ResidualMLPDenoiser
@@ -52,7 +52,9 @@ def small_head_network(in_channels=4, cells=2, num_codes=4):
 def small_variant(formulation="paper", **settings) -> DiffusionBridgeVQVAE:
     torch.manual_seed(4)
     if formulation == "paper":
-        base = dict(tau_p=0.5, tau_q=0.0, encoder_scale=0.4, denoiser_loss="elbo")
+        paper = dict(tau_p=0.5, tau_q=0.0, encoder_scale=0.4, denoiser_loss="elbo")
+        paper.update({k: settings.pop(k) for k in PAPER_SETTINGS if k in settings})
+        base = dict(paper=PaperSettings(**paper))
         denoiser = small_denoiser((2, 2))
     else:
         base = dict(t_sampling="uniform")
@@ -213,11 +215,11 @@ def test_bad_settings_and_data_are_reported():
     with pytest.raises(ValueError, match="estimator"):
         BridgeSettings(estimator="two_steps")
     with pytest.raises(ValueError, match="tau_q > 0"):
-        BridgeSettings(gradient="gumbel", tau_q=0.0)
+        PaperSettings(gradient="gumbel", tau_q=0.0)
     with pytest.raises(ValueError, match="formulation"):
         BridgeSettings(formulation="diffuse-the-code")
-    with pytest.raises(ValueError, match="beta_tilde"):
-        BridgeSettings(formulation="tight", model_variance="beta")
+    with pytest.raises(ValueError, match=r"bridge.paper.model_variance='beta'.*formulation=paper"):
+        BridgeSettings(formulation="tight", paper=PaperSettings(model_variance="beta"))
     with pytest.raises(ValueError, match="readout_aux"):
         BridgeSettings(readout_aux=-0.1)
     variant = small_variant()
@@ -225,7 +227,7 @@ def test_bad_settings_and_data_are_reported():
         variant.guide(torch.zeros(3, 2, 5, dtype=torch.float64))
     with pytest.raises(TypeError, match="dtype"):
         variant.guide(torch.zeros(3, 2, 2, dtype=torch.long))
-    assert replace(BridgeSettings(), tau_p=1.0).tau_p == 1.0
+    assert replace(PaperSettings(), tau_p=1.0).tau_p == 1.0
 
 
 @pytest.mark.parametrize("formulation", ["paper", "tight"])

@@ -10,7 +10,7 @@ from pyro import poutine
 
 from pbridge.cli import main
 from pbridge.codebook import gather_codes
-from pbridge.config import image_preset
+from pbridge.config import PaperSettings, image_preset
 from pbridge.data import load_images
 from pbridge.inference.evaluate import (
     EvalSettings,
@@ -32,7 +32,10 @@ SMALL = ["--items", "64", "--samples", "16", "--patch-items", "8", "--patch-draw
 def _tiny_run(variant: str, out, formulation: str = "tight", **options) -> None:
     options = {"num_steps": 50, **options}
     config = image_preset("digits", "small")
-    bridge = replace(config.bridge, formulation=formulation, tau_p=0.3, encoder_scale=0.1)
+    paper = (
+        PaperSettings(tau_p=0.3, encoder_scale=0.1) if formulation == "paper" else PaperSettings()
+    )
+    bridge = replace(config.bridge, formulation=formulation, paper=paper)
     config = replace(
         config,
         bridge=bridge,

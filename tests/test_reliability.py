@@ -623,10 +623,12 @@ def test_item8_a_failed_start_over_a_run_leaves_it_intact(run, capsys):
 
 def test_item8_a_config_json_that_contradicts_its_checkpoint_is_refused(run, capsys):
     config = json.loads((run / "config.json").read_text())
-    config["num_steps"], config["bridge"]["tau_p"] = 50, 0.1
+    config["num_steps"], config["bridge"]["commitment"] = 50, 0.5
     (run / "config.json").write_text(json.dumps(config))
     err = _refused(["sample", run], capsys)
-    assert "num_steps 50 (checkpoint: 100)" in err and "bridge.tau_p 0.1 (checkpoint: 0.4)" in err
+    assert (
+        "num_steps 50 (checkpoint: 100)" in err and "bridge.commitment 0.5 (checkpoint: 1.0)" in err
+    )
 
 
 def test_item9_a_read_only_run_is_refused_before_sampling(run, capsys, monkeypatch):

@@ -117,7 +117,7 @@ def _add_setting_options(train: argparse.ArgumentParser) -> None:
         action="append",
         metavar="KEY=VALUE",
         dest="settings",
-        help="set one setting (repeatable), e.g. --set num_codes=256 --set bridge.tau_p=0.5 "
+        help="set one setting (repeatable), e.g. --set num_codes=256 --set bridge.commitment=0.5 "
         "--set unet_mults=1,2,2; the settings are listed below",
     )
     train.add_argument("--steps", type=_positive_int, help="SVI steps (default: the preset's)")
