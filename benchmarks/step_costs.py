@@ -2,7 +2,7 @@
 in one process (one torch thread, batch 64, Fashion-MNIST), so that rows of different sizes can
 be given the same training seconds.
 
-    OMP_NUM_THREADS=1 python benchmarks/step_costs.py
+    OMP_NUM_THREADS=1 python benchmarks/step_costs.py --results docs/results.md
 
 Each configuration is a stage as the training command runs it (``pbridge.inference.train`` on
 the stage's module: the bridge or the PixelCNN on a frozen VQ-VAE, the end-to-end bridge with
@@ -10,7 +10,8 @@ its VQ-VAE trained on, the VQ-VAE alone). The configurations are timed in turns,
 times ``--steps`` steps each after ``--warmup`` untimed steps, and each one's median over the
 rounds is reported, with its ratio to the ``small`` preset's step of the same stage: the ratios
 carry over to the step costs of docs/results.md, which were measured on a machine shared with
-other work.
+other work. The table is printed and, with ``--results``, written between the markers
+:data:`BEGIN` and :data:`END` of that Markdown file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import platform
 import statistics
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pyro
 import torch
@@ -41,6 +43,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "PixelCNN, 64 channels, 8 layers (small)": ("pixelcnn", {}),
 }
 """Name -> (variant, overrides of the ``small`` preset)."""
+
+BEGIN, END = "<!-- step costs: begin -->", "<!-- step costs: end -->"
 
 REFERENCE = {
     "vqvae": "VQ-VAE",
@@ -64,6 +68,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before each round")
     parser.add_argument("--rounds", type=int, default=3, help="turns over the configurations")
     parser.add_argument("--only", nargs="*", default=None, help="names of CONFIGS to time")
+    parser.add_argument("--results", help="Markdown file whose step-cost section to rewrite")
     args = parser.parse_args()
 
     pyro.enable_validation(False)
@@ -84,16 +89,36 @@ def main() -> None:
                 seconds_per_step(modules[name], x, settings, args.steps, args.warmup)
             )
     median = {name: statistics.median(values) for name, values in times.items()}
-    print(
+    lines = [
+        "## Step costs by network size (benchmarks/step_costs.py)",
+        "",
+        f"Produced by `OMP_NUM_THREADS={torch.get_num_threads()} python "
+        "benchmarks/step_costs.py` on "
         f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), batch "
-        f"{settings.batch_size}, median of {args.rounds} rounds of {args.steps} steps"
-    )
-    print("| stage | s / step | ratio to the small preset's |")
-    print("|---|---:|---:|")
+        f"{settings.batch_size}: seconds per SVI step, the median of {args.rounds} rounds of "
+        f"{args.steps} steps, every stage timed in turns in one process. The ratio is to the "
+        "`small` preset's step of the same stage; the claims rows' step counts scale the step "
+        "costs above by it.",
+        "",
+        "| stage | s / step | ratio to the small preset's |",
+        "|---|---:|---:|",
+    ]
     for name in names:
         reference = REFERENCE[CONFIGS[name][0]]
         ratio = median[name] / median[reference] if reference in median else float("nan")
-        print(f"| {name} | {median[name]:.3f} | {ratio:.2f} |")
+        lines.append(f"| {name} | {median[name]:.3f} | {ratio:.2f} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.results:
+        path = Path(args.results)
+        text = path.read_text() if path.is_file() else ""
+        section = f"{BEGIN}\n{table}\n{END}"
+        if BEGIN in text:
+            head, rest = text.split(BEGIN, 1)
+            text = head + section + rest.split(END, 1)[1]
+        else:
+            text = text.rstrip("\n") + "\n\n" + section + "\n"
+        path.write_text(text)
 
 
 if __name__ == "__main__":
