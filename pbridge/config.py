@@ -152,14 +152,14 @@ class BridgeSettings:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.formulation == "tight" and self.paper != PaperSettings():
             changed = ", ".join(
-                f"bridge.paper.{name}={getattr(self.paper, name)!r}"
+                f"{name}={getattr(self.paper, name)!r}"
                 for name in PAPER_SETTINGS
                 if getattr(self.paper, name) != getattr(PaperSettings(), name)
             )
             raise ValueError(
-                f"{changed}: the paper formulation's settings are read by it alone; with "
-                "bridge.formulation='tight' they keep their defaults (set "
-                "bridge.formulation=paper to use them)"
+                "the paper formulation's settings (bridge.paper) are read by it alone; with "
+                f"bridge.formulation='tight' they keep their defaults (changed: {changed}); set "
+                "bridge.formulation=paper to use them"
             )
         _check_number("spherical_radius", self.spherical_radius, above=0, optional=True)
         for name in ("readout_aux", "commitment"):

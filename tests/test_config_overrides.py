@@ -453,7 +453,8 @@ def test_the_paper_settings_are_its_own_section_and_refused_with_the_tight_formu
     out = tmp_path / "run"
     assert main(["train", "toy", "--out", str(out), "--set", "bridge.paper.tau_p=0.2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "bridge.paper.tau_p=0.2: the paper formulation's settings are read by it alone" in err
+    assert "the paper formulation's settings (bridge.paper) are read by it alone" in err
+    assert "(changed: tau_p=0.2)" in err
     assert "\n" not in err and not out.exists() and not captured
     paper = ["--set", "bridge.formulation=paper", "--set", "bridge.paper.tau_p=0.2"]
     assert main(["train", "toy", "--out", str(out), *paper]) == 0

@@ -218,7 +218,7 @@ def test_bad_settings_and_data_are_reported():
         PaperSettings(gradient="gumbel", tau_q=0.0)
     with pytest.raises(ValueError, match="formulation"):
         BridgeSettings(formulation="diffuse-the-code")
-    with pytest.raises(ValueError, match=r"bridge.paper.model_variance='beta'.*formulation=paper"):
+    with pytest.raises(ValueError, match=r"changed: model_variance='beta'.*formulation=paper"):
         BridgeSettings(formulation="tight", paper=PaperSettings(model_variance="beta"))
     with pytest.raises(ValueError, match="readout_aux"):
         BridgeSettings(readout_aux=-0.1)
