@@ -125,8 +125,9 @@ class BridgeSettings:
         spherical_radius: radius of the sphere holding codes and encodings; ``None`` = free.
         commitment: weight of the VQ commitment surrogate ||f - sg(e_k)||^2 (with the codebook
             term ||sg(f) - e_k||^2) of the tight guide; not part of the bound.
-        self_condition: tight only: the head sees its own first-pass z0_hat (:class:`CodeHead`).
-        readout_aux: tight only: weight of the head's cross-entropy on the true code, added to
+        self_condition: tight only (the paper formulation refuses a change): the head sees its
+            own first-pass z0_hat (:class:`CodeHead`).
+        readout_aux: tight only (likewise): weight of the head's cross-entropy on the true code, added to
             the gradient only (never to the reported bound).
         paper: the paper formulation's own settings (:class:`PaperSettings`); with the tight
             formulation they must keep their defaults (it reads none of them).
@@ -160,6 +161,17 @@ class BridgeSettings:
                 "the paper formulation's settings (bridge.paper) are read by it alone; with "
                 f"bridge.formulation='tight' they keep their defaults (changed: {changed}); set "
                 "bridge.formulation=paper to use them"
+            )
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        changed = [
+            f"{name}={getattr(self, name)!r}"
+            for name in ("self_condition", "readout_aux")
+            if getattr(self, name) != defaults[name]
+        ]
+        if self.formulation == "paper" and changed:
+            raise ValueError(
+                f"{', '.join(changed)}: read by the tight formulation alone; with "
+                "bridge.formulation='paper' they keep their defaults"
             )
         _check_number("spherical_radius", self.spherical_radius, above=0, optional=True)
         for name in ("readout_aux", "commitment"):

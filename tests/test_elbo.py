@@ -222,6 +222,8 @@ def test_bad_settings_and_data_are_reported():
         BridgeSettings(formulation="tight", paper=PaperSettings(model_variance="beta"))
     with pytest.raises(ValueError, match="readout_aux"):
         BridgeSettings(readout_aux=-0.1)
+    with pytest.raises(ValueError, match=r"self_condition=False: read by the tight formulation"):
+        BridgeSettings(formulation="paper", self_condition=False)
     variant = small_variant()
     with pytest.raises(ValueError, match=r"\(B, 2, 2\)"):
         variant.guide(torch.zeros(3, 2, 5, dtype=torch.float64))
