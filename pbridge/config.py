@@ -127,8 +127,8 @@ class BridgeSettings:
             term ||sg(f) - e_k||^2) of the tight guide; not part of the bound.
         self_condition: tight only (the paper formulation refuses a change): the head sees its
             own first-pass z0_hat (:class:`CodeHead`).
-        readout_aux: tight only (likewise): weight of the head's cross-entropy on the true code, added to
-            the gradient only (never to the reported bound).
+        readout_aux: tight only (likewise): weight of the head's cross-entropy on the true
+            code, added to the gradient only (never to the reported bound).
         paper: the paper formulation's own settings (:class:`PaperSettings`); with the tight
             formulation they must keep their defaults (it reads none of them).
     """
