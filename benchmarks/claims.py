@@ -39,12 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from doc_section import write_section
 
 THREADS = os.environ.get("OMP_NUM_THREADS", "1")
 HELDOUT_ITEMS = 1000
 PATCH_ITEMS = 64
 EVAL_EVERY = 250
-BEGIN, END = "<!-- claims: begin -->", "<!-- claims: end -->"
+SECTION = "claims"
+"""The section of docs/results.md this benchmark writes (:mod:`doc_section`)."""
 CURVE = "docs/images/claims-curve.png"
 
 STEP_SECONDS = {"vqvae": 0.167, "pixelcnn": 1.10, "two-stage": 0.575, "end-to-end": 0.605}
@@ -464,14 +466,7 @@ def curve(out: Path, path: Path) -> None:
 
 
 def write_docs(out: Path, results: Path, items: int, commit: bool) -> None:
-    text = results.read_text() if results.is_file() else ""
-    section = f"{BEGIN}\n{tables(out, items)}\n{END}"
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    results.write_text(text)
+    write_section(results, SECTION, tables(out, items))
     curve(out, Path(CURVE))
     if commit:
         subprocess.run(["git", "add", str(results), CURVE], check=False)

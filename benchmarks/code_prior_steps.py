@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 import torch
+from doc_section import write_section
 
 import pbridge
 
 K, CELLS, DIM = 64, 16, 8
 ENTROPY = (math.log2(K) + (CELLS - 1) * 2.0) / CELLS
-BEGIN, END = "<!-- code-prior-steps: begin -->", "<!-- code-prior-steps: end -->"
+SECTION = "code-prior-steps"
+"""The section of ``--doc`` this benchmark writes (:mod:`doc_section`)."""
 
 
 def markov_codes(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -92,11 +93,7 @@ def main() -> None:
     for num_steps in (100, 250, 1000):
         rows.append(run(num_steps, args.steps, args.items))
         print(rows[-1], flush=True)
-    doc = Path(args.doc)
-    text = doc.read_text()
-    section = f"{BEGIN}\n{table(rows, args.steps, args.items)}\n{END}"
-    head, rest = text.split(BEGIN, 1)
-    doc.write_text(head + section + rest.split(END, 1)[1])
+    write_section(args.doc, SECTION, table(rows, args.steps, args.items))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ times ``--steps`` steps each after ``--warmup`` untimed steps, and each one's me
 rounds is reported, with its ratio to the ``small`` preset's step of the same stage: the ratios
 carry over to the step costs of docs/results.md, which were measured on a machine shared with
 other work. The table is printed and, with ``--results``, written between the markers
-:data:`BEGIN` and :data:`END` of that Markdown file.
+of its section of that Markdown file (:data:`SECTION`).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import platform
 import statistics
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pyro
 import torch
+from doc_section import write_section
 
 from pbridge.config import image_preset
 from pbridge.inference.images import image_data
@@ -44,7 +44,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
 }
 """Name -> (variant, overrides of the ``small`` preset)."""
 
-BEGIN, END = "<!-- step costs: begin -->", "<!-- step costs: end -->"
+SECTION = "step costs"
+"""The section of the ``--results`` file this benchmark writes (:mod:`doc_section`)."""
 
 REFERENCE = {
     "vqvae": "VQ-VAE",
@@ -110,15 +111,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.results:
-        path = Path(args.results)
-        text = path.read_text() if path.is_file() else ""
-        section = f"{BEGIN}\n{table}\n{END}"
-        if BEGIN in text:
-            head, rest = text.split(BEGIN, 1)
-            text = head + section + rest.split(END, 1)[1]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        path.write_text(text)
+        write_section(args.results, SECTION, table)
 
 
 if __name__ == "__main__":

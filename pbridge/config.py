@@ -68,6 +68,13 @@ def _check_number(
         raise ValueError(f"{name} must be {wanted}, got {value!r}")
 
 
+def _check_choices(settings: Any, **choices: tuple[str, ...]) -> None:
+    """Each named field of ``settings`` is one of its allowed strings."""
+    for name, allowed in choices.items():
+        if getattr(settings, name) not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {getattr(settings, name)!r}")
+
+
 @dataclass(frozen=True)
 class PaperSettings:
     """The choices of the paper's formulation (``bridge.formulation = "paper"``, docs/maths.md
@@ -92,14 +99,12 @@ class PaperSettings:
     gumbel_temperature: float = 0.5
 
     def __post_init__(self) -> None:
-        choices = {
-            "denoiser_loss": ("elbo", "simple"),
-            "model_variance": ("beta_tilde", "beta"),
-            "gradient": ("straight_through", "gumbel"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        _check_choices(
+            self,
+            denoiser_loss=("elbo", "simple"),
+            model_variance=("beta_tilde", "beta"),
+            gradient=("straight_through", "gumbel"),
+        )
         for name in ("tau_p", "encoder_scale", "gumbel_temperature"):
             _check_number(name, getattr(self, name), above=0)
         _check_number("tau_q", self.tau_q, low=0)
@@ -143,14 +148,12 @@ class BridgeSettings:
     paper: PaperSettings = field(default_factory=PaperSettings)
 
     def __post_init__(self) -> None:
-        choices = {
-            "formulation": ("tight", "paper"),
-            "estimator": ("random_step", "full_chain"),
-            "t_sampling": ("uniform", "importance"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        _check_choices(
+            self,
+            formulation=("tight", "paper"),
+            estimator=("random_step", "full_chain"),
+            t_sampling=("uniform", "importance"),
+        )
         if self.formulation == "tight" and self.paper != PaperSettings():
             changed = ", ".join(
                 f"{name}={getattr(self.paper, name)!r}"
