@@ -138,10 +138,9 @@ def environment() -> dict[str, Any]:
     }
 
 
-def is_run_dir(path: Path, checkpoints_only: bool = False) -> bool:
-    """A directory holding a run: its ``config.json`` or a checkpoint (``checkpoints_only``:
-    a checkpoint, i.e. work that can be resumed)."""
-    names = (CHECKPOINT_FILE, VQVAE_FILE) + (() if checkpoints_only else (CONFIG_FILE,))
+def is_run_dir(path: Path) -> bool:
+    """A directory holding a run: its ``config.json`` or a checkpoint."""
+    names = (CHECKPOINT_FILE, VQVAE_FILE, CONFIG_FILE)
     return any((path / name).exists() or previous_path(path / name).exists() for name in names)
 
 
