@@ -55,6 +55,10 @@ STEP_SECONDS = {"vqvae": 0.167, "pixelcnn": 1.10, "two-stage": 0.575, "end-to-en
 UNET_WIDTH = {"end-to-end-unet48": 48, "two-stage-unet48": 48}
 """The priors whose chain U-Net is wider than the ``small`` preset's 32."""
 
+CODES_LR_SCALE = {"end-to-end-slowcodes": 0.1}
+"""The priors whose encoder and codebook learn at this multiple of the learning rate in the
+joint ELBO (``bridge.codes_lr_scale``; the others: 1)."""
+
 WIDTH_COST = {("two-stage", 48): 1.43, ("end-to-end", 48): 1.48}
 """(variant, U-Net width) -> its step cost over the width-32 step of that variant, measured
 side by side (``OMP_NUM_THREADS=1 python benchmarks/step_costs.py``)."""
@@ -100,6 +104,7 @@ ROWS = [
     *(Row(p, 3600, 0) for p in ("end-to-end", "two-stage", "pixelcnn")),
     Row("end-to-end-warm1000", 3600, 0),
     *(Row(p, 3600, 0) for p in ("end-to-end-unet48", "two-stage-unet48")),
+    *(Row("end-to-end-slowcodes", b, 0) for b in (900, 3600)),
 ]
 """Every row, in the order of the tables."""
 
@@ -111,6 +116,7 @@ BRIDGES = (
     "two-stage",
     "end-to-end-unet48",
     "two-stage-unet48",
+    "end-to-end-slowcodes",
 )
 """The bridge priors; the best of them at a budget and seed is paired with the PixelCNN."""
 
@@ -137,6 +143,11 @@ def train_command(row: Row, out: Path) -> list[str]:
         f"--steps={steps}",
         *("--seed", str(row.seed), "--out", str(out / row.name), "--no-progress"),
         *(("--set", f"unet_width={row.unet_width}") if row.prior in UNET_WIDTH else ()),
+        *(
+            ("--set", f"bridge.codes_lr_scale={CODES_LR_SCALE[row.prior]}")
+            if row.prior in CODES_LR_SCALE
+            else ()
+        ),
         *(
             "--set",
             f"train.eval_every={EVAL_EVERY}",
@@ -276,9 +287,8 @@ def _comparisons(out: Path) -> list[tuple[Row, Row]]:
         e2e, two, pcnn = (Row(p, budget, seed) for p in ("end-to-end", "two-stage", "pixelcnn"))
         bridges = [Row(p, budget, seed) for p in BRIDGES if Row(p, budget, seed) in ROWS]
         for b in bridges:
-            same_net = Row(
-                b.prior.replace("-warm1000", "").replace("end-to-end", "two-stage"), budget, seed
-            )
+            wide = {w: p for p, w in UNET_WIDTH.items() if p.startswith("two-stage")}
+            same_net = Row(wide.get(b.unet_width, "two-stage"), budget, seed)
             if b.variant == "end-to-end":
                 pairs.append((b, same_net))
             elif b != two:

@@ -30,7 +30,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from pbridge.checkpoint import load_checkpoint_of, previous_path, save_checkpoint
 from pbridge.config import TrainSettings
-from pbridge.variant import CodeModel, Variant
+from pbridge.variant import CodeModel, SplitsLearningRate, Variant
 
 from . import bound
 from .bound import (
@@ -208,6 +208,17 @@ def _lr_factor(steps: int, decay: str) -> Callable[[int], float]:
     return lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)) if decay == "cosine" else 1.0
 
 
+def _parameter_groups(variant: nn.Module, lr: float) -> list[dict[str, Any]]:
+    """Adam's parameter groups of ``variant``: one at ``lr``, or a
+    :class:`~pbridge.variant.SplitsLearningRate` variant's, each at ``lr`` times its scale."""
+    if not isinstance(variant, SplitsLearningRate):
+        return [{"params": list(variant.parameters()), "lr": lr}]
+    return [
+        {"params": group["params"], "lr": lr * group.get("lr_scale", 1.0)}
+        for group in variant.parameter_groups()
+    ]
+
+
 def ema_decay_at(decay: float, updates: int) -> float:
     """The EMA's decay at its ``updates``-th update after the first (which copies the weights):
     ``min(decay, (1 + n) / (10 + n))``, the warm-up of TensorFlow's ExponentialMovingAverage, so
@@ -240,7 +251,9 @@ class TrainState:
 
     def __init__(self, variant: nn.Module, settings: TrainSettings, device: torch.device) -> None:
         self.variant, self.settings = variant, settings
-        self.optimiser = torch.optim.Adam(variant.parameters(), lr=settings.lr, foreach=True)
+        self.optimiser = torch.optim.Adam(
+            _parameter_groups(variant, settings.lr), lr=settings.lr, foreach=True
+        )
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimiser, _lr_factor(settings.steps, settings.lr_decay)
         )

@@ -98,6 +98,18 @@ class DiffusionBridgeVQVAE(CodebookAutoencoder):
         writes (K logit corrections)."""
         return (2 if settings.self_condition else 1) * latent_dim, num_codes
 
+    def parameter_groups(self) -> list[dict]:
+        """Adam's groups (:class:`~pbridge.variant.SplitsLearningRate`): the encoder and the
+        codebook, which make the codes, at ``settings.codes_lr_scale`` times the learning rate
+        of the rest (the decoder and the chain's network); one group when the scale is 1."""
+        scale = self.settings.codes_lr_scale
+        if scale == 1:
+            return [{"params": list(self.parameters())}]
+        codes = [*self.encoder.parameters(), *self.codebook.parameters()]
+        ids = {id(p) for p in codes}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": rest}, {"params": codes, "lr_scale": scale}]
+
     # ------------------------------------------------------------------ building blocks
     def chain_network(self) -> nn.Module:
         """The chain's network (a labelled variant's takes the labels it is bound to)."""

@@ -134,6 +134,10 @@ class BridgeSettings:
             own first-pass z0_hat (:class:`CodeHead`).
         readout_aux: tight only (likewise): weight of the head's cross-entropy on the true
             code, added to the gradient only (never to the reported bound).
+        codes_lr_scale: the learning rate of the encoder and the codebook (what makes the
+            codes) as a multiple of ``train.lr`` when they train with the prior on the joint
+            ELBO (the end-to-end variant; the decoder and the chain's network keep
+            ``train.lr``); 1: one learning rate for everything.
         paper: the paper formulation's own settings (:class:`PaperSettings`); with the tight
             formulation they must keep their defaults (it reads none of them).
     """
@@ -145,6 +149,7 @@ class BridgeSettings:
     commitment: float = 0.25
     self_condition: bool = True
     readout_aux: float = 0.1
+    codes_lr_scale: float = 1.0
     paper: PaperSettings = field(default_factory=PaperSettings)
 
     def __post_init__(self) -> None:
@@ -179,6 +184,7 @@ class BridgeSettings:
         _check_number("spherical_radius", self.spherical_radius, above=0, optional=True)
         for name in ("readout_aux", "commitment"):
             _check_number(name, getattr(self, name), low=0)
+        _check_number("codes_lr_scale", self.codes_lr_scale, above=0)
 
 
 @dataclass(frozen=True)
@@ -346,6 +352,12 @@ class ImageConfig(RunConfig):
             )
         entry = data_set(self.dataset)  # an unknown name is refused, naming the choices
         _check_number("vqvae_steps", self.vqvae_steps, integer=True, low=0)
+        if self.bridge.codes_lr_scale != 1 and self.variant != "end-to-end":
+            raise ValueError(
+                f"bridge.codes_lr_scale={self.bridge.codes_lr_scale!r} scales the learning rate "
+                "of the encoder and codebook on the joint ELBO, which only the end-to-end "
+                f"variant trains (the {self.variant} variant: keep 1)"
+            )
         _check_number("restart_dead_codes", self.restart_dead_codes, above=0, optional=True)
         for name in ("num_codes", "latent_dim", "unet_width", "unet_blocks", "num_steps"):
             _check_number(name, getattr(self, name), integer=True, low=1)

@@ -35,6 +35,7 @@ __all__ = [
     "SurrogateSites",
     "CodeModel",
     "InitialisesCodebook",
+    "SplitsLearningRate",
     "protocol_members",
     "missing_members",
 ]
@@ -211,6 +212,15 @@ class InitialisesCodebook(Protocol):
     def initialise_codebook(
         self, x: torch.Tensor, generator: torch.Generator | None = None
     ) -> None: ...
+
+
+@runtime_checkable
+class SplitsLearningRate(Protocol):
+    """A variant whose parameters train at more than one learning rate: ``parameter_groups()``
+    returns Adam's parameter groups, each ``{"params": [...], "lr_scale": s}``, its learning rate
+    ``s`` times the run's (every parameter in one group)."""
+
+    def parameter_groups(self) -> list[dict]: ...
 
 
 def protocol_members(protocol: type) -> list[str]:
