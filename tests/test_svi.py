@@ -1,5 +1,6 @@
 """Training-loop guards: bad data, NaN losses, devices."""
 
+import dataclasses
 import math
 
 import pyro
@@ -318,3 +319,33 @@ def test_an_iterable_that_runs_out_or_holds_bad_batches_is_refused_before_traini
         train(_variant(), [], TrainSettings(steps=3), progress=False)
     with pytest.raises(ValueError, match=r"data items have shape \(2, 4\)"):
         train(_variant(), [x[:16, :, :4]], TrainSettings(steps=3), progress=False)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.1], ids=["one-rate", "codes-at-0.1"])
+def test_codes_lr_scale_moves_the_encoder_and_codebook_at_their_share_of_the_rate(scale):
+    """End to end with ``bridge.codes_lr_scale = s``: Adam's first step moves every parameter
+    with a gradient by its group's rate (|m / sqrt(v)| = 1), so the encoder's and the codebook's
+    move by s * lr and the decoder's and the chain network's by lr (the network's layers before
+    its zero-initialised last one have no gradient yet); the groups hold every parameter
+    once."""
+    torch.manual_seed(0)
+    config = image_preset("digits", "small")
+    bridge = dataclasses.replace(config.bridge, codes_lr_scale=scale)
+    variant = build_image_model(dataclasses.replace(config, bridge=bridge, unet_width=8))
+    before = {name: p.detach().clone() for name, p in variant.named_parameters()}
+    lr = 1e-3
+    settings = TrainSettings(1, 16, lr, lr_decay="none", clip_norm=1e9, ema_decay=0.0)
+    train(variant, load_images("digits", "train").as_float()[:64], settings, progress=False)
+    groups = variant.parameter_groups()
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(
+        id(p) for p in variant.parameters()
+    )
+    moved_modules = set()
+    for name, p in variant.named_parameters():
+        moved = (p.detach() - before[name]).abs()
+        moved = moved[moved > 0]
+        if moved.numel():
+            share = scale if name.startswith(("encoder.", "codebook.")) else 1.0
+            assert moved.max().item() == pytest.approx(share * lr, rel=0.02), name
+            moved_modules.add(name.split(".")[0])
+    assert moved_modules == {"encoder", "codebook", "decoder", "denoiser"}
