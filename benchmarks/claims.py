@@ -434,6 +434,7 @@ COLOURS = {
     "pixelcnn": "tab:green",
     "end-to-end-unet48": "tab:cyan",
     "two-stage-unet48": "tab:red",
+    "end-to-end-slowcodes": "tab:brown",
 }
 """The curve figure's colour of each prior; the line style says the seed."""
 
