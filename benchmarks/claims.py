@@ -284,7 +284,8 @@ def _mean_bits(out: Path, row: Row) -> float:
 
 def _comparisons(out: Path) -> list[tuple[Row, Row]]:
     """The pairs to report per budget and seed: each end-to-end schedule minus two-stage with
-    the same chain network, the wider two-stage minus the narrower, the best bridge (lowest
+    the same chain network, the codes at their own rate minus one rate, the wider two-stage
+    minus the narrower, the best bridge (lowest
     paired bits/dim) minus the PixelCNN, and the warm start and two-stage against the cold
     start."""
     pairs = []
@@ -296,6 +297,8 @@ def _comparisons(out: Path) -> list[tuple[Row, Row]]:
             same_net = Row(wide.get(b.unet_width, "two-stage"), budget, seed)
             if b.variant == "end-to-end":
                 pairs.append((b, same_net))
+                if b.prior in CODES_LR_SCALE:
+                    pairs.append((b, e2e))
             elif b != two:
                 pairs.append((b, two))
         scored_bridges = [b for b in bridges if scored(out / b.name)]
@@ -379,7 +382,10 @@ def tables(out: Path, items: int) -> str:
         f"(rows finished: {len(done)} of {len(ROWS)}; a row's commands are in its log). "
         "Budget: seconds of one core at the measured step costs (VQ-VAE 0.167 s, PixelCNN "
         "1.10 s, bridge on frozen codes 0.575 s, bridge end to end 0.605 s per step; with a "
-        "chain U-Net of width 48, the unet48 rows, 1.43 and 1.48 times these). "
+        "chain U-Net of width 48, the unet48 rows, 1.43 and 1.48 times these). End to end "
+        "trains everything at one learning rate in its joint stage, except the slowcodes rows: "
+        "the encoder and codebook at a tenth of it (`bridge.codes_lr_scale=0.1`, today's "
+        "default for images). "
         f"Paired: the first {items} test images, each scored twice with independent draws "
         "(bits/dim: their mean); test bits/dim: the run's own score on the first 2,000 test "
         "images, EMA weights. Train time: wall seconds of the training command on a machine "
