@@ -9,7 +9,8 @@ two-stage's first stage, then the joint ELBO; ``end-to-end-warm1000``: the defau
 ELBO from the first step; ``two-stage``; ``pixelcnn``; ``end-to-end-unet48`` and
 ``two-stage-unet48``: the same with a chain U-Net of width 48 instead of 32;
 ``end-to-end-slowcodes``: end to end with the encoder and codebook at a tenth of the learning
-rate in the joint stage, ``bridge.codes_lr_scale=0.1``, today's default; the other end-to-end
+rate in the joint stage, ``bridge.codes_lr_scale=0.1``, today's default;
+``end-to-end-slowercodes``: the same at 0.03 of the rate; the other end-to-end
 rows train everything at one rate, ``bridge.codes_lr_scale=1``) at one training
 budget and seed. Its step counts give it the budget at the step costs measured side by side
 (one process, one thread, batch 64, docs/results.md): VQ-VAE 0.167 s, PixelCNN on a frozen
@@ -58,7 +59,7 @@ STEP_SECONDS = {"vqvae": 0.167, "pixelcnn": 1.10, "two-stage": 0.575, "end-to-en
 UNET_WIDTH = {"end-to-end-unet48": 48, "two-stage-unet48": 48}
 """The priors whose chain U-Net is wider than the ``small`` preset's 32."""
 
-CODES_LR_SCALE = {"end-to-end-slowcodes": 0.1}
+CODES_LR_SCALE = {"end-to-end-slowcodes": 0.1, "end-to-end-slowercodes": 0.03}
 """The end-to-end priors whose encoder and codebook learn at this multiple of the learning
 rate in the joint ELBO (``bridge.codes_lr_scale``, the image default since these rows); the
 other end-to-end priors at the full rate, as every run did before."""
@@ -110,6 +111,7 @@ ROWS = [
     *(Row(p, 3600, 0) for p in ("end-to-end-unet48", "two-stage-unet48")),
     *(Row("end-to-end-slowcodes", 900, s) for s in (0, 1, 2)),
     Row("end-to-end-slowcodes", 3600, 0),
+    Row("end-to-end-slowercodes", 3600, 0),
 ]
 """Every row, in the order of the tables."""
 
@@ -122,6 +124,7 @@ BRIDGES = (
     "end-to-end-unet48",
     "two-stage-unet48",
     "end-to-end-slowcodes",
+    "end-to-end-slowercodes",
 )
 """The bridge priors; the best of them at a budget and seed is paired with the PixelCNN."""
 
@@ -443,6 +446,7 @@ COLOURS = {
     "end-to-end-unet48": "tab:cyan",
     "two-stage-unet48": "tab:red",
     "end-to-end-slowcodes": "tab:brown",
+    "end-to-end-slowercodes": "tab:olive",
 }
 """The curve figure's colour of each prior; the line style says the seed."""
 
