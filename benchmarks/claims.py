@@ -23,9 +23,10 @@ of the first ``--items`` is scored twice with independent draws (``paired_bits.p
 any two rows compare on the same images.
 
 Two streams run the rows, each command with one torch thread. A finished row (its scores
-written, :data:`SCORES`) is never rerun; a row cut short resumes from its checkpoints. After
-every row the tables and the curve figure are rewritten between the markers of docs/results.md
-and committed (``--no-commit``: not committed). Rows run in :data:`RUN_ORDER` first;
+written, :data:`SCORES`, or its record in :data:`RECORDS`) is never rerun; a row cut short
+resumes from its checkpoints. After every row its record is written, and the tables and the
+curve figure are rewritten from the records between the markers of docs/results.md and
+committed (``--no-commit``: not committed). Rows run in :data:`RUN_ORDER` first;
 ``--rows NAME...`` runs only the named rows (several invocations with ``--streams 1`` and
 disjoint rows may run side by side, all but one with ``--no-commit``).
 """
@@ -52,6 +53,12 @@ EVAL_EVERY = 250
 SECTION = "claims"
 """The section of docs/results.md this benchmark writes (:mod:`doc_section`)."""
 CURVE = "docs/images/claims-curve.png"
+LEGACY_CURVE = "docs/images/claims-curve-before-records.png"
+"""The curves of the rows recorded from docs/results.md after their run folders were lost
+(their records keep no curve): the figure as this benchmark last drew it from those runs."""
+RECORDS = "docs/data/claims"
+"""One JSON record per finished row (:func:`record_from_run`): the tables and the figure are
+written from these, and a recorded row is not rerun, whether or not its run folder is here."""
 
 STEP_SECONDS = {"vqvae": 0.167, "pixelcnn": 1.10, "two-stage": 0.575, "end-to-end": 0.605}
 """Seconds per step of each stage, measured side by side (benchmarks/baselines.py's docstring)."""
@@ -194,6 +201,12 @@ SCORES = ("patch.json", "paired_bits.pt", "fd.json")
 
 
 def finished(run: Path) -> bool:
+    """All its scores are written, in its run folder or (with its FD-FMNIST) in its record."""
+    import json
+
+    record = Path(RECORDS) / f"{run.name}.json"
+    if record.is_file() and json.loads(record.read_text())["fd"] is not None:
+        return True
     return all((run / name).is_file() for name in SCORES)
 
 
@@ -273,19 +286,84 @@ def score_run(run: Path, items: int, chain_steps: int = 100) -> None:
             write("fd.json", lambda f: f.write_text(json.dumps(fd, indent=2)))
 
 
-def _paired(out: Path, a: Row, b: Row) -> tuple[float, float] | None:
-    files = [out / r.name / "paired_bits.pt" for r in (a, b)]
-    if not all(f.is_file() for f in files):
+METRICS = ("test_bits_per_dim", "test_bits_per_dim_stderr", "codes_used", "train_seconds")
+"""The figures of a run's metrics.json that its record keeps."""
+
+
+def record_from_run(run: Path, row: Row) -> dict:
+    """Everything the tables and the figure say of ``row``, read from its run folder: the
+    record kept in :data:`RECORDS`, so that a finished row outlives its run folder."""
+    import csv
+    import json
+
+    def read(name: str) -> dict | None:
+        path = run / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    metrics = read("metrics.json")
+    bits = torch.load(run / "paired_bits.pt")
+    with (run / "train.csv").open() as f:
+        held = [x for x in csv.DictReader(f) if x.get("heldout_bits_per_dim")]
+    return {
+        "row": row.name,
+        "steps": list(row.steps()),
+        "command": shlex.join(["pbridge", *train_command(row, run.parent)]),
+        "metrics": {
+            k: metrics[k]
+            for k in (
+                "test_bits_per_dim",
+                "test_bits_per_dim_stderr",
+                "codes_used",
+                "train_seconds",
+            )
+        },
+        "paired_bits_mean": float(bits.mean()),
+        "paired_bits": [[round(float(v), 6) for v in draw] for draw in bits],
+        "patch": read("patch.json"),
+        "fd": read("fd.json"),
+        "heldout": [[int(x["step"]), float(x["heldout_bits_per_dim"])] for x in held],
+    }
+
+
+def save_record(records: Path, record: dict) -> None:
+    """Write ``record`` whole (a temporary file, then a rename) as ``records/ROW.json``."""
+    import json
+
+    records.mkdir(parents=True, exist_ok=True)
+    tmp = records / (record["row"] + ".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(records / (record["row"] + ".json"))
+
+
+def load_records(records: Path) -> dict[str, dict]:
+    """Row name -> record, for every row of :data:`ROWS` with a record in ``records``."""
+    import json
+
+    found = {}
+    for r in ROWS:
+        path = records / f"{r.name}.json"
+        if path.is_file():
+            found[r.name] = json.loads(path.read_text())
+    return found
+
+
+def _paired(recs: dict[str, dict], a: Row, b: Row) -> tuple[float, float] | None:
+    """Mean and s.e. of ``a`` minus ``b`` over the paired images: from the per-image scores
+    where both records keep them, else the difference ``a``'s record kept (rows recorded
+    before per-image scores were kept), else None."""
+    if a.name not in recs or b.name not in recs:
         return None
-    diff = torch.load(files[0]).mean(0) - torch.load(files[1]).mean(0)
-    return float(diff.mean()), float(diff.std() / math.sqrt(len(diff)))
+    first, second = recs[a.name], recs[b.name]
+    if first["paired_bits"] is not None and second["paired_bits"] is not None:
+        diff = torch.tensor(first["paired_bits"]).mean(0) - torch.tensor(
+            second["paired_bits"]
+        ).mean(0)
+        return float(diff.mean()), float(diff.std() / math.sqrt(len(diff)))
+    kept = first.get("paired_differences", {}).get(b.name)
+    return None if kept is None else (kept[0], kept[1])
 
 
-def _mean_bits(out: Path, row: Row) -> float:
-    return float(torch.load(out / row.name / "paired_bits.pt").mean())
-
-
-def _comparisons(out: Path) -> list[tuple[Row, Row]]:
+def _comparisons(recs: dict[str, dict]) -> list[tuple[Row, Row]]:
     """The pairs to report per budget and seed: each end-to-end schedule minus two-stage with
     the same chain network, the codes at their own rate minus one rate, the wider two-stage
     minus the narrower, the best bridge (lowest
@@ -304,8 +382,8 @@ def _comparisons(out: Path) -> list[tuple[Row, Row]]:
                     pairs.append((b, e2e))
             elif b != two:
                 pairs.append((b, two))
-        scored_bridges = [b for b in bridges if scored(out / b.name)]
-        best = min(scored_bridges, key=lambda b: _mean_bits(out, b), default=e2e)
+        scored_bridges = [b for b in bridges if b.name in recs]
+        best = min(scored_bridges, key=lambda b: recs[b.name]["paired_bits_mean"], default=e2e)
         pairs.append((best, pcnn))
         if Row("end-to-end-cold", budget, seed) in ROWS:
             cold = Row("end-to-end-cold", budget, seed)
@@ -313,7 +391,7 @@ def _comparisons(out: Path) -> list[tuple[Row, Row]]:
     return pairs
 
 
-def _patch_table(out: Path, done: list[Row]) -> list[str]:
+def _patch_table(recs: dict[str, dict], done: list[Row]) -> list[str]:
     """Masked-patch bits per cell of every finished row, each figure named by what it
     conditions on."""
 
@@ -327,7 +405,7 @@ def _patch_table(out: Path, done: list[Row]) -> list[str]:
         "|---|---:|---:|---:|",
     ]
     for r in done:
-        m = _patch(out, r)
+        m = recs[r.name]["patch"]
 
         def cell(key: str, m: dict = m) -> str:
             value = m.get(key)
@@ -339,9 +417,9 @@ def _patch_table(out: Path, done: list[Row]) -> list[str]:
             f"| {cell('masked_patch_conditional_bound_bits_per_cell')} |"
         )
     lines.append("")
-    bridges = [r for r in done if "chain_bits_per_cell_by_step" in _patch(out, r)]
+    bridges = [r for r in done if "chain_bits_per_cell_by_step" in recs[r.name]["patch"]]
     if bridges:
-        bands = list(_patch(out, bridges[0])["chain_bits_per_cell_by_step"])
+        bands = list(recs[bridges[0].name]["patch"]["chain_bits_per_cell_by_step"])
         lines += [
             "Where the bridge's bound goes, bits per latent cell by band of steps t (t = 1: the "
             "read-out; 200 test images, 8 steps per band), and L_T:",
@@ -350,34 +428,22 @@ def _patch_table(out: Path, done: list[Row]) -> list[str]:
             "|---|" + "---:|" * (len(bands) + 1),
         ]
         for r in bridges:
-            m = _patch(out, r)
+            m = recs[r.name]["patch"]
             cells = " | ".join(f"{v:.3f}" for v in m["chain_bits_per_cell_by_step"].values())
             lines.append(f"| {r.name} | {cells} | {m['prior_kl_bits_per_cell']:.4f} |")
         lines.append("")
     return lines
 
 
-def _fd(out: Path, row: Row) -> str:
-    import json
-
-    path = out / row.name / "fd.json"
-    if not path.is_file():
-        return "queued"
-    fd = json.loads(path.read_text())
-    return f"{fd['fd_fmnist']:.2f} ± {fd['fd_fmnist_stderr']:.2f}"
+def _fd(record: dict) -> str:
+    fd = record["fd"]
+    return "queued" if fd is None else f"{fd['fd_fmnist']:.2f} ± {fd['fd_fmnist_stderr']:.2f}"
 
 
-def _patch(out: Path, row: Row) -> dict:
-    import json
-
-    return json.loads((out / row.name / "patch.json").read_text())
-
-
-def tables(out: Path, items: int) -> str:
-    """The section of docs/results.md for the rows finished so far."""
-    import json
-
-    done = [r for r in ROWS if scored(out / r.name)]
+def tables(recs: dict[str, dict], out: Path, items: int) -> str:
+    """The section of docs/results.md for the rows recorded so far."""
+    done = [r for r in ROWS if r.name in recs]
+    kept = [r.name for r in done if recs[r.name]["paired_bits"] is None]
     lines = [
         "## The two claims, row by row (benchmarks/claims.py)",
         "",
@@ -393,26 +459,35 @@ def tables(out: Path, items: int) -> str:
         "(bits/dim: their mean); test bits/dim: the run's own score on the first 2,000 test "
         "images, EMA weights. Train time: wall seconds of the training command on a machine "
         "shared with the other stream (a row resumed after an interruption: its last part "
-        "only); the budget is fixed by the step counts, not by these times.",
+        "only); the budget is fixed by the step counts, not by these times. A finished row's "
+        f"figures are kept in {RECORDS}/ROW.json, and the tables are written from these records."
+        + (
+            f" The rows {', '.join(kept)} were recorded from this page after their run folders "
+            "were lost: their per-image scores and held-out curves are not kept; their paired "
+            "differences are those computed when both runs were at hand (pairs with a row run "
+            "again since are against its earlier run), and their curves are in "
+            f"[{Path(LEGACY_CURVE).name}]({Path(LEGACY_CURVE).relative_to('docs')})."
+            if kept
+            else ""
+        ),
         "",
         "| run | steps (VQ-VAE + last stage) | paired bits/dim | test bits/dim | codes used "
         f"| FD-FMNIST ({FD_DRAWS} x {FD_SAMPLES} samples) | train time (s) |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in done:
-        m = json.loads((out / r.name / "metrics.json").read_text())
-        bits = torch.load(out / r.name / "paired_bits.pt").mean(0)
+        m = recs[r.name]["metrics"]
         vqvae, steps = r.steps()
         lines.append(
-            f"| {r.name} | {vqvae} + {steps} | {float(bits.mean()):.3f} "
+            f"| {r.name} | {vqvae} + {steps} | {recs[r.name]['paired_bits_mean']:.3f} "
             f"| {m['test_bits_per_dim']:.3f} ± {m['test_bits_per_dim_stderr'] or math.nan:.3f} "
-            f"| {m['codes_used']} | {_fd(out, r)} | {m['train_seconds']:.0f} |"
+            f"| {m['codes_used']} | {_fd(recs[r.name])} | {m['train_seconds']:.0f} |"
         )
     lines.append("")
-    lines += _patch_table(out, done)
+    lines += _patch_table(recs, done)
     by_budget: dict[tuple[str, str, int], list[float]] = {}
-    for a, b in _comparisons(out):
-        paired = _paired(out, a, b)
+    for a, b in _comparisons(recs):
+        paired = _paired(recs, a, b)
         if paired is None:
             continue
         lines.append(
@@ -432,7 +507,7 @@ def tables(out: Path, items: int) -> str:
                 "bits/dim."
             )
             lines.append("")
-    if done:
+    if any(recs[r.name]["heldout"] for r in done):
         lines += [f"![held-out bound against training]({Path(CURVE).relative_to('docs')})", ""]
     return "\n".join(lines)
 
@@ -453,26 +528,24 @@ COLOURS = {
 SEED_STYLES = {0: "-", 1: "--", 2: ":"}
 
 
-def curve(out: Path, path: Path) -> None:
+def curve(recs: dict[str, dict], path: Path) -> None:
     """Held-out bits/dim against the budget spent (steps times the measured step costs: the
-    seconds of one quiet core) and against SVI steps, both stages counted, one line per run:
-    its colour the prior, its style the seed."""
-    import csv
-
+    seconds of one quiet core) and against SVI steps, both stages counted, one line per run
+    whose record keeps its curve: its colour the prior, its style the seed."""
     from matplotlib.figure import Figure
 
+    if not any(record.get("heldout") for record in recs.values()):
+        return
     fig = Figure(figsize=(11, 4.6))
     by_time, by_step = fig.subplots(1, 2, sharey=True)
     for r in ROWS:
-        log = out / r.name / "train.csv"
-        if not scored(out / r.name) or not log.is_file():
+        held = recs.get(r.name, {}).get("heldout")
+        if not held:
             continue
         vqvae = r.steps()[0]
-        with log.open() as f:
-            held = [x for x in csv.DictReader(f) if x.get("heldout_bits_per_dim")]
-        steps = [vqvae + int(x["step"]) for x in held]
-        secs = [vqvae * STEP_SECONDS["vqvae"] + int(x["step"]) * r.step_seconds() for x in held]
-        bits = [float(x["heldout_bits_per_dim"]) for x in held]
+        steps = [vqvae + step for step, _ in held]
+        secs = [vqvae * STEP_SECONDS["vqvae"] + step * r.step_seconds() for step, _ in held]
+        bits = [b for _, b in held]
         style = dict(color=COLOURS[r.prior], ls=SEED_STYLES.get(r.seed, "-."), marker="o", ms=3)
         by_time.plot(secs, bits, label=r.name, **style)
         by_step.plot(steps, bits, label=r.name, **style)
@@ -492,10 +565,17 @@ def curve(out: Path, path: Path) -> None:
 
 
 def write_docs(out: Path, results: Path, items: int, commit: bool) -> None:
-    write_section(results, SECTION, tables(out, items))
-    curve(out, Path(CURVE))
+    """Record every row scored in ``out`` (its run folder is the authority: a record of an
+    earlier run of the row is replaced), then write the tables and the figure from the
+    records."""
+    for r in ROWS:
+        if scored(out / r.name):
+            save_record(Path(RECORDS), record_from_run(out / r.name, r))
+    recs = load_records(Path(RECORDS))
+    write_section(results, SECTION, tables(recs, out, items))
+    curve(recs, Path(CURVE))
     if commit:
-        subprocess.run(["git", "add", str(results), CURVE], check=False)
+        subprocess.run(["git", "add", str(results), CURVE, RECORDS], check=False)
         subprocess.run(
             [
                 "git",
@@ -506,6 +586,7 @@ def write_docs(out: Path, results: Path, items: int, commit: bool) -> None:
                 "--",
                 str(results),
                 CURVE,
+                RECORDS,
             ],
             check=False,
         )
