@@ -26,9 +26,10 @@ Two streams run the rows, each command with one torch thread. A finished row (it
 written, :data:`SCORES`, or its record in :data:`RECORDS`) is never rerun; a row cut short
 resumes from its checkpoints. After every row its record is written, and the tables and the
 curve figure are rewritten from the records between the markers of docs/results.md and
-committed (``--no-commit``: not committed). Rows run in :data:`RUN_ORDER` first;
-``--rows NAME...`` runs only the named rows (several invocations with ``--streams 1`` and
-disjoint rows may run side by side, all but one with ``--no-commit``).
+committed (``--no-commit``: not committed). To run a recorded row again, delete its record: the
+new run's record replaces it. Rows run in :data:`RUN_ORDER` first; ``--rows NAME...`` runs
+only the named rows (several invocations with ``--streams 1`` and disjoint rows may run side
+by side, all but one with ``--no-commit``).
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ ROWS = [
     *(Row("end-to-end-slowcodes", 900, s) for s in (0, 1, 2)),
     Row("end-to-end-slowcodes", 3600, 0),
     Row("end-to-end-slowercodes", 3600, 0),
+    Row("end-to-end-slowercodes", 900, 0),
 ]
 """Every row, in the order of the tables."""
 
