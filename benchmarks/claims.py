@@ -349,6 +349,11 @@ def load_records(records: Path) -> dict[str, dict]:
     return found
 
 
+def _per_image(recs: dict[str, dict], row: Row) -> bool:
+    """Its record keeps the per-image scores (rows recorded before they were kept do not)."""
+    return recs.get(row.name, {}).get("paired_bits") is not None
+
+
 def _paired(recs: dict[str, dict], a: Row, b: Row) -> tuple[float, float] | None:
     """Mean and s.e. of ``a`` minus ``b`` over the paired images: from the per-image scores
     where both records keep them, else the difference ``a``'s record kept (rows recorded
@@ -356,7 +361,7 @@ def _paired(recs: dict[str, dict], a: Row, b: Row) -> tuple[float, float] | None
     if a.name not in recs or b.name not in recs:
         return None
     first, second = recs[a.name], recs[b.name]
-    if first["paired_bits"] is not None and second["paired_bits"] is not None:
+    if _per_image(recs, a) and _per_image(recs, b):
         diff = torch.tensor(first["paired_bits"]).mean(0) - torch.tensor(
             second["paired_bits"]
         ).mean(0)
@@ -368,9 +373,9 @@ def _paired(recs: dict[str, dict], a: Row, b: Row) -> tuple[float, float] | None
 def _comparisons(recs: dict[str, dict]) -> list[tuple[Row, Row]]:
     """The pairs to report per budget and seed: each end-to-end schedule minus two-stage with
     the same chain network, the codes at their own rate minus one rate, the wider two-stage
-    minus the narrower, the best bridge (lowest
-    paired bits/dim) minus the PixelCNN, and the warm start and two-stage against the cold
-    start."""
+    minus the narrower, the best bridge (lowest paired bits/dim) minus the PixelCNN, every
+    other bridge minus the PixelCNN where both records keep per-image scores, and the warm
+    start and two-stage against the cold start."""
     pairs = []
     for budget, seed in sorted({(r.budget, r.seed) for r in ROWS}):
         e2e, two, pcnn = (Row(p, budget, seed) for p in ("end-to-end", "two-stage", "pixelcnn"))
@@ -387,6 +392,11 @@ def _comparisons(recs: dict[str, dict]) -> list[tuple[Row, Row]]:
         scored_bridges = [b for b in bridges if b.name in recs]
         best = min(scored_bridges, key=lambda b: recs[b.name]["paired_bits_mean"], default=e2e)
         pairs.append((best, pcnn))
+        pairs += [
+            (b, pcnn)
+            for b in scored_bridges
+            if b != best and _per_image(recs, b) and _per_image(recs, pcnn)
+        ]
         if Row("end-to-end-cold", budget, seed) in ROWS:
             cold = Row("end-to-end-cold", budget, seed)
             pairs += [(e2e, cold), (cold, two)]
