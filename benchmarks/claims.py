@@ -310,15 +310,7 @@ def record_from_run(run: Path, row: Row) -> dict:
         "row": row.name,
         "steps": list(row.steps()),
         "command": shlex.join(["pbridge", *train_command(row, run.parent)]),
-        "metrics": {
-            k: metrics[k]
-            for k in (
-                "test_bits_per_dim",
-                "test_bits_per_dim_stderr",
-                "codes_used",
-                "train_seconds",
-            )
-        },
+        "metrics": {k: metrics[k] for k in METRICS},
         "paired_bits_mean": float(bits.mean()),
         "paired_bits": [[round(float(v), 6) for v in draw] for draw in bits],
         "patch": read("patch.json"),
@@ -362,9 +354,8 @@ def _paired(recs: dict[str, dict], a: Row, b: Row) -> tuple[float, float] | None
         return None
     first, second = recs[a.name], recs[b.name]
     if _per_image(recs, a) and _per_image(recs, b):
-        diff = torch.tensor(first["paired_bits"]).mean(0) - torch.tensor(
-            second["paired_bits"]
-        ).mean(0)
+        diff = torch.tensor(first["paired_bits"]).mean(0)
+        diff -= torch.tensor(second["paired_bits"]).mean(0)
         return float(diff.mean()), float(diff.std() / math.sqrt(len(diff)))
     kept = first.get("paired_differences", {}).get(b.name)
     return None if kept is None else (kept[0], kept[1])
@@ -460,13 +451,13 @@ def tables(recs: dict[str, dict], out: Path, items: int) -> str:
         "## The two claims, row by row (benchmarks/claims.py)",
         "",
         f"Produced by `OMP_NUM_THREADS={THREADS} python benchmarks/claims.py --out {out}` "
-        f"(rows finished: {len(done)} of {len(ROWS)}; a row's commands are in its log). "
+        f"(rows finished: {len(done)} of {len(ROWS)}; a row's command is in its record). "
         "Budget: seconds of one core at the measured step costs (VQ-VAE 0.167 s, PixelCNN "
         "1.10 s, bridge on frozen codes 0.575 s, bridge end to end 0.605 s per step; with a "
         "chain U-Net of width 48, the unet48 rows, 1.43 and 1.48 times these). End to end "
         "trains everything at one learning rate in its joint stage, except the slowcodes rows: "
         "the encoder and codebook at a tenth of it (`bridge.codes_lr_scale=0.1`, today's "
-        "default for images). "
+        "default for images), and the slowercodes rows: at 0.03 of it. "
         f"Paired: the first {items} test images, each scored twice with independent draws "
         "(bits/dim: their mean); test bits/dim: the run's own score on the first 2,000 test "
         "images, EMA weights. Train time: wall seconds of the training command on a machine "
