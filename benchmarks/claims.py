@@ -121,6 +121,7 @@ ROWS = [
     Row("end-to-end-slowcodes", 3600, 0),
     Row("end-to-end-slowercodes", 3600, 0),
     Row("end-to-end-slowercodes", 900, 0),
+    *(Row(p, 3600, 1) for p in ("end-to-end-slowcodes", "pixelcnn")),
 ]
 """Every row, in the order of the tables."""
 
