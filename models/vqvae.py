@@ -3,8 +3,9 @@ uniform-prior limit of the bridge VQ-VAE, and stage one of the two-stage variant
 
 Model: z_q^0 ~ Uniform over the K codes per cell, x | z_q^0 ~ decoder(z_q^0).
 Guide: z_q^0 = the nearest code to f_phi(x), straight-through, with the commitment surrogate.
-In training, the guide also calls ``codebook.update`` (EMA codes, dead-code restart: options of
-:class:`~pbridge.codebook.Codebook` / :class:`~pbridge.codebook.EMACodebook`).
+In training, the guide also calls ``codebook.restart_dead`` before it quantises (dead-code restart)
+and ``codebook.update`` after (EMA codes): options of :class:`~pbridge.codebook.Codebook` /
+:class:`~pbridge.codebook.EMACodebook`.
 """
 
 from __future__ import annotations
@@ -52,9 +53,12 @@ class VQVAE(CodebookAutoencoder):
         self.check_data(x)
         pyro.module("vqvae", self)
         f = self.encode(x)
+        training = self.training and torch.is_grad_enabled()
+        if training:  # before the codes enter this step's graph: it moves them in place
+            self.codebook.restart_dead(f.detach())
         with pyro.plate("data", x.shape[0]):
             nearest_code_sites(f, self.codebook(), self.commitment)
-        if self.training and torch.is_grad_enabled():
+        if training:
             self.codebook.update(f.detach())
 
     @torch.no_grad()

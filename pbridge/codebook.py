@@ -156,10 +156,11 @@ class Codebook(nn.Module):
 
     ``forward()`` returns the codebook ``(K, d)`` as used by the model (projected when spherical).
 
-    With ``restart_below`` set, :meth:`update` (called by the VQ-VAE guide in training) keeps an
-    exponential moving average ``u_k <- decay u_k + (1 - decay) n_k`` of the number of cells
-    assigned to each code per batch and moves every code with ``u_k < restart_below`` onto a
-    random encoding of the batch (dead-code restart); its ``u_k`` is reset to the uniform share.
+    With ``restart_below`` set, :meth:`restart_dead` (called by the VQ-VAE guide in training,
+    before the codes enter the step's graph) keeps an exponential moving average
+    ``u_k <- decay u_k + (1 - decay) n_k`` of the number of cells assigned to each code per
+    batch and moves every code with ``u_k < restart_below`` onto a random encoding of the batch
+    (dead-code restart); its ``u_k`` is reset to the uniform share.
     """
 
     def __init__(
@@ -198,12 +199,18 @@ class Codebook(nn.Module):
         return spherical(self.weight, self.radius, dim=-1)
 
     @torch.no_grad()
+    def restart_dead(self, encodings: torch.Tensor) -> None:
+        """Dead-code restart (a no-op without ``restart_below``) on a training step's
+        ``encodings: (B, d, *cells)``. It moves codes in place, so it must run before the
+        codebook enters the step's autograd graph (after it, the backward pass would fail on a
+        parameter changed in place)."""
+        if self.restart_below is not None:
+            self._restart_dead(*self._assign(encodings))
+
     def update(self, encodings: torch.Tensor) -> None:
         """Bookkeeping after a training step's assignment of ``encodings: (B, d, *cells)`` to
-        their nearest codes (dead-code restart; :class:`EMACodebook` also moves the codes)."""
-        points, counts = self._assign(encodings)
-        if self.restart_below is not None:
-            self._restart_dead(points, counts)
+        their nearest codes: none here (the codes learn by gradient); :class:`EMACodebook`
+        moves its codes."""
 
     def _assign(self, encodings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encodings as points ``(N, d)`` and the one-hot assignment to nearest codes ``(N, K)``."""
@@ -217,10 +224,14 @@ class Codebook(nn.Module):
         if bool((self.usage < 0).all()):
             self.usage.fill_(uniform)
         self.usage.mul_(self.decay).add_((1 - self.decay) * counts)
-        dead = self.usage < self.restart_below
-        if dead.any():
-            pick = torch.randint(points.shape[0], (int(dead.sum()),), device=points.device)
-            self._set_codes(dead, points[pick])
+        dead = (self.usage < self.restart_below).nonzero().squeeze(-1)
+        if len(dead):
+            # distinct encodings only: equal cells (a blank background) would make twin codes,
+            # whose nearest-code read-back is ambiguous
+            candidates = torch.unique(points, dim=0)
+            pick = torch.randperm(len(candidates), device=points.device)[: len(dead)]
+            dead = dead[: len(pick)]
+            self._set_codes(dead, candidates[pick])
             self.usage[dead] = uniform
 
     def _set_codes(self, which: torch.Tensor, vectors: torch.Tensor) -> None:
@@ -296,8 +307,6 @@ class EMACodebook(Codebook):
         total = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.eps) / (total + self.num_codes * self.eps) * total
         self.weight.copy_(self.code_sum / smoothed[:, None])
-        if self.restart_below is not None:
-            self._restart_dead(points, one_hot)
 
     def _set_codes(self, which: torch.Tensor, vectors: torch.Tensor) -> None:
         super()._set_codes(which, vectors)

@@ -262,11 +262,11 @@ def test_dead_codes_restart_onto_encodings(kind, float64):
     if kind is EMACodebook:
         book.code_sum.copy_(book.weight)
     f = torch.tensor([[1.0, 0.0], [-1.0, 0.0]]).repeat(4, 1).T.unsqueeze(0)  # (1, 2, 8)
-    book.update(f)  # usage of code 2: 0.5 * 8/3 = 1.33, alive
+    book.restart_dead(f)  # usage of code 2: 0.5 * 8/3 = 1.33, alive
     assert float(book.weight[2, 0].detach()) > 49.9
-    book.update(f)  # 0.67: alive
+    book.restart_dead(f)  # 0.67: alive
     assert float(book.weight[2, 0].detach()) > 49.9
-    book.update(f)  # 0.33 < 0.5: restarted onto one of the encodings
+    book.restart_dead(f)  # 0.33 < 0.5: restarted onto one of the encodings
     moved = book.weight[2].detach()
     assert min(float((moved - p).norm()) for p in f[0].T) == 0.0
     torch.testing.assert_close(
