@@ -67,10 +67,18 @@ STEP_SECONDS = {"vqvae": 0.167, "pixelcnn": 1.10, "two-stage": 0.575, "end-to-en
 UNET_WIDTH = {"end-to-end-unet48": 48, "two-stage-unet48": 48}
 """The priors whose chain U-Net is wider than the ``small`` preset's 32."""
 
-CODES_LR_SCALE = {"end-to-end-slowcodes": 0.1, "end-to-end-slowercodes": 0.03}
+CODES_LR_SCALE = {
+    "end-to-end-slowcodes": 0.1,
+    "end-to-end-slowercodes": 0.03,
+    "end-to-end-restart": 0.1,
+}
 """The end-to-end priors whose encoder and codebook learn at this multiple of the learning
 rate in the joint ELBO (``bridge.codes_lr_scale``, the image default since these rows); the
 other end-to-end priors at the full rate, as every run did before."""
+
+RESTART_DEAD_CODES = {"end-to-end-restart": 1.0}
+"""The priors whose VQ-VAE stage restarts a code used by fewer than this many cells per batch
+(moving average, ``--restart-dead-codes``); the others restart none, the default."""
 
 WIDTH_COST = {("two-stage", 48): 1.43, ("end-to-end", 48): 1.48}
 """(variant, U-Net width) -> its step cost over the width-32 step of that variant, measured
@@ -122,6 +130,7 @@ ROWS = [
     Row("end-to-end-slowercodes", 3600, 0),
     Row("end-to-end-slowercodes", 900, 0),
     *(Row(p, 3600, 1) for p in ("end-to-end-slowcodes", "pixelcnn")),
+    Row("end-to-end-restart", 900, 1),
 ]
 """Every row, in the order of the tables."""
 
@@ -135,6 +144,7 @@ BRIDGES = (
     "two-stage-unet48",
     "end-to-end-slowcodes",
     "end-to-end-slowercodes",
+    "end-to-end-restart",
 )
 """The bridge priors; the best of them at a budget and seed is paired with the PixelCNN."""
 
@@ -161,6 +171,11 @@ def train_command(row: Row, out: Path) -> list[str]:
         f"--steps={steps}",
         *("--seed", str(row.seed), "--out", str(out / row.name), "--no-progress"),
         *(("--set", f"unet_width={row.unet_width}") if row.prior in UNET_WIDTH else ()),
+        *(
+            ("--restart-dead-codes", str(RESTART_DEAD_CODES[row.prior]))
+            if row.prior in RESTART_DEAD_CODES
+            else ()
+        ),
         *(
             ("--set", f"bridge.codes_lr_scale={CODES_LR_SCALE.get(row.prior, 1.0)}")
             if row.variant == "end-to-end"
@@ -364,10 +379,11 @@ def _paired(recs: dict[str, dict], a: Row, b: Row) -> tuple[float, float] | None
 
 def _comparisons(recs: dict[str, dict]) -> list[tuple[Row, Row]]:
     """The pairs to report per budget and seed: each end-to-end schedule minus two-stage with
-    the same chain network, the codes at their own rate minus one rate, the wider two-stage
-    minus the narrower, the best bridge (lowest paired bits/dim) minus the PixelCNN, every
-    other bridge minus the PixelCNN where both records keep per-image scores, and the warm
-    start and two-stage against the cold start."""
+    the same chain network, the codes at their own rate minus one rate, the dead-code restart
+    minus the same schedule without it, the wider two-stage minus the narrower, the best bridge
+    (lowest paired bits/dim) minus the PixelCNN, every other bridge minus the PixelCNN where
+    both records keep per-image scores, and the warm start and two-stage against the cold
+    start."""
     pairs = []
     for budget, seed in sorted({(r.budget, r.seed) for r in ROWS}):
         e2e, two, pcnn = (Row(p, budget, seed) for p in ("end-to-end", "two-stage", "pixelcnn"))
@@ -377,7 +393,9 @@ def _comparisons(recs: dict[str, dict]) -> list[tuple[Row, Row]]:
             same_net = Row(wide.get(b.unet_width, "two-stage"), budget, seed)
             if b.variant == "end-to-end":
                 pairs.append((b, same_net))
-                if b.prior in CODES_LR_SCALE:
+                if b.prior in RESTART_DEAD_CODES:
+                    pairs.append((b, Row("end-to-end-slowcodes", budget, seed)))
+                elif b.prior in CODES_LR_SCALE:
                     pairs.append((b, e2e))
             elif b != two:
                 pairs.append((b, two))
@@ -526,6 +544,7 @@ COLOURS = {
     "two-stage-unet48": "tab:red",
     "end-to-end-slowcodes": "tab:brown",
     "end-to-end-slowercodes": "tab:olive",
+    "end-to-end-restart": "tab:pink",
 }
 """The curve figure's colour of each prior; the line style says the seed."""
 
