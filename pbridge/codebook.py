@@ -226,8 +226,8 @@ class Codebook(nn.Module):
         self.usage.mul_(self.decay).add_((1 - self.decay) * counts)
         dead = (self.usage < self.restart_below).nonzero().squeeze(-1)
         if len(dead):
-            # distinct encodings only: equal cells (a blank background) would make twin codes,
-            # whose nearest-code read-back is ambiguous
+            # each onto another encoding: two codes on one point (a cell picked twice, or equal
+            # cells such as a blank background) would be twins, their read-back ambiguous
             candidates = torch.unique(points, dim=0)
             pick = torch.randperm(len(candidates), device=points.device)[: len(dead)]
             dead = dead[: len(pick)]
