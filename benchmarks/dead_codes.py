@@ -27,8 +27,8 @@ STEPS = 1000
 SECTION = "dead-codes"
 
 
-def flags(seed: int, restart: float | None) -> list[str]:
-    """The training command's arguments after ``pbridge train``."""
+def flags(seed: int | str, restart: float | None) -> list[str]:
+    """The training command's arguments after ``pbridge train`` (``seed`` may be a placeholder)."""
     args = ["fashion-mnist", "--preset", "small", "--variant", "vqvae", f"--steps={STEPS}"]
     args += ["--seed", str(seed)]
     return args + ([] if restart is None else ["--restart-dead-codes", f"{restart:g}"])
@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     lines = [
         "Produced by `OMP_NUM_THREADS=1 python benchmarks/dead_codes.py` (each run: "
-        f"`pbridge train {' '.join(flags(0, 1.0)).replace('--seed 0', '--seed S')}`, without "
+        f"`pbridge train {' '.join(flags('S', 1.0))}`, without "
         "the last flag for no restart).",
         "",
         "| seed | restart below | codes used (of 128) | perplexity | bits/dim, uniform prior "
